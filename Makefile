@@ -1,0 +1,32 @@
+# Two entry points do all set-up on a fresh Debian/Ubuntu machine:
+#   make demo   - create/refresh the virtual environment, then run `ardiff demo`
+#   make test   - create/refresh the virtual environment, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/ardiff demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow
+
+bench: setup
+	$(BIN)/ardiff bench --json
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

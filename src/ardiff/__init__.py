@@ -1,0 +1,18 @@
+"""ardiff: autoregressive diffusion on images and video (ACDiT, ACDC)."""
+
+from ardiff.diffusion import NoiseSchedule, training_loss
+from ardiff.generate import BlockEvent, KVCache, make_generators, sample
+from ardiff.models import ACDiT, ACDiTConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACDiT",
+    "ACDiTConfig",
+    "BlockEvent",
+    "KVCache",
+    "NoiseSchedule",
+    "make_generators",
+    "sample",
+    "training_loss",
+]
