@@ -109,3 +109,10 @@ def test_official_rope_video_split():
     rope = _rope("official", 64, (16, 16, 16), (2, 3, 3))
     assert rope.segments == [16, 24, 24]
     assert raster_coordinates((2, 3)).tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+
+
+def test_rope_backward_matches_autograd():
+    rope = _rope("paper", 64, (4, 8, 8), (2, 3, 3))
+    cos, sin = rope.tables(torch.randint(0, 8, (10, 3)))
+    x = torch.randn(2, 10, 64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin, rope.rotation_groups()), (x,))

@@ -144,13 +144,15 @@ class Attention(nn.Module):
         are written into the buffers at ``kv_start``.
         """
         B, L, D = x.shape
-        cos, sin, groups = rope
-        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, L, hd)
+        cos, sin, groups = rope  # (L, hd) tables
+        # (B, L, H, hd) views: norms and RoPE run on the projection's own layout and
+        # attention reads them transposed, so no permuted copy is made (nor in backward).
+        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).unbind(2)
         if query_start:
-            q = q[:, :, query_start:]
-        q = apply_rope(self.q_norm(q), cos[query_start:], sin[query_start:], groups)
-        k = apply_rope(self.k_norm(k), cos, sin, groups)
+            q = q[:, query_start:]
+        q = apply_rope(self.q_norm(q), cos[query_start:, None], sin[query_start:, None], groups).transpose(1, 2)
+        k = apply_rope(self.k_norm(k), cos[:, None], sin[:, None], groups).transpose(1, 2)
+        v = v.transpose(1, 2)
         if kv_buffers is not None:
             k_buf, v_buf = kv_buffers
             k_buf[:, :, kv_start : kv_start + L] = k
