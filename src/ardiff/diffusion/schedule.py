@@ -52,32 +52,58 @@ class NoiseSchedule:
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 
+def draw_training_randomness(model_config, batch_size: int, generator: torch.Generator | None = None,
+                             device=None, dtype=torch.float32, cond_drop_prob: float = 0.0):
+    """Timesteps (B, T), noise (B, T, S, P) and CFG dropout mask (B,) for one batch.
+
+    Drawn in a fixed order from one generator, so a trainer can draw the *global* batch
+    on every process and slice its share: results then do not depend on how the batch
+    is split over processes or accumulation steps.
+    """
+    c = model_config
+    t = torch.randint(0, c.num_train_timesteps, (batch_size, c.num_blocks), generator=generator)
+    noise = torch.randn((batch_size, c.num_blocks, c.block_size, c.patch_dim), generator=generator)
+    drop = torch.rand(batch_size, generator=generator) < cond_drop_prob
+    return t.to(device), noise.to(device=device, dtype=dtype), drop.to(device)
+
+
+class DiffusionLoss(torch.nn.Module):
+    """The training objective as a module, so DDP/FSDP wrappers see one ``forward``.
+
+    Epsilon-prediction MSE over the noisy half; timesteps per sample and per block.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.schedule = NoiseSchedule.from_config(model.config)
+
+    def forward(self, x, cond, t, noise, drop=None):
+        model = self.model
+        x0 = model.to_blocks(x)
+        x_t = model.from_blocks(self.schedule.add_noise(x0, noise.to(x0.dtype), t))
+        pred = model(x_t, t, cond, x, drop_cond=drop)
+        return F.mse_loss(model.to_blocks(pred).float(), noise.float())
+
+
 def training_loss(
     model,
     x: torch.Tensor,
     cond: torch.Tensor | None,
     *,
-    schedule: NoiseSchedule | None = None,
     generator: torch.Generator | None = None,
     cond_drop_prob: float = 0.0,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    drop: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Epsilon-prediction MSE over the noisy half, timesteps drawn per sample and per block.
+    """Epsilon-prediction MSE, timesteps drawn per sample and per block.
 
     ``cond_drop_prob`` replaces a sample's condition by the null condition (class dropout
-    for classifier-free guidance).
+    for classifier-free guidance). ``t``/``noise``/``drop`` may be given explicitly
+    (see :func:`draw_training_randomness`).
     """
-    schedule = schedule or NoiseSchedule.from_config(model.config)
-    x0 = model.to_blocks(x)
-    B, T = x0.shape[:2]
-    device = x0.device
-    t = torch.randint(0, schedule.num_train_timesteps, (B, T), device=device, generator=generator)
-    noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
-    x_t = schedule.add_noise(x0, noise, t)
-    cond_emb = model.embed_condition(cond)
-    if cond_drop_prob > 0:
-        drop = torch.rand(B, device=device, generator=generator) < cond_drop_prob
-        null = model.null_condition(B)
-        if null is not None and cond_emb is not None:
-            cond_emb = torch.where(drop[:, None, None], null.expand(B, cond_emb.shape[1], -1), cond_emb)
-    pred = model.forward_blocks(x_t, t, cond_emb, x0[:, :-1])
-    return F.mse_loss(pred.float(), noise.float())
+    if t is None or noise is None:
+        t, noise, drop = draw_training_randomness(model.config, x.shape[0], generator, x.device, x.dtype,
+                                                  cond_drop_prob)
+    return DiffusionLoss(model)(x, cond, t, noise, drop)

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ardiff.models.config import ACDiTConfig
@@ -149,6 +150,7 @@ class ACDiT(nn.Module):
             for _ in range(config.depth)
         )
         self.final_layer = FinalLayer(D, P, config.norm_eps)
+        self.gradient_checkpointing = False  # recompute layer activations in backward (training only)
 
         # Constant tables, in block order; not part of the state dict.
         order = block_token_order(config)
@@ -178,6 +180,19 @@ class ACDiT(nn.Module):
         for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    # -- model directories (config.json + model.safetensors) ---------------------------
+    def save_pretrained(self, directory, state_dict=None):
+        """Write ``config.json`` and ``model.safetensors`` (``state_dict`` overrides, e.g. EMA)."""
+        from ardiff.models.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, state_dict)
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None) -> "ACDiT":
+        from ardiff.models.checkpoint import from_pretrained
+
+        return from_pretrained(cls, directory, device=device, dtype=dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -340,16 +355,16 @@ class ACDiT(nn.Module):
             if needed > cache.capacity:
                 raise ValueError(f"KV cache too small: needs {needed} slots, has {cache.capacity}")
         last = len(self.blocks) - 1
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(
-                x, block.modulation(cond if groups else None, num_clean_blocks), rope,
-                last_mask if i == last else mask,
-                block_size=S,
-                num_clean=num_clean,
-                clean_out=i != last,
-                kv_buffers=cache.layer(i) if cache is not None else None,
-                kv_start=kv_start,
-            )
+            args = (x, block.modulation(cond if groups else None, num_clean_blocks), rope,
+                    last_mask if i == last else mask)
+            kwargs = dict(block_size=S, num_clean=num_clean, clean_out=i != last,
+                          kv_buffers=cache.layer(i) if cache is not None else None, kv_start=kv_start)
+            if checkpointed:
+                x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, **kwargs)
+            else:
+                x = block(*args, **kwargs)
         if cache is not None:
             cache.num_blocks += num_clean_blocks
         if not groups:
@@ -371,11 +386,19 @@ class ACDiT(nn.Module):
             cond = cond.expand(B, T, -1)
         return self.run(noisy=noisy, noisy_blocks=tuple(range(T)), cond=cond, clean=clean[:, : T - 1])
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, x_0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, x_0: torch.Tensor,
+                drop_cond: torch.Tensor | None = None) -> torch.Tensor:
         """Epsilon prediction for every block of ``x_t`` given the clean ``x_0``.
 
         x_t, x_0: (B, C, *input_size); t: (B, T) timesteps per block or (B,);
-        cond: labels / vectors as in :meth:`embed_condition`.
+        cond: labels / vectors as in :meth:`embed_condition`; ``drop_cond`` (B,) bool
+        replaces those samples' condition by the null condition (CFG dropout).
         """
-        eps = self.forward_blocks(self.to_blocks(x_t), t, self.embed_condition(cond), self.to_blocks(x_0))
+        cond_emb = self.embed_condition(cond)
+        if drop_cond is not None and cond_emb is not None and bool(drop_cond.any()):
+            B = x_t.shape[0]
+            cond_emb = cond_emb.expand(B, -1, -1)
+            null = self.null_condition(B).expand_as(cond_emb)
+            cond_emb = torch.where(drop_cond.to(cond_emb.device)[:, None, None], null, cond_emb)
+        eps = self.forward_blocks(self.to_blocks(x_t), t, cond_emb, self.to_blocks(x_0))
         return self.from_blocks(eps)

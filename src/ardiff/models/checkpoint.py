@@ -1,0 +1,83 @@
+"""Model directories: ``config.json`` + ``model.safetensors`` (no pickles).
+
+Writes are atomic: every file is written under a temporary name and renamed into place,
+so an interrupted save never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ardiff.models.config import ACDiTConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "ardiff.acdit"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_pretrained(model, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,
+                    extra_config: dict | None = None) -> Path:
+    """Write ``model`` (or ``state_dict``, e.g. EMA weights, for its architecture) to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = state_dict if state_dict is not None else model.state_dict()
+    atomic_save_safetensors(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "ardiff": FORMAT})
+    config = {"_format": FORMAT, **model.config.to_dict(), **(extra_config or {})}
+    atomic_write_bytes(directory / CONFIG_NAME, json.dumps(config, indent=2).encode())
+    return directory
+
+
+def load_config(directory: str | os.PathLike) -> ACDiTConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+            f"(written by save_pretrained, `ardiff train` or `ardiff convert-official`)"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return ACDiTConfig.from_dict({k: v for k, v in raw.items() if not k.startswith("_")})
+
+
+def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):
+    directory = Path(directory)
+    config = load_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found next to {directory / CONFIG_NAME}")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{weights} is not a readable safetensors file: {e}") from None
+    model = cls(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match the architecture in {directory / CONFIG_NAME}: "
+            f"missing keys {sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}"
+        )
+    return model.to(device=device, dtype=dtype).eval()

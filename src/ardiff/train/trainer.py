@@ -1,0 +1,330 @@
+"""One training loop from a single CPU process to many GPUs (torchrun + DDP or FSDP2).
+
+Determinism: the data order of every epoch and all training randomness of every step
+(timesteps, noise, CFG dropout) are pure functions of (seed, epoch) and (seed, step),
+drawn for the *global* batch and sliced per process and micro-batch. A resumed run, a
+run split over more processes, or with more accumulation steps, sees exactly the same
+samples and noise; on CPU an interrupted and resumed run is bit-identical to an
+uninterrupted one (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ardiff.diffusion.schedule import DiffusionLoss, draw_training_randomness
+from ardiff.models.acdit import ACDiT
+from ardiff.train import checkpoint as ckpt
+from ardiff.train.config import RunConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def wsd_lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> float:
+    """Warmup-stable-decay: linear warmup, constant, linear decay to 0 over the last fraction."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    decay_steps = int(round(total * decay_fraction))
+    decay_start = total - decay_steps
+    if decay_steps > 0 and step >= decay_start:
+        return max(0.0, (total - step) / decay_steps)
+    return 1.0
+
+
+def _seed_for(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, dataset=None, resume: bool = False, device: str | None = None,
+                 progress: bool = True):
+        self.run = run
+        self.cfg = run.train
+        self._setup_distributed(device)
+        self.out = Path(self.cfg.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.progress = progress and self.is_main
+
+        if dataset is None:
+            from ardiff.data import build_dataset
+
+            dataset = build_dataset(run.data, run.model)
+        self.dataset = dataset
+        self._check_dataset()
+
+        torch.manual_seed(self.cfg.seed)  # weight init
+        self.model = ACDiT(run.model).to(self.device)
+        if self.cfg.activation_checkpointing:
+            self.model.gradient_checkpointing = True
+        self.names = {p: n for n, p in self.model.named_parameters()}
+        self.objective = self._wrap(DiffusionLoss(self.model))
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
+            weight_decay=self.cfg.weight_decay,
+        )
+        self.ema = {n: p.detach().clone().float() for n, p in self.model.named_parameters()}
+        self.step = 0
+        self.tb = None
+        if resume:
+            self._resume()
+        if self.cfg.compile:
+            for block in self.model.blocks:
+                block.compile()
+
+    # -- set-up -------------------------------------------------------------------------
+    def _setup_distributed(self, device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+        per_rank = self.cfg.batch_size / (self.world * self.cfg.grad_accum)
+        if per_rank != int(per_rank):
+            raise ValueError(f"train.batch_size={self.cfg.batch_size} is not divisible by processes ({self.world}) "
+                             f"x train.grad_accum ({self.cfg.grad_accum})")
+        self.micro_batch = int(per_rank)
+
+    def _check_dataset(self):
+        if len(self.dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        x, _ = self.dataset[0]
+        expected = (self.run.model.in_channels, *self.run.model.input_size)
+        if tuple(x.shape) != expected:
+            raise ValueError(f"dataset samples have shape {tuple(x.shape)} but the model expects {expected} "
+                             f"(set model.input_size / model.in_channels or the data options to match)")
+
+    def _wrap(self, objective):
+        if self.world == 1:
+            return objective
+        if self.cfg.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.model.blocks:
+                fully_shard(block)
+            fully_shard(objective)
+            return objective
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(objective, device_ids=ids)
+
+    # -- data order and randomness: pure functions of (seed, step) -----------------------------
+    def global_indices(self, step: int) -> torch.Tensor:
+        n, B = len(self.dataset), self.cfg.batch_size
+        start, out = step * B, []
+        while len(out) < B:
+            epoch, offset = divmod(start + len(out), n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(self.cfg.seed, epoch)))
+            out.extend(perm[offset : offset + B - len(out)].tolist())
+        return torch.tensor(out)
+
+    def batch(self, indices: torch.Tensor):
+        items = [self.dataset[int(i)] for i in indices]
+        x = torch.stack([it[0] for it in items]).to(self.device)
+        y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(self.device)
+        return x, y
+
+    def _condition(self, y):
+        if self.run.model.num_classes == 0 and self.run.model.cond_dim == 0:
+            return None
+        return y
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None) -> dict:
+        """Train until ``train.steps`` (or ``max_steps`` more steps: an interruption)."""
+        cfg = self.cfg
+        end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        metrics_path = self.out / "metrics.jsonl"
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run_config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
+        last = {}
+        t_last = time.perf_counter()
+        while self.step < end:
+            loss = self.train_step()
+            self.step += 1
+            if self.is_main and (self.step % cfg.log_every == 0 or self.step == end):
+                now = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                last = {"step": self.step, "loss": loss, "lr": lr,
+                        "samples_per_s": cfg.batch_size * min(cfg.log_every, self.step) / max(now - t_last, 1e-9)}
+                t_last = now
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                self._tensorboard_scalars(last)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step != cfg.steps:
+                self.sample_grid()
+        if bar is not None:
+            bar.close()
+        if self.step == cfg.steps:
+            self.export()
+            self.sample_grid()
+        if self.tb is not None:
+            self.tb.flush()
+        return last
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        factor = wsd_lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.decay_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        indices = self.global_indices(self.step)
+        gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 1_000_003, self.step))
+        t, noise, drop = draw_training_randomness(self.run.model, cfg.batch_size, gen, self.device,
+                                                  cond_drop_prob=cfg.class_dropout)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if cfg.precision == "bf16" and self.device.type == "cuda" else nullcontext())
+        for micro in range(cfg.grad_accum):
+            lo = (self.rank * cfg.grad_accum + micro) * self.micro_batch
+            sl = slice(lo, lo + self.micro_batch)
+            x, y = self.batch(indices[sl])
+            sync = (nullcontext() if micro == cfg.grad_accum - 1 or not hasattr(self.objective, "no_sync")
+                    else self.objective.no_sync())
+            with sync, autocast:
+                loss = self.objective(x, self._condition(y), t[sl], noise[sl], drop[sl]) / cfg.grad_accum
+            loss.backward()
+            total += loss.detach()
+        if self.world > 1:
+            dist.all_reduce(total)
+            total /= self.world
+        value = total.item()
+        if not math.isfinite(value):
+            latest = ckpt.latest_checkpoint(self.ckpt_root)
+            raise NonFiniteLossError(
+                f"loss became {value} at step {self.step + 1}; training stopped without saving. "
+                f"Last good checkpoint: {latest or 'none yet'}. Lower train.lr, enable train.grad_clip, "
+                f"or check the data for NaN/Inf."
+            )
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        return value
+
+    @torch.no_grad()
+    def _update_ema(self):
+        params = [p.detach().float() for p in self.model.parameters()]
+        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - self.cfg.ema_decay)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _states(self):
+        model_state = {n: ckpt.full_tensor(p.detach()).cpu() for n, p in self.model.named_parameters()}
+        ema_state = {n: ckpt.full_tensor(t).cpu() for n, t in self.ema.items()}
+        opt_tensors, opt_steps = ckpt.optimizer_tensors(self.optimizer, self.names)
+        return model_state, ema_state, opt_tensors, opt_steps
+
+    def save_checkpoint(self) -> Path | None:
+        model_state, ema_state, opt_tensors, opt_steps = self._states()  # collective under FSDP
+        path = None
+        if self.is_main:
+            state = {"step": self.step, "optimizer_steps": opt_steps, "world_size": self.world,
+                     "run_config": self.run.to_dict(), "torch": torch.__version__}
+            path = ckpt.write_checkpoint(self.ckpt_root, self.step, model_state, ema_state, opt_tensors, state,
+                                         self.run.model.to_dict(), self.cfg.keep_checkpoints)
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+    def _resume(self):
+        path = ckpt.latest_checkpoint(self.ckpt_root)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {self.ckpt_root}")
+        data = ckpt.read_checkpoint(path)
+        if data["config"] != self.run.model.to_dict():
+            raise ValueError(f"--resume: the model config in {path} differs from this run's model config")
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(ckpt.like(p, data["model"][n]))
+            for n in self.ema:
+                self.ema[n] = ckpt.like(self.ema[n], data["ema"][n])
+        ckpt.load_optimizer_tensors(self.optimizer, self.names, data["optimizer"],
+                                    data["trainer_state"]["optimizer_steps"])
+        self.step = data["trainer_state"]["step"]
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}")
+
+    def ema_model(self) -> ACDiT:
+        model = ACDiT(self.run.model)
+        model.load_state_dict({n: ckpt.full_tensor(t).cpu() for n, t in self.ema.items()})
+        return model.eval()
+
+    def export(self) -> Path | None:
+        """``<out>/model``: config.json + model.safetensors with the EMA weights."""
+        model = self.ema_model()
+        if not self.is_main:
+            return None
+        return model.save_pretrained(self.out / "model")
+
+    def sample_grid(self) -> Path | None:
+        if not self.is_main or self.run.sample.num_images <= 0:
+            return None
+        from ardiff.generate.sampler import make_generators, sample
+        from ardiff.utils.media import save_media
+
+        model = self.ema_model().to(self.device)
+        n = self.run.sample.num_images
+        cond = torch.arange(n) % self.run.model.num_classes if self.run.model.num_classes else None
+        cfg_scale = self.run.sample.cfg_scale if cond is not None else 1.0
+        out = sample(model, cond, num_steps=self.run.sample.num_steps, cfg_scale=cfg_scale,
+                     generator=make_generators(range(n), self.device), batch_size=n)
+        path = self.out / "samples" / f"step_{self.step:08d}"
+        path = save_media(out.cpu(), path)
+        if self.tb is not None and out.dim() == 4:
+            from ardiff.utils.media import image_grid
+
+            self.tb.add_image("samples", torch.from_numpy(image_grid(out.cpu())).permute(2, 0, 1), self.step)
+        return path
+
+    def _tensorboard_scalars(self, scalars: dict):
+        if not self.cfg.tensorboard:
+            return
+        if self.tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.cfg.tensorboard = False
+                print("tensorboard is not installed: scalars go to metrics.jsonl only")
+                return
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        for k, v in scalars.items():
+            if k != "step":
+                self.tb.add_scalar(f"train/{k}", v, scalars["step"])
+
+
+def train(run: RunConfig, resume: bool = False, **kwargs) -> Trainer:
+    trainer = Trainer(run, resume=resume, **kwargs)
+    trainer.fit()
+    return trainer

@@ -1,0 +1,187 @@
+"""Trainer: exact resume, atomic checkpoints, DDP equivalence, real-data learning, errors."""
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from ardiff import ACDiT
+from ardiff.data.fashion_mnist import DEBIAN_DIR
+from ardiff.train import Trainer, load_run_config
+from ardiff.train import checkpoint as ckpt
+from ardiff.train.config import build_run_config
+from ardiff.train.trainer import NonFiniteLossError
+
+HAVE_FMNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+
+TINY_MODEL = dict(input_size=[28, 28], in_channels=1, patch_size=7, block_layout="tiles", block_size=4,
+                  depth=2, hidden_size=64, num_heads=2, num_classes=10)
+
+
+class Labelled(TensorDataset):
+    pass
+
+
+def synthetic_dataset(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.rand(n, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g))
+
+
+def run_config(tmp_path, **train):
+    raw = {"model": dict(TINY_MODEL), "train": {"out_dir": str(tmp_path), "steps": 6, "batch_size": 8,
+                                                "checkpoint_every": 3, "log_every": 1, "lr": 1e-3,
+                                                "ema_decay": 0.9, "tensorboard": False, **train},
+           "sample": {"num_images": 0}}
+    return build_run_config(raw)
+
+
+def final_weights(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, \
+           {n: t.clone() for n, t in trainer.ema.items()}
+
+
+def test_resume_is_bit_identical(tmp_path):
+    data = synthetic_dataset()
+    full = Trainer(run_config(tmp_path / "a", warmup_steps=2, grad_clip=0.5), dataset=data, progress=False)
+    full.fit()
+    interrupted = Trainer(run_config(tmp_path / "b", warmup_steps=2, grad_clip=0.5), dataset=data, progress=False)
+    interrupted.fit(max_steps=4)  # "killed" after step 4; last checkpoint at step 3
+    resumed = Trainer(run_config(tmp_path / "b", warmup_steps=2, grad_clip=0.5), dataset=data, resume=True,
+                      progress=False)
+    assert resumed.step == 3
+    resumed.fit()
+    (wa, ea), (wb, eb) = final_weights(full), final_weights(resumed)
+    for n in wa:
+        assert torch.equal(wa[n], wb[n]), n
+        assert torch.equal(ea[n], eb[n]), n
+    # the exported model is the EMA weights, loadable with from_pretrained
+    model = ACDiT.from_pretrained(tmp_path / "b" / "model")
+    assert torch.equal(model.state_dict()["x_embedder.weight"], eb["x_embedder.weight"])
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    trainer = Trainer(run_config(tmp_path), dataset=synthetic_dataset(), progress=False)
+    trainer.fit(max_steps=3)
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step_00000003"
+
+    real_save = ckpt.atomic_save_safetensors
+    calls = {"n": 0}
+
+    def dying_save(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # killed while writing the second file of the step-6 checkpoint
+            Path(path).with_name("partial").write_bytes(b"\x00" * 10)
+            raise KeyboardInterrupt
+        return real_save(tensors, path, metadata)
+
+    monkeypatch.setattr(ckpt, "atomic_save_safetensors", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.setattr(ckpt, "atomic_save_safetensors", real_save)
+    latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest.name == "step_00000003"
+    resumed = Trainer(run_config(tmp_path), dataset=synthetic_dataset(), resume=True, progress=False)
+    assert resumed.step == 3
+
+
+def test_non_finite_loss_stops_with_clear_error(tmp_path):
+    data = synthetic_dataset()
+    data.tensors[0][3] = float("nan")
+    trainer = Trainer(run_config(tmp_path, steps=20), dataset=data, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+.*Last good checkpoint"):
+        trainer.fit()
+
+
+def test_wsd_schedule():
+    from ardiff.train.trainer import wsd_lr_factor
+
+    f = [wsd_lr_factor(s, 100, 10, 0.15) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[50] == 1.0 and f[84] == 1.0
+    assert f[85] == 1.0 and f[99] == pytest.approx(1 / 15) and all(a >= b for a, b in zip(f[85:], f[86:]))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(run_config(Path(out_dir), steps=4, checkpoint_every=100), dataset=synthetic_dataset(),
+                      progress=False)
+    trainer.fit()
+    torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, Path(result_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    single = Trainer(run_config(tmp_path / "single", steps=4, checkpoint_every=100), dataset=synthetic_dataset(),
+                     progress=False)
+    single.fit()
+    for n, p in single.model.named_parameters():
+        assert torch.equal(r0[n], r1[n]), n  # ranks identical
+        assert torch.allclose(r0[n], p.detach(), atol=1e-5, rtol=1e-4), n  # = one process, same global batch
+
+
+def test_grad_accum_matches_full_batch(tmp_path):
+    a = Trainer(run_config(tmp_path / "a", steps=3), dataset=synthetic_dataset(), progress=False)
+    a.fit()
+    b = Trainer(run_config(tmp_path / "b", steps=3, grad_accum=4), dataset=synthetic_dataset(), progress=False)
+    b.fit()
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), n
+
+
+@needs_fmnist
+def test_fmnist_loss_goes_down_on_real_data(tmp_path):
+    run = load_run_config("fmnist", [f"train.out_dir={tmp_path}", "train.steps=80", "train.batch_size=32",
+                                     "train.log_every=1", "train.warmup_steps=10", "train.checkpoint_every=1000",
+                                     "train.tensorboard=false", "model.depth=2", "model.hidden_size=96",
+                                     "model.num_heads=2", "sample.num_images=4", "sample.num_steps=3"])
+    trainer = Trainer(run, progress=False)
+    trainer.fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "samples" / "step_00000080.png").is_file()
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) train.lrr; valid keys in 'train'"):
+        load_run_config("fmnist", ["train.lrr=1"])
+    with pytest.raises(ValueError, match=r"train.lr must be a number, got 'fast'"):
+        load_run_config("fmnist", ["train.lr=fast"])
+    with pytest.raises(ValueError, match=r"unknown section"):
+        load_run_config("fmnist", ["optim.lr=1"])
+    with pytest.raises(ValueError, match=r"must look like section.key=value"):
+        load_run_config("fmnist", ["train.lr"])
+    with pytest.raises(ValueError, match=r"invalid ACDiTConfig: block_size=50"):
+        load_run_config("fmnist", ["model.block_layout=raster", "model.block_size=50"])
+    with pytest.raises(FileNotFoundError, match="run config nope.yaml not found"):
+        load_run_config("nope.yaml")
+    with pytest.raises(ValueError, match="not divisible by processes"):
+        Trainer(run_config(tmp_path, batch_size=6, grad_accum=4), dataset=synthetic_dataset(), progress=False)
+    bad = TensorDataset(torch.zeros(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"dataset samples have shape \(3, 28, 28\) but the model expects \(1, 28, 28\)"):
+        Trainer(run_config(tmp_path), dataset=bad, progress=False)
+
+
+def test_all_shipped_configs_parse():
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")):
+        run = load_run_config(path)
+        assert run.model.num_blocks >= 1, path
