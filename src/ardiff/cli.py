@@ -9,25 +9,11 @@ import time
 from pathlib import Path
 
 
-def _save_grid(images, path: Path, nrow: int) -> None:
-    """images: (N, C, H, W) in [-1, 1] -> PNG grid."""
-    import numpy as np
-    from PIL import Image
-
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
-    n, c, h, w = x.shape
-    rows = (n + nrow - 1) // nrow
-    grid = np.zeros((rows * (h + 2) + 2, nrow * (w + 2) + 2, c), dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = x[i].transpose(1, 2, 0)
-    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
-
-
 def cmd_demo(args) -> int:
     import torch
 
     from ardiff import ACDiT, ACDiTConfig, make_generators, sample
+    from ardiff.utils.media import save_image_grid
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,13 +40,77 @@ def cmd_demo(args) -> int:
         timings["cached" if use_cache else "uncached"] = time.perf_counter() - t0
     diff = (results[True] - results[False]).abs().max().item()
     grid_path = out / "samples.png"
-    _save_grid(results[True].clamp(-1, 1), grid_path, nrow=min(args.num, 4))
+    save_image_grid(results[True], grid_path, nrow=min(args.num, 4))
     report = {"random_init": True, "num_samples": args.num, "steps": args.steps, "cfg": args.cfg,
               "seconds": timings, "max_abs_diff_cached_vs_uncached": diff, "grid": str(grid_path)}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"cached {timings['cached']:.2f} s, uncached {timings['uncached']:.2f} s, "
           f"max |cached - uncached| = {diff:.2e}")
     print(f"wrote {grid_path} and {out / 'report.json'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ardiff.train import Trainer, load_run_config
+
+    overrides = list(args.set or [])
+    if args.out_dir:
+        overrides.append(f"train.out_dir={args.out_dir}")
+    run = load_run_config(args.config, overrides)
+    trainer = Trainer(run, resume=args.resume, device=args.device, progress=not args.no_progress)
+    last = trainer.fit(max_steps=args.max_steps)
+    if trainer.is_main:
+        done = trainer.step == run.train.steps
+        print(f"{'finished' if done else 'stopped'} at step {trainer.step}: loss {last.get('loss', float('nan')):.4f}; "
+              f"checkpoints in {trainer.ckpt_root}" + (f"; model in {trainer.out / 'model'}" if done else ""))
+    return 0
+
+
+def _parse_classes(text: str | None, num_classes: int) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise SystemExit(f"--classes must be comma-separated integers, got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise SystemExit(f"--classes {bad} out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return classes
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from ardiff import ACDiT, make_generators, sample
+    from ardiff.utils.media import save_media
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ACDiT.from_pretrained(args.model_dir, device=device)
+    cfg = model.config
+    classes = _parse_classes(args.classes, cfg.num_classes)
+    if classes is not None:
+        labels = torch.tensor([c for c in classes for _ in range(args.num)])
+    elif cfg.num_classes:
+        labels = torch.arange(args.num) % cfg.num_classes
+    else:
+        labels = None
+    n = len(labels) if labels is not None else args.num
+    cfg_scale = args.cfg if labels is not None else 1.0
+    out = sample(model, labels, num_steps=args.steps, cfg_scale=cfg_scale, use_cache=not args.no_cache,
+                 generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
+    stem = Path(args.out)
+    path = save_media(out.cpu(), stem.with_suffix("") if stem.suffix else stem,
+                      video_format=args.format or (stem.suffix.lstrip(".") if stem.suffix in (".gif", ".mp4") else "gif"))
+    print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path}")
+    return 0
+
+
+def cmd_convert_official(args) -> int:
+    from ardiff.models.official import convert_official
+
+    out = convert_official(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle, use_ema=args.ema)
+    print(f"wrote {out} (config.json, model.safetensors, official_args.json)")
     return 0
 
 
@@ -84,6 +134,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train an ACDiT from a run config (works under torchrun)",
+                           description="Train from a YAML run config (a path or a name in configs/, e.g. fmnist). "
+                                       "Multi-GPU: torchrun --nproc_per_node N -m ardiff.cli train CONFIG.")
+    train.add_argument("config", help="YAML run config path or built-in name (fmnist, moving-fmnist, imagenet256-B, ...)")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    train.add_argument("--out-dir", help="shortcut for --set train.out_dir=DIR")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps of this invocation")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    samp = sub.add_parser("sample", help="sample from a model directory to a PNG grid / GIF / MP4")
+    samp.add_argument("model_dir", help="directory with config.json and model.safetensors")
+    samp.add_argument("--classes", help="comma-separated class ids; --num samples of each")
+    samp.add_argument("--num", type=int, default=8, help="samples (per class when --classes is given)")
+    samp.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale")
+    samp.add_argument("--steps", type=int, default=25, help="denoising steps per block")
+    samp.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    samp.add_argument("--out", default="samples", help="output path (.png for images, .gif/.mp4 for videos)")
+    samp.add_argument("--format", choices=("gif", "mp4"), help="video format (default from --out, else gif)")
+    samp.add_argument("--no-cache", action="store_true", help="recompute the context every step (reference path)")
+    samp.add_argument("--device")
+    samp.set_defaults(func=cmd_sample)
+
+    conv = sub.add_parser("convert-official", help="convert a released ACDiT checkpoint to an ardiff model dir")
+    conv.add_argument("checkpoint", help="ACDiT-{XL,H}-{img,vid}.pt")
+    conv.add_argument("out_dir")
+    conv.add_argument("--allow-pickle", action="store_true",
+                      help="required: the release is a pickle; it is loaded with weights_only=True and an allow-list")
+    conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
+    conv.set_defaults(func=cmd_convert_official)
 
     bench = sub.add_parser("bench", help="training/sampling speed against this machine's matmul peak")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")

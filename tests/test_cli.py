@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from ardiff import ACDiT
+from ardiff.cli import build_parser, main
+from ardiff.data.fashion_mnist import DEBIAN_DIR
+
+HAVE_FMNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("demo", "train", "sample", "convert-official", "bench"):
+        assert cmd in out
+    for cmd in ("train", "sample"):
+        assert build_parser().parse_args([cmd, "x"]).command == cmd
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+def test_train_then_sample(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(["train", "fmnist", "--out-dir", str(run_dir), "--no-progress",
+          "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "model.depth=1",
+          "--set", "model.hidden_size=64", "--set", "model.num_heads=1", "--set", "train.tensorboard=false",
+          "--set", "sample.num_images=0"])
+    assert "finished at step 4" in capsys.readouterr().out
+    model = ACDiT.from_pretrained(run_dir / "model")
+    assert model.config.depth == 1
+    main(["sample", str(run_dir / "model"), "--classes", "0,7", "--num", "2", "--steps", "2",
+          "--out", str(tmp_path / "grid.png")])
+    assert (tmp_path / "grid.png").is_file()
+    with pytest.raises(SystemExit, match=r"--classes \[12\] out of range"):
+        main(["sample", str(run_dir / "model"), "--classes", "12", "--steps", "2", "--out", str(tmp_path / "x.png")])
+
+
+def test_sample_missing_model_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        main(["sample", str(tmp_path / "nothing")])
+
+
+def test_demo_quick(tmp_path, capsys):
+    main(["demo", "--out", str(tmp_path), "--num", "2", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert "RANDOMLY INITIALISED" in out
+    assert (tmp_path / "samples.png").is_file()
