@@ -185,3 +185,74 @@ def test_all_shipped_configs_parse():
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")):
         run = load_run_config(path)
         assert run.model.num_blocks >= 1, path
+
+
+def test_activation_checkpointing_same_gradients():
+    from conftest import tiny_model
+    from ardiff import training_loss
+
+    grads = []
+    for ckpt_on in (False, True):
+        model = tiny_model(dtype=torch.float64).train()
+        model.gradient_checkpointing = ckpt_on
+        loss = training_loss(model, torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+                             torch.tensor([1, 2]), generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def _fsdp_worker(rank, world, port, out_dir, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(run_config(Path(out_dir), steps=4, checkpoint_every=2, distributed="fsdp"),
+                      dataset=synthetic_dataset(), progress=False)
+    trainer.fit()
+    state = {n: ckpt.full_tensor(p.detach()) for n, p in trainer.model.named_parameters()}
+    if rank == 0:
+        torch.save(state, Path(result_dir) / "fsdp.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_fsdp_two_processes_match_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), str(tmp_path / "fsdp"), str(tmp_path)), nprocs=2, join=True)
+    sharded = torch.load(tmp_path / "fsdp.pt")
+    single = Trainer(run_config(tmp_path / "single", steps=4, checkpoint_every=100), dataset=synthetic_dataset(),
+                     progress=False)
+    single.fit()
+    for n, p in single.model.named_parameters():
+        assert torch.allclose(sharded[n], p.detach(), atol=1e-5, rtol=1e-4), n
+    # its checkpoints hold full tensors, loadable by a single process
+    resumed = Trainer(run_config(tmp_path / "fsdp", steps=4), dataset=synthetic_dataset(), resume=True,
+                      progress=False)
+    assert resumed.step == 4
+
+
+@pytest.mark.slow
+def test_compiled_layers_train(tmp_path):
+    a = Trainer(run_config(tmp_path / "a", steps=2), dataset=synthetic_dataset(), progress=False)
+    a.fit()
+    b = Trainer(run_config(tmp_path / "b", steps=2, compile=True), dataset=synthetic_dataset(), progress=False)
+    b.fit()
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-4, rtol=1e-3), n
+
+
+def test_tensorboard_scalars_and_sample_grid(tmp_path):
+    run = run_config(tmp_path, steps=2, checkpoint_every=100, tensorboard=True)
+    run.sample.num_images = 4
+    run.sample.num_steps = 2
+    trainer = Trainer(run, dataset=synthetic_dataset(), progress=False)
+    trainer.fit()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"] and "samples" in acc.Tags()["images"]
+    assert (tmp_path / "samples" / "step_00000002.png").is_file()

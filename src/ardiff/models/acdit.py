@@ -89,14 +89,15 @@ class ACDiTBlock(nn.Module):
             mods = torch.cat([identity.flatten(2), mods], dim=1)
         return tuple(m.unsqueeze(2) for m in mods.chunk(6, dim=-1))
 
-    def forward(self, x, mods, rope, mask, *, block_size, num_clean, clean_out=True, kv_buffers=None, kv_start=0):
-        """x: (B, num_clean + G*S, D); mods from :meth:`modulation` (None without noisy groups).
+    def forward(self, x, cond, rope, mask, *, block_size, num_clean, clean_out=True, kv_buffers=None, kv_start=0):
+        """x: (B, num_clean + G*S, D); cond: (B, G, D) adaLN input, None without noisy groups.
 
         ``clean_out=False`` (last layer): clean tokens are only keys/values; the output
         holds the noisy tokens alone.
         """
         B, L, D = x.shape
         blocks = lambda t: t.view(B, -1, block_size, D)
+        mods = self.modulation(cond, num_clean // block_size)
         h = self.norm1(x)
         if mods is not None:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
@@ -357,8 +358,7 @@ class ACDiT(nn.Module):
         last = len(self.blocks) - 1
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            args = (x, block.modulation(cond if groups else None, num_clean_blocks), rope,
-                    last_mask if i == last else mask)
+            args = (x, cond if groups else None, rope, last_mask if i == last else mask)
             kwargs = dict(block_size=S, num_clean=num_clean, clean_out=i != last,
                           kv_buffers=cache.layer(i) if cache is not None else None, kv_start=kv_start)
             if checkpointed:

@@ -69,8 +69,8 @@ class Trainer:
         self.model = ACDiT(run.model).to(self.device)
         if self.cfg.activation_checkpointing:
             self.model.gradient_checkpointing = True
+        self.objective = self._wrap(DiffusionLoss(self.model))  # FSDP2 swaps parameters for DTensors here
         self.names = {p: n for n, p in self.model.named_parameters()}
-        self.objective = self._wrap(DiffusionLoss(self.model))
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
             weight_decay=self.cfg.weight_decay,
