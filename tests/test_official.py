@@ -245,3 +245,14 @@ def test_wrong_shape_or_missing_key_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"unexpected keys \(1\):\s+pos_embed"):
         official_config(extra, IMAGE_ARGS)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert_official(image_ckpt, tmp_path, capsys):
+    from ardiff.cli import main
+
+    path, _, ema = image_ckpt
+    with pytest.raises(ValueError, match="--allow-pickle"):
+        main(["convert-official", str(path), str(tmp_path / "refused")])
+    main(["convert-official", str(path), str(tmp_path / "out"), "--allow-pickle", "--ema"])
+    assert "wrote" in capsys.readouterr().out
+    assert_same_weights(ACDiT.from_pretrained(tmp_path / "out"), ema)
