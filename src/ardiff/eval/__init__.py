@@ -1,0 +1,21 @@
+"""Sample-quality metrics over features from an injectable feature network."""
+
+from ardiff.eval.metrics import (
+    FeatureStats,
+    class_accuracy,
+    frame_consistency,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+
+__all__ = [
+    "FeatureStats",
+    "class_accuracy",
+    "frame_consistency",
+    "frechet_distance",
+    "inception_score",
+    "kernel_inception_distance",
+    "precision_recall",
+]

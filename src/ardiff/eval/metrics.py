@@ -1,0 +1,139 @@
+"""Distribution metrics on feature vectors, in float64.
+
+The feature network is the caller's choice (Inception-V3 for numbers comparable to the
+literature, our Fashion-MNIST classifier for the offline "FID-FMNIST"): every function
+here takes features or logits, never images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+# ---------------------------------------------------------------------------
+#                          Frechet distance (FID, FVD)
+# ---------------------------------------------------------------------------
+@dataclass
+class FeatureStats:
+    mean: torch.Tensor  # (D,)
+    cov: torch.Tensor  # (D, D)
+    count: int
+
+    @classmethod
+    def from_features(cls, features: torch.Tensor) -> "FeatureStats":
+        f = _as_matrix(features, "features")
+        if f.shape[0] < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
+        return cls(f.mean(0), torch.cov(f.T), f.shape[0])
+
+
+def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x).detach().to("cpu", torch.float64)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be (N, D), got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or Inf")
+    return x
+
+
+def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_distance(a: torch.Tensor | FeatureStats, b: torch.Tensor | FeatureStats) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
+
+    The trace term uses tr((S_a S_b)^(1/2)) = sum sqrt(eig(S_a^(1/2) S_b S_a^(1/2))): a
+    symmetric PSD eigenproblem, exact and free of sqrtm's complex round-off.
+    """
+    sa = a if isinstance(a, FeatureStats) else FeatureStats.from_features(a)
+    sb = b if isinstance(b, FeatureStats) else FeatureStats.from_features(b)
+    if sa.mean.shape != sb.mean.shape:
+        raise ValueError(f"feature sizes differ: {sa.mean.shape[0]} vs {sb.mean.shape[0]}")
+    root_a = _sqrt_psd(sa.cov)
+    middle = root_a @ sb.cov @ root_a
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    diff = sa.mean - sb.mean
+    return float(diff @ diff + sa.cov.trace() + sb.cov.trace() - 2 * trace_sqrt)
+
+
+# ---------------------------------------------------------------------------
+#                    Kernel inception distance (unbiased MMD^2)
+# ---------------------------------------------------------------------------
+def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """Mean and std over random subsets of the unbiased MMD^2 with the cubic polynomial
+    kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018)."""
+    x, y = _as_matrix(real, "real features"), _as_matrix(fake, "fake features")
+    m = min(subset_size, x.shape[0], y.shape[0])
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    d = x.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        xs = x[torch.randperm(x.shape[0], generator=g)[:m]]
+        ys = y[torch.randperm(y.shape[0], generator=g)[:m]]
+        kxx, kyy, kxy = [(p @ q.T / d + 1) ** 3 for p, q in ((xs, xs), (ys, ys), (xs, ys))]
+        off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        values.append(float(off - 2 * kxy.mean()))
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------
+#             Precision / recall (k-NN manifolds, Kynkaanniemi et al. 2019)
+# ---------------------------------------------------------------------------
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    dist = torch.cdist(x, x)
+    return dist.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+
+def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 4096) -> float:
+    inside = []
+    for i in range(0, points.shape[0], chunk):
+        inside.append((torch.cdist(points[i : i + chunk], centres) <= radii[None]).any(dim=1))
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Precision: share of fake samples inside the real manifold; recall: the reverse."""
+    x, y = _as_matrix(real, "real features"), _as_matrix(fake, "fake features")
+    if min(x.shape[0], y.shape[0]) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
+    return _coverage(y, x, _knn_radii(x, k)), _coverage(x, y, _knn_radii(y, k))
+
+
+# ---------------------------------------------------------------------------
+#                     Classifier-based scores on generated samples
+# ---------------------------------------------------------------------------
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))), mean and std over ``splits`` (Salimans et al. 2016)."""
+    logp = torch.log_softmax(_as_matrix(logits, "logits"), dim=1)
+    scores = []
+    for part in logp.chunk(splits):
+        marginal = torch.logsumexp(part, 0) - torch.log(torch.tensor(float(part.shape[0]), dtype=torch.float64))
+        kl = (part.exp() * (part - marginal)).sum(1).mean()
+        scores.append(float(kl.exp()))
+    t = torch.tensor(scores, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(scores) > 1 else 0.0
+
+
+def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of samples generated for class c that the classifier reads as c."""
+    logits = torch.as_tensor(logits)
+    labels = torch.as_tensor(labels).to(logits.device)
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logits for {labels.shape[0]} labels")
+    return float((logits.argmax(-1) == labels).double().mean())
+
+
+def frame_consistency(frame_features: torch.Tensor) -> float:
+    """Mean cosine similarity of consecutive frames' features; input (N, F, D)."""
+    f = torch.as_tensor(frame_features).to(torch.float64)
+    if f.dim() != 3 or f.shape[1] < 2:
+        raise ValueError(f"frame features must be (N, F >= 2, D), got {tuple(f.shape)}")
+    return float(torch.nn.functional.cosine_similarity(f[:, 1:], f[:, :-1], dim=-1).mean())

@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from ardiff.eval import (
+    class_accuracy,
+    frame_consistency,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+
+
+def gaussian(n, mean, std, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) * std + mean
+
+
+def test_frechet_closed_form():
+    # Same covariances cancel: FD = ||mu_a - mu_b||^2 exactly for identical sample clouds shifted.
+    a = gaussian(500, 0.0, 1.0)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(4 * 4.0, rel=1e-9)
+    # Isotropic scale: tr(S + s^2 S - 2 s S) = (1 - s)^2 tr(S)
+    cov_trace = torch.cov(a.T).trace().item()
+    assert frechet_distance(a, 3 * a) == pytest.approx(4 * cov_trace + (a.mean(0) * 2).pow(2).sum().item(), rel=1e-9)
+
+
+def test_frechet_errors():
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        frechet_distance(gaussian(10, 0, 1, d=3), gaussian(10, 0, 1, d=4))
+    with pytest.raises(ValueError, match="contain NaN"):
+        frechet_distance(torch.full((5, 2), float("nan")), gaussian(5, 0, 1, d=2))
+
+
+def test_kid_zero_for_same_distribution_and_positive_otherwise():
+    a, b = gaussian(400, 0, 1, seed=1), gaussian(400, 0, 1, seed=2)
+    same, _ = kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    diff, _ = kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=200)
+    assert abs(same) < 0.05 and diff > 0.5
+
+
+def test_precision_recall_extremes():
+    real = gaussian(300, 0, 1, seed=3)
+    p, r = precision_recall(real, gaussian(300, 0, 1, seed=4))
+    assert p > 0.8 and r > 0.8
+    p, r = precision_recall(real, gaussian(300, 0, 0.05, seed=5))  # mode collapse: precise, no recall
+    assert p > 0.95 and r < 0.2
+    p, _ = precision_recall(real, gaussian(300, 50, 1, seed=6))
+    assert p == 0.0
+
+
+def test_inception_score_bounds():
+    uniform = torch.zeros(100, 10)
+    assert inception_score(uniform, splits=2)[0] == pytest.approx(1.0)
+    confident = torch.nn.functional.one_hot(torch.arange(100) % 10, 10).double() * 100
+    assert inception_score(confident, splits=2)[0] == pytest.approx(10.0, rel=1e-6)
+
+
+def test_class_accuracy_and_frame_consistency():
+    logits = torch.eye(4)[[0, 1, 2, 2]]
+    assert class_accuracy(logits, torch.tensor([0, 1, 2, 3])) == 0.75
+    frames = torch.randn(3, 1, 8).repeat(1, 5, 1)
+    assert frame_consistency(frames) == pytest.approx(1.0)
+    alternating = torch.tensor([[[1.0, 0], [-1.0, 0], [1.0, 0]]])
+    assert frame_consistency(alternating) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="frame features must be"):
+        frame_consistency(torch.randn(3, 8))
