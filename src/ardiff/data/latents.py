@@ -1,0 +1,222 @@
+"""A VAE latent cache: encode a dataset once, train on its latents many times.
+
+The paper trains on SD-VAE latents of ImageNet and UCF-101. Encoding on the fly would
+cost more than the diffusion model itself, so :func:`encode_latent_cache` writes the
+posterior *means* (deterministic, so a cache can be rebuilt bit for bit) into safetensors
+shards plus a ``meta.json``; :class:`LatentDataset` serves them scaled by the VAE's
+``scaling_factor`` to roughly unit variance, the space the diffusion model is trained in.
+Videos (3, F, H, W) are encoded frame by frame into (C, F, h, w).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+CACHE_FORMAT = "ardiff-latents"
+CACHE_VERSION = 1
+SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
+
+
+def shard_name(k: int) -> str:
+    return f"latents_{k:05d}.safetensors"
+
+
+def load_vae(vae_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A diffusers ``AutoencoderKL`` from a local directory, in eval mode; never downloads."""
+    from diffusers import AutoencoderKL  # deferred: importing diffusers takes seconds
+
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"VAE directory {vae_dir} not found or has no config.json; point data.vae at a local "
+            f"diffusers AutoencoderKL (e.g. `huggingface-cli download stabilityai/sd-vae-ft-ema "
+            f"--local-dir {vae_dir}` on a machine with network access)")
+    return AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: readers never see a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _encode(vae, x: torch.Tensor) -> torch.Tensor:
+    """Posterior means of images (B, 3, H, W) or clips (B, 3, F, H, W), frame by frame."""
+    if x.ndim == 5:
+        b, c, f, h, w = x.shape
+        z = _encode(vae, x.transpose(1, 2).reshape(b * f, c, h, w))
+        return z.reshape(b, f, *z.shape[1:]).transpose(1, 2)
+    return vae.encode(x).latent_dist.mean
+
+
+@torch.no_grad()
+def encode_latent_cache(dataset: Dataset, vae_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                        shard_size: int = 1024, batch_size: int = 32, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Encode ``dataset`` (items ``(x, label)``, x in [-1, 1] of shape (3, H, W) or (3, F, H, W)).
+
+    Writes ``latents_00000.safetensors``, ... (tensors ``latents`` of ``dtype`` and
+    ``labels`` int64, ``shard_size`` items each, the last one shorter) and then
+    ``meta.json``, each atomically; a cache without ``meta.json`` is incomplete. Returns the
+    metadata. ``out_dir`` must not already hold a cache.
+    """
+    if shard_size <= 0 or batch_size <= 0:
+        raise ValueError(f"shard_size={shard_size} and batch_size={batch_size} must both be > 0")
+    if dtype not in (torch.float16, torch.float32):
+        raise ValueError(f"dtype={dtype}; latents are stored as torch.float16 or torch.float32")
+    out_dir = Path(out_dir)
+    if (out_dir / "meta.json").exists():
+        raise FileExistsError(f"{out_dir} already holds a latent cache (meta.json); remove it or choose "
+                              f"another out_dir")
+    if len(dataset) == 0:
+        raise ValueError("the dataset to encode is empty")
+    x, _ = dataset[0]
+    if x.ndim not in (3, 4) or x.shape[0] != 3:
+        raise ValueError(f"samples have shape {tuple(x.shape)}; the VAE encodes RGB images (3, H, W) "
+                         f"or clips (3, F, H, W)")
+    vae = load_vae(vae_dir, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    shards: list[dict[str, Any]] = []
+    buffer_z, buffer_y = None, torch.zeros(0, dtype=torch.int64)  # encoded items not yet in a shard
+
+    def write_shard(z: torch.Tensor, y: torch.Tensor) -> None:
+        name = shard_name(len(shards))
+        _atomic_write(out_dir / name, lambda tmp: save_file({"latents": z.contiguous(), "labels": y.contiguous()}, tmp))
+        shards.append({"file": name, "count": len(y)})
+
+    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        z = _encode(vae, images.to(device=device, dtype=vae.dtype)).to("cpu", dtype)
+        buffer_z = z if buffer_z is None else torch.cat([buffer_z, z])
+        buffer_y = torch.cat([buffer_y, torch.as_tensor(labels, dtype=torch.int64).reshape(-1)])
+        while len(buffer_y) >= shard_size:
+            write_shard(buffer_z[:shard_size], buffer_y[:shard_size])
+            buffer_z, buffer_y = buffer_z[shard_size:], buffer_y[shard_size:]
+    if len(buffer_y):
+        write_shard(buffer_z, buffer_y)
+
+    meta = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "vae_dir": str(Path(vae_dir).resolve()),
+        "scaling_factor": float(vae.config.scaling_factor),
+        "shift_factor": float(vae.config.get("shift_factor") or 0.0),
+        "latent_shape": list(buffer_z.shape[1:]),
+        "sample_shape": list(x.shape),
+        "dtype": str(dtype).removeprefix("torch."),
+        "count": sum(s["count"] for s in shards),
+        "shard_size": shard_size,
+        "num_classes": getattr(dataset, "num_classes", None),
+        "shards": shards,
+    }
+    _atomic_write(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return meta
+
+
+def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """Data offset and tensor table of a safetensors file; a ``ValueError`` naming it if malformed."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file size {size}")
+            header = json.loads(f.read(n))
+        for key in ("latents", "labels"):
+            entry = header[key]
+            begin, end = entry["data_offsets"]
+            itemsize = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize
+            if end - begin != itemsize * int(np.prod(entry["shape"])) or 8 + n + end > size:
+                raise ValueError(f"tensor {key!r} is truncated")
+    except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"latent shard {path} is corrupt or not a safetensors file ({e!r}); "
+                         f"re-encode the cache with encode_latent_cache") from e
+    except ValueError as e:
+        raise ValueError(f"latent shard {path} is corrupt: {e}; re-encode the cache with encode_latent_cache") from e
+    return 8 + n, header
+
+
+class LatentDataset(Dataset):
+    """Items ``((latent - shift_factor) * scaling_factor, label)`` of a cache from :func:`encode_latent_cache`.
+
+    Shard headers are checked at construction; latents are read from disk one item at a
+    time (the page cache keeps hot shards in memory), so an ImageNet-sized cache needs no
+    RAM of its own and the dataset pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.cache_dir = Path(cache_dir)
+        meta_path = self.cache_dir / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: {self.cache_dir} is not a (complete) latent cache; "
+                                    f"build one with ardiff.data.latents.encode_latent_cache")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read {meta_path}: {e}") from e
+        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
+            raise ValueError(f"{meta_path} is not an {CACHE_FORMAT} v{CACHE_VERSION} cache description")
+        self.scaling_factor = float(self.meta["scaling_factor"])
+        self.shift_factor = float(self.meta["shift_factor"])
+        self.latent_shape = tuple(self.meta["latent_shape"])
+        self.num_classes = self.meta["num_classes"]
+        self._shards: list[tuple[Path, int, np.dtype]] = []  # file, offset of item 0's latent, dtype
+        labels, ends = [], []
+        for shard in self.meta["shards"]:
+            path = self.cache_dir / shard["file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"latent shard {path} listed in {meta_path} is missing")
+            data_start, header = _read_header(path)
+            lat, lab = header["latents"], header["labels"]
+            if (lat["dtype"] not in ("F16", "F32") or lab["dtype"] != "I64"
+                    or lat["shape"] != [shard["count"], *self.latent_shape] or lab["shape"] != [shard["count"]]):
+                raise ValueError(f"latent shard {path} holds latents {lat['dtype']} {lat['shape']} and labels "
+                                 f"{lab['dtype']} {lab['shape']}; {meta_path} says {shard['count']} items of "
+                                 f"shape {list(self.latent_shape)}; re-encode the cache")
+            with open(path, "rb") as f:
+                f.seek(data_start + lab["data_offsets"][0])
+                labels.append(np.frombuffer(f.read(8 * shard["count"]), dtype=np.int64))
+            self._shards.append((path, data_start + lat["data_offsets"][0], np.dtype(SAFETENSORS_DTYPES[lat["dtype"]])))
+            ends.append((ends[-1] if ends else 0) + shard["count"])
+        self.labels = torch.from_numpy(np.concatenate(labels) if labels else np.zeros(0, np.int64))
+        self._ends = ends
+        self._numel = int(np.prod(self.latent_shape))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a latent cache of {n} items")
+        index %= n
+        k = bisect.bisect_right(self._ends, index)
+        path, offset, dtype = self._shards[k]
+        row = index - (self._ends[k - 1] if k else 0)
+        nbytes = self._numel * dtype.itemsize
+        with open(path, "rb") as f:
+            f.seek(offset + row * nbytes)
+            z = torch.from_numpy(np.frombuffer(f.read(nbytes), dtype=dtype).reshape(self.latent_shape).copy())
+        return (z.float() - self.shift_factor) * self.scaling_factor, self.labels[index]
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
+    """Model-space latents (B, C, h, w) or (B, C, F, h, w) to images/clips in [-1, 1], undoing the cache's scaling."""
+    z = latents / scaling_factor + shift_factor
+    if z.ndim == 5:
+        b, c, f, h, w = z.shape
+        x = decode_latents(vae, z.transpose(1, 2).reshape(b * f, c, h, w), 1.0)
+        return x.reshape(b, f, *x.shape[1:]).transpose(1, 2)
+    return vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.clamp(-1, 1)
