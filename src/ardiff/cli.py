@@ -83,6 +83,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from ardiff import ACDiT, make_generators, sample
+    from ardiff.models.checkpoint import load_extras
     from ardiff.utils.media import save_media
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,8 +98,26 @@ def cmd_sample(args) -> int:
         labels = None
     n = len(labels) if labels is not None else args.num
     cfg_scale = args.cfg if labels is not None else 1.0
+    vae_info = load_extras(args.model_dir).get("vae")
+    if args.vae:
+        vae_info = {**(vae_info or {"scaling_factor": 1.0, "shift_factor": 0.0}), "path": args.vae}
+    vae = None
+    if vae_info and not args.no_decode:
+        from ardiff.data.latents import load_vae
+
+        try:
+            vae = load_vae(vae_info["path"], device)
+        except FileNotFoundError as e:
+            raise SystemExit(f"{e}\nThis model generates VAE latents: pass --vae DIR, or --no-decode") from None
     out = sample(model, labels, num_steps=args.steps, cfg_scale=cfg_scale, use_cache=not args.no_cache,
                  generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
+    if vae is not None:
+        from ardiff.data.latents import decode_latents
+
+        with torch.no_grad():
+            out = decode_latents(vae, out, vae_info["scaling_factor"], vae_info.get("shift_factor", 0.0))
+    elif vae_info:
+        out = out[:, :3].clamp(-4, 4) / 4  # raw latents, squashed into the image range
     stem = Path(args.out)
     path = save_media(out.cpu(), stem.with_suffix("") if stem.suffix else stem,
                       video_format=args.format or (stem.suffix.lstrip(".") if stem.suffix in (".gif", ".mp4") else "gif"))
@@ -111,6 +130,23 @@ def cmd_convert_official(args) -> int:
 
     out = convert_official(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle, use_ema=args.ema)
     print(f"wrote {out} (config.json, model.safetensors, official_args.json)")
+    return 0
+
+
+def cmd_encode_latents(args) -> int:
+    from ardiff.data import build_dataset
+    from ardiff.data.latents import encode_latent_cache
+    from ardiff.train import load_run_config
+
+    run = load_run_config(args.config, list(args.set or []))
+    if run.data.name == "latents":
+        raise SystemExit("the config's data section already names a latent cache; point it at the source "
+                         "images/videos, e.g. --set data.name=image_folder --set data.root=DIR")
+    dataset = build_dataset(run.data, None)
+    meta = encode_latent_cache(dataset, args.vae, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
+                               device=args.device or "cpu")
+    print(f"wrote {meta['count']} latents of shape {tuple(meta['latent_shape'])} to {args.out}; train on them "
+          f"with --set data.name=latents --set data.root={args.out} (model.in_channels/input_size to match)")
     return 0
 
 
@@ -158,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--out", default="samples", help="output path (.png for images, .gif/.mp4 for videos)")
     samp.add_argument("--format", choices=("gif", "mp4"), help="video format (default from --out, else gif)")
     samp.add_argument("--no-cache", action="store_true", help="recompute the context every step (reference path)")
+    samp.add_argument("--vae", help="local diffusers AutoencoderKL directory (default: the one recorded by training)")
+    samp.add_argument("--no-decode", action="store_true", help="latent models: save the first 3 latent channels")
     samp.add_argument("--device")
     samp.set_defaults(func=cmd_sample)
 
@@ -168,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="required: the release is a pickle; it is loaded with weights_only=True and an allow-list")
     conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
     conv.set_defaults(func=cmd_convert_official)
+
+    enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache")
+    enc.add_argument("config", help="run config whose data section describes the source images/videos")
+    enc.add_argument("--vae", required=True, help="local diffusers AutoencoderKL directory")
+    enc.add_argument("--out", required=True, help="cache directory to create")
+    enc.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    enc.add_argument("--shard-size", type=int, default=1024)
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--device")
+    enc.set_defaults(func=cmd_encode_latents)
 
     bench = sub.add_parser("bench", help="training/sampling speed against this machine's matmul peak")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")

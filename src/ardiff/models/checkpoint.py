@@ -49,7 +49,7 @@ def save_pretrained(model, directory: str | os.PathLike, state_dict: dict[str, t
     return directory
 
 
-def load_config(directory: str | os.PathLike) -> ACDiTConfig:
+def read_config_json(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(
@@ -57,10 +57,20 @@ def load_config(directory: str | os.PathLike) -> ACDiTConfig:
             f"(written by save_pretrained, `ardiff train` or `ardiff convert-official`)"
         )
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def load_config(directory: str | os.PathLike) -> ACDiTConfig:
+    raw = read_config_json(directory)
     return ACDiTConfig.from_dict({k: v for k, v in raw.items() if not k.startswith("_")})
+
+
+def load_extras(directory: str | os.PathLike) -> dict:
+    """What a model directory records beside the architecture (``_``-prefixed keys), e.g.
+    ``_vae``: the local VAE and scaling that turn the model's latents back into pixels."""
+    return {k[1:]: v for k, v in read_config_json(directory).items() if k.startswith("_") and k != "_format"}
 
 
 def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):

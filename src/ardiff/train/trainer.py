@@ -64,6 +64,12 @@ class Trainer:
             dataset = build_dataset(run.data, run.model)
         self.dataset = dataset
         self._check_dataset()
+        # Latent datasets record their VAE: exported models and sample grids decode with it.
+        meta = getattr(dataset, "meta", None)
+        self.vae_info = ({"path": meta["vae_dir"], "scaling_factor": meta["scaling_factor"],
+                          "shift_factor": meta.get("shift_factor", 0.0)} if isinstance(meta, dict)
+                         and "vae_dir" in meta else None)
+        self._vae = None
 
         torch.manual_seed(self.cfg.seed)  # weight init
         self.model = ACDiT(run.model).to(self.device)
@@ -283,10 +289,24 @@ class Trainer:
 
     def export(self) -> Path | None:
         """``<out>/model``: config.json + model.safetensors with the EMA weights."""
+        from ardiff.models.checkpoint import save_pretrained
+
         model = self.ema_model()
         if not self.is_main:
             return None
-        return model.save_pretrained(self.out / "model")
+        extra = {"_vae": self.vae_info} if self.vae_info else None
+        return save_pretrained(model, self.out / "model", extra_config=extra)
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels with the dataset's VAE (identity in pixel space)."""
+        if self.vae_info is None:
+            return samples
+        from ardiff.data.latents import decode_latents, load_vae
+
+        if self._vae is None:
+            self._vae = load_vae(self.vae_info["path"], self.device)
+        with torch.no_grad():
+            return decode_latents(self._vae, samples, self.vae_info["scaling_factor"], self.vae_info["shift_factor"])
 
     def sample_grid(self) -> Path | None:
         if not self.is_main or self.run.sample.num_images <= 0:
@@ -300,6 +320,7 @@ class Trainer:
         cfg_scale = self.run.sample.cfg_scale if cond is not None else 1.0
         out = sample(model, cond, num_steps=self.run.sample.num_steps, cfg_scale=cfg_scale,
                      generator=make_generators(range(n), self.device), batch_size=n)
+        out = self.decode(out)
         path = self.out / "samples" / f"step_{self.step:08d}"
         path = save_media(out.cpu(), path)
         if self.tb is not None and out.dim() == 4:
