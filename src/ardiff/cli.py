@@ -150,6 +150,25 @@ def cmd_encode_latents(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import torch
+
+    from ardiff import ACDiT
+    from ardiff.eval.evaluate import evaluate
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ACDiT.from_pretrained(args.model_dir, device=device)
+    result = evaluate(model, num=args.num, cfg_scale=args.cfg, num_steps=args.steps, seed=args.seed,
+                      classifier_path=args.classifier, progress=True)
+    for key, value in result.items():
+        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from ardiff import bench
 
@@ -206,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="required: the release is a pickle; it is loaded with weights_only=True and an allow-list")
     conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
     conv.set_defaults(func=cmd_convert_official)
+
+    ev = sub.add_parser("eval", help="sample and score a model (FID-FMNIST, KID, precision/recall, IS, accuracy)",
+                        description="Offline metrics with the project's Fashion-MNIST classifier against the test "
+                                    "split (images) or Moving Fashion-MNIST test clips (videos). FID-FMNIST is "
+                                    "comparable only to other FID-FMNIST numbers, not to Inception FID.")
+    ev.add_argument("model_dir")
+    ev.add_argument("--num", type=int, default=1000, help="generated samples (class-balanced)")
+    ev.add_argument("--cfg", type=float, default=1.5)
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--classifier", help="feature network weights (default: the shipped Fashion-MNIST classifier)")
+    ev.add_argument("--out", help="write the metrics as JSON")
+    ev.add_argument("--device")
+    ev.set_defaults(func=cmd_eval)
 
     enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache")
     enc.add_argument("config", help="run config whose data section describes the source images/videos")

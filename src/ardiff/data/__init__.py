@@ -22,7 +22,8 @@ def _image_size(data_config, model_config) -> int:
 def build_dataset(data_config, model_config=None):
     name = data_config.name
     if name == "fashion_mnist":
-        return FashionMNIST(data_config.root, data_config.split)
+        # image_size pads the 28x28 items onto a larger canvas (e.g. 32 for 4x4 patches)
+        return FashionMNIST(data_config.root, data_config.split, pad_to=data_config.image_size)
     c = data_config
     if name == "moving_fashion_mnist":
         return MovingFashionMNIST(c.split, c.root, c.num_frames, c.canvas_size, c.num_items, c.speed,

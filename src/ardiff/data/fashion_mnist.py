@@ -112,12 +112,22 @@ def load_fashion_mnist(root=None, split: str = "train", download: bool = True) -
 
 
 class FashionMNIST(Dataset):
-    """Images in [-1, 1], shape (1, 28, 28), and their class label."""
+    """Images in [-1, 1], shape (1, 28, 28), and their class label.
+
+    ``pad_to`` (>= 28) centres the items on a larger black canvas, e.g. 32 so that
+    4x4 patches tile the image.
+    """
 
     num_classes = 10
 
-    def __init__(self, root=None, split: str = "train", download: bool = True):
+    def __init__(self, root=None, split: str = "train", download: bool = True, pad_to: int | None = None):
         images, self.labels = load_fashion_mnist(root, split, download)
+        if pad_to is not None and pad_to != 28:
+            if pad_to < 28:
+                raise ValueError(f"pad_to={pad_to} must be >= 28 (Fashion-MNIST items are 28x28)")
+            before = (pad_to - 28) // 2
+            after = pad_to - 28 - before
+            images = torch.nn.functional.pad(images, (before, after, before, after))
         self.images = images.unsqueeze(1)
 
     def __len__(self) -> int:

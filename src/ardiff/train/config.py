@@ -24,7 +24,7 @@ class DataConfig:
     name: str = "fashion_mnist"  # fashion_mnist | moving_fashion_mnist | image_folder | video_folder | latents
     root: str | None = None  # dataset directory (None: the dataset's default location)
     split: str = "train"
-    image_size: int | None = None  # image/video folders: centre crop + resize to this size
+    image_size: int | None = None  # folders: centre crop + resize to this size; fashion_mnist: pad to it
     hflip: bool = True  # random horizontal flip (image/video folders)
     num_frames: int = 16  # video: frames per clip
     frame_stride: int = 1  # video: keep every k-th frame

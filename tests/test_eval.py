@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+
+from ardiff.data.fashion_mnist import DEBIAN_DIR, FashionMNIST
+from ardiff.eval.evaluate import image_metrics, video_metrics
+from ardiff.eval.fmnist_classifier import ASSET, FashionMNISTClassifier, classify, to_classifier_input
+
+HAVE_FMNIST = (DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").is_file()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+
+
+def test_crop_follows_the_item():
+    canvas = -torch.ones(2, 1, 40, 40)
+    item = torch.rand(1, 28, 28) * 2 - 1
+    canvas[0, :, 3:31, 10:38] = item
+    canvas[1, :, 12:40, 0:28] = item
+    crops = to_classifier_input(canvas)
+    assert crops.shape == (2, 1, 28, 28)
+    assert torch.allclose(crops[0], crops[1])
+    with pytest.raises(ValueError, match="classifier input must be"):
+        to_classifier_input(torch.zeros(2, 3, 28, 28))
+
+
+@needs_fmnist
+@pytest.mark.skipif(not ASSET.is_file(), reason="classifier asset not trained yet")
+def test_shipped_classifier_accuracy():
+    test = FashionMNIST(split="test")
+    clf = FashionMNISTClassifier.load()
+    _, logits = classify(clf, test.images.float() / 127.5 - 1)
+    acc = float((logits.argmax(1) == test.labels).float().mean())
+    assert acc >= 0.90
+    report = json.loads(ASSET.with_suffix(".json").read_text())
+    assert abs(report["test_accuracy"] - acc) < 1e-6
+
+
+@needs_fmnist
+def test_metrics_on_real_data_with_a_random_network():
+    torch.manual_seed(0)
+    clf = FashionMNISTClassifier().eval()
+    test = FashionMNIST(split="test", pad_to=32)
+    x = test.images[:600].float() / 127.5 - 1
+    y = test.labels[:600]
+    same = image_metrics(x[:300], y[:300], x[300:], clf)
+    noise = image_metrics(torch.rand(300, 1, 32, 32) * 2 - 1, y[:300], x[300:], clf)
+    assert same["fid_fmnist"] < noise["fid_fmnist"]
+    assert same["precision"] > noise["precision"]
+    clips = x[:40].view(10, 4, 1, 32, 32).transpose(1, 2)  # 10 "videos" of 4 frames
+    v = video_metrics(clips, y[:10], clips, clf)
+    assert v["fvd_proxy_fmnist"] == pytest.approx(0.0, abs=1e-6)
+    assert v["frame_consistency"] == pytest.approx(v["frame_consistency_real"])
