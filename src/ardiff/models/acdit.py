@@ -101,7 +101,7 @@ class ACDiTBlock(nn.Module):
         h = self.norm1(x)
         if mods is not None:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-            h = torch.addcmul(shift_msa, blocks(h), 1 + scale_msa).view(B, L, D)
+            h = modulate(blocks(h), shift_msa, scale_msa).view(B, L, D)
         if not clean_out:
             if mods is None:  # context-only pass, last layer: write K/V and stop
                 self.attn(h, rope, mask, query_start=L, kv_buffers=kv_buffers, kv_start=kv_start)
@@ -116,7 +116,7 @@ class ACDiTBlock(nn.Module):
             return x + self.mlp(self.norm2(x))
         Lx = x.shape[1]
         x = torch.addcmul(blocks(x), gate_msa, blocks(a))
-        h = torch.addcmul(shift_mlp, self.norm2(x), 1 + scale_mlp)
+        h = modulate(self.norm2(x), shift_mlp, scale_mlp)
         return torch.addcmul(x, gate_mlp, blocks(self.mlp(h))).view(B, Lx, D)
 
 

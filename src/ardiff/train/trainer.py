@@ -171,16 +171,17 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "run_config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
         last = {}
-        t_last = time.perf_counter()
+        t_last, steps_since_log = time.perf_counter(), 0
         while self.step < end:
             loss = self.train_step()
             self.step += 1
+            steps_since_log += 1
             if self.is_main and (self.step % cfg.log_every == 0 or self.step == end):
                 now = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 last = {"step": self.step, "loss": loss, "lr": lr,
-                        "samples_per_s": cfg.batch_size * min(cfg.log_every, self.step) / max(now - t_last, 1e-9)}
-                t_last = now
+                        "samples_per_s": cfg.batch_size * steps_since_log / max(now - t_last, 1e-9)}
+                t_last, steps_since_log = now, 0
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
                 self._tensorboard_scalars(last)
