@@ -40,8 +40,9 @@ def test_sample_missing_model_dir(tmp_path):
         main(["sample", str(tmp_path / "nothing")])
 
 
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
 def test_demo_quick(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path), "--num", "2", "--steps", "2"])
-    out = capsys.readouterr().out
-    assert "RANDOMLY INITIALISED" in out
-    assert (tmp_path / "samples.png").is_file()
+    main(["demo", "--out", str(tmp_path), "--num-eval", "40", "--steps", "2"])
+    assert f"report: {tmp_path / 'report.md'}" in capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    assert "class accuracy" in report and (tmp_path / "fmnist_classes.png").is_file()

@@ -256,3 +256,13 @@ def test_tensorboard_scalars_and_sample_grid(tmp_path):
     acc.Reload()
     assert "train/loss" in acc.Tags()["scalars"] and "samples" in acc.Tags()["images"]
     assert (tmp_path / "samples" / "step_00000002.png").is_file()
+
+
+def test_ema_warmup(tmp_path):
+    trainer = Trainer(run_config(tmp_path, ema_decay=0.999, ema_warmup_steps=10), dataset=synthetic_dataset(),
+                      progress=False)
+    assert trainer.ema_decay(0) == pytest.approx(0.1)
+    assert trainer.ema_decay(90) == pytest.approx(0.91)
+    assert trainer.ema_decay(10**6) == 0.999
+    constant = Trainer(run_config(tmp_path / "c", ema_decay=0.9), dataset=synthetic_dataset(), progress=False)
+    assert constant.ema_decay(0) == 0.9

@@ -51,6 +51,7 @@ class TrainConfig:
     warmup_steps: int = 0
     decay_fraction: float = 0.15  # WSD: linear decay to 0 over the last fraction of steps
     ema_decay: float = 0.9999
+    ema_warmup_steps: int = 0  # > 0: decay min(ema_decay, (1 + step) / (ema_warmup_steps + step)); 0: constant
     class_dropout: float = 0.1
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 0

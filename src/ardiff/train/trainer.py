@@ -241,10 +241,18 @@ class Trainer:
         self._update_ema()
         return value
 
+    def ema_decay(self, step: int) -> float:
+        """Constant decay, or with warm-up the average starts short and grows, so early
+        EMA weights are not dominated by the (zero-initialised) starting point."""
+        cfg = self.cfg
+        if cfg.ema_warmup_steps > 0:
+            return min(cfg.ema_decay, (1 + step) / (cfg.ema_warmup_steps + step))
+        return cfg.ema_decay
+
     @torch.no_grad()
     def _update_ema(self):
         params = [p.detach().float() for p in self.model.parameters()]
-        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - self.cfg.ema_decay)
+        torch._foreach_lerp_(list(self.ema.values()), params, 1.0 - self.ema_decay(self.step))
 
     # -- checkpoints ------------------------------------------------------------------------
     def _states(self):
