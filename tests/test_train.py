@@ -23,10 +23,6 @@ TINY_MODEL = dict(input_size=[28, 28], in_channels=1, patch_size=7, block_layout
                   depth=2, hidden_size=64, num_heads=2, num_classes=10)
 
 
-class Labelled(TensorDataset):
-    pass
-
-
 def synthetic_dataset(n=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return TensorDataset(torch.rand(n, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g))

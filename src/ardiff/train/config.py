@@ -34,7 +34,6 @@ class DataConfig:
     num_videos: int = 10000
     skip_corrupt: bool = False  # skip unreadable files (counted and reported) instead of failing
     vae: str | None = None  # latents: a local diffusers AutoencoderKL directory
-    num_workers: int = 0
     seed: int = 0
 
 
