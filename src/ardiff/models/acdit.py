@@ -9,6 +9,7 @@ only; clean tokens see no condition, so one clean pass serves both CFG branches.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,6 +42,14 @@ def raster_coordinates(grid: tuple[int, ...]) -> torch.Tensor:
     """(N, n_axes) integer coordinates of a grid in raster order."""
     axes = torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij")
     return torch.stack([a.reshape(-1) for a in axes], dim=-1)
+
+
+@functools.lru_cache(maxsize=128)
+def token_rows(layout, block_size: int, device) -> torch.Tensor:
+    """Block-order token index of every token of a layout (its rows in the RoPE tables);
+    memoised like the masks, so the sampling loop builds no index tensors per step."""
+    blocks = torch.tensor([b for span in layout for b in span.blocks], device=device)
+    return (blocks[:, None] * block_size + torch.arange(block_size, device=device)).reshape(-1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -289,11 +298,6 @@ class ACDiT(nn.Module):
             return flex_scam_mask(q_layout, k_layout, S, device)
         return dense_scam_mask(q_layout, k_layout, S, device)
 
-    def _rope_rows(self, layout, device) -> torch.Tensor:
-        S = self.config.block_size
-        blocks = torch.tensor([b for span in layout for b in span.blocks], device=device)
-        return (blocks[:, None] * S + torch.arange(S, device=device)).reshape(-1)
-
     def run(
         self,
         *,
@@ -345,7 +349,7 @@ class ACDiT(nn.Module):
         mask = self._mask(backend, q_layout, k_layout, device)
         last_q_layout = q_layout[-1:] if groups else ()
         last_mask = self._mask(backend, last_q_layout, k_layout, device) if last_q_layout else None
-        rows = self._rope_rows(q_layout, device)
+        rows = token_rows(q_layout, S, device)
         dtype = x.dtype
         rope = (self.rope_cos[rows].to(dtype), self.rope_sin[rows].to(dtype), self.rope_groups)
 
