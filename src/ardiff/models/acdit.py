@@ -10,7 +10,6 @@ only; clean tokens see no condition, so one clean pass serves both CFG branches.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
