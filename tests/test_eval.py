@@ -5,6 +5,7 @@ import torch
 
 from ardiff.data.fashion_mnist import DEBIAN_DIR, FashionMNIST
 from ardiff.eval.evaluate import image_metrics, video_metrics
+from ardiff.eval.features import FMNISTFeatures
 from ardiff.eval.fmnist_classifier import ASSET, FashionMNISTClassifier, classify, to_classifier_input
 
 HAVE_FMNIST = (DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").is_file()
@@ -38,14 +39,14 @@ def test_shipped_classifier_accuracy():
 @needs_fmnist
 def test_metrics_on_real_data_with_a_random_network():
     torch.manual_seed(0)
-    clf = FashionMNISTClassifier().eval()
+    clf = FMNISTFeatures.from_model(FashionMNISTClassifier().eval())
     test = FashionMNIST(split="test", pad_to=32)
     x = test.images[:600].float() / 127.5 - 1
     y = test.labels[:600]
     same = image_metrics(x[:300], y[:300], x[300:], clf)
     noise = image_metrics(torch.rand(300, 1, 32, 32) * 2 - 1, y[:300], x[300:], clf)
     assert same["fid_fmnist"] < noise["fid_fmnist"]
-    assert same["precision"] > noise["precision"]
+    assert same["precision_fmnist"] > noise["precision_fmnist"]
     clips = x[:40].view(10, 4, 1, 32, 32).transpose(1, 2)  # 10 "videos" of 4 frames
     v = video_metrics(clips, y[:10], clips, clf)
     assert v["fvd_proxy_fmnist"] == pytest.approx(0.0, abs=1e-6)

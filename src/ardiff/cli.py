@@ -11,7 +11,8 @@ from pathlib import Path
 def cmd_demo(args) -> int:
     from ardiff.demo import run_demo
 
-    path = run_demo(Path(args.out), num_eval=args.num_eval, steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
+    path = run_demo(Path(args.out), num_eval=args.num_eval, num_eval_videos=args.num_eval_videos, steps=args.steps,
+                    cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed)
     print(f"report: {path}")
     return 0
 
@@ -135,6 +136,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from ardiff import analysis
+
+    kwargs = {}
+    if args.which == "block-size":
+        if args.steps is not None:
+            kwargs["steps"] = args.steps
+        if args.ar_lengths:
+            kwargs["ar_lengths"] = tuple(int(t) for t in args.ar_lengths.split(","))
+        if args.set:
+            kwargs["overrides"] = list(args.set)
+    elif args.ar_lengths:
+        kwargs["ar_lengths"] = tuple(int(t) for t in args.ar_lengths.split(","))
+    analysis.main(args.which, Path(args.out), quick=args.quick, **kwargs)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from ardiff import bench
 
@@ -152,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     demo.add_argument("--num-eval", type=int, default=500, help="samples scored against the test split")
     demo.add_argument("--steps", type=int, default=25, help="denoising steps per block")
-    demo.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (4.0: best FID-FMNIST of 2, 4, 6)")
+    demo.add_argument("--num-eval-videos", type=int, default=60, help="clips scored against test clips")
+    demo.add_argument("--cfg", type=float, help="image guidance scale (default: the value tuned for the model)")
+    demo.add_argument("--video-cfg", type=float, help="video guidance scale (default: the value tuned for the model)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
@@ -205,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the metrics as JSON")
     ev.add_argument("--device")
     ev.set_defaults(func=cmd_eval)
+
+    ana = sub.add_parser("analyze", help="the paper's analyses at CPU scale: block-size trade-off, inference time",
+                         description="block-size: train the fmnist recipe once per autoregressive length with the "
+                                     "same budget and plot FID-FMNIST (paper Fig. 7; ~40 min on 2 cores). "
+                                     "inference-time: sampling time vs autoregressive length, with and without the "
+                                     "KV cache, next to the FLOP model (paper Fig. 8; a few minutes).")
+    ana.add_argument("which", choices=("block-size", "inference-time"))
+    ana.add_argument("--out", default="out/analysis", help="directory for the JSON and PNG")
+    ana.add_argument("--ar-lengths", help="comma-separated numbers of blocks (default: 1,2,4,8,16,64 / 1..64)")
+    ana.add_argument("--steps", type=int, help="block-size: training steps per run (default 800)")
+    ana.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="block-size: extra run-config override for every run (e.g. train.compile=true)")
+    ana.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline end to end")
+    ana.set_defaults(func=cmd_analyze)
 
     enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache")
     enc.add_argument("config", help="run config whose data section describes the source images/videos")

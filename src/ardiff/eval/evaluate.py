@@ -5,7 +5,7 @@ the project's Fashion-MNIST classifier (:mod:`ardiff.eval.fmnist_classifier`):
 
 - ``fid_fmnist``: Frechet distance of the classifier's 128-d penultimate features,
   generated vs the test split. Comparable only to other FID-FMNIST numbers.
-- ``kid_fmnist``, ``precision``, ``recall`` on the same features; ``is_fmnist``: Inception
+- ``kid_fmnist``, ``precision_fmnist``, ``recall_fmnist`` on the same features; ``is_fmnist``: Inception
   Score computed with the classifier's logits; ``class_accuracy``: share of samples
   generated for class c that the classifier reads as c.
 - Videos: the same per frame (``fid_fmnist_frames``), ``fvd_proxy_fmnist`` (Frechet distance
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from ardiff.eval.fmnist_classifier import FashionMNISTClassifier, classify
+from ardiff.eval.features import FeatureNetwork, FMNISTFeatures, FrameFeatures, I3DFeatures, InceptionFeatures
 from ardiff.eval.metrics import (
     class_accuracy,
     frame_consistency,
@@ -50,60 +50,82 @@ def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, b
     return torch.cat(out), labels
 
 
-def image_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor,
-                  classifier: FashionMNISTClassifier) -> dict:
-    f_fake, logits = classify(classifier, fake)
-    f_real, _ = classify(classifier, real)
-    kid, kid_std = kernel_inception_distance(f_real, f_fake, subsets=50, subset_size=min(1000, len(fake)))
+def image_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, network: FeatureNetwork) -> dict:
+    """FID, KID, precision/recall, IS (when the network has logits) and class accuracy (when its
+    logits are Fashion-MNIST classes) of images (N, C, H, W), keys suffixed with the network's name."""
+    f_fake, logits = network(fake)
+    f_real, _ = network(real)
+    name = network.name
+    kid, kid_std = kernel_inception_distance(f_real, f_fake, subsets=50, subset_size=min(1000, len(fake), len(real)))
     precision, recall = precision_recall(f_real[: len(fake)], f_fake)
-    return {
-        "fid_fmnist": frechet_distance(f_real, f_fake),
-        "kid_fmnist": kid, "kid_fmnist_std": kid_std,
-        "precision": precision, "recall": recall,
-        "is_fmnist": inception_score(logits)[0],
-        "class_accuracy": class_accuracy(logits, labels),
-        "num_samples": len(fake), "num_real": len(real),
+    result = {
+        f"fid_{name}": frechet_distance(f_real, f_fake),
+        f"kid_{name}": kid, f"kid_{name}_std": kid_std,
+        f"precision_{name}": precision, f"recall_{name}": recall,
     }
+    if logits is not None:
+        result[f"is_{name}"] = inception_score(logits)[0]
+    if network.predicts_fmnist_classes:
+        result["class_accuracy"] = class_accuracy(logits, labels)
+    return result
 
 
-def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor,
-                  classifier: FashionMNISTClassifier) -> dict:
-    """fake/real: (N, 1, F, H, W) clips."""
-
-    def per_frame(clips):
-        n, c, f, h, w = clips.shape
-        feats, logits = classify(classifier, clips.transpose(1, 2).reshape(n * f, c, h, w))
-        return feats.view(n, f, -1), logits.view(n, f, -1)
-
-    ff, fl = per_frame(fake)
-    rf, _ = per_frame(real)
+def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, frame_network: FeatureNetwork,
+                  clip_network: FeatureNetwork | None = None) -> dict:
+    """fake/real: (N, C, F, H, W) clips. Frame-wise FID, the concatenated-frame FVD proxy, frame
+    consistency (generated and real), per-frame class accuracy, and FVD when a clip network is given."""
+    frames = FrameFeatures(frame_network)
+    ff, fl = frames.per_frame(fake)
+    rf, _ = frames.per_frame(real)
     F = ff.shape[1]
-    return {
-        "fid_fmnist_frames": frechet_distance(rf.flatten(0, 1), ff.flatten(0, 1)),
-        "fvd_proxy_fmnist": frechet_distance(rf.flatten(1), ff.flatten(1)),
+    name = frame_network.name
+    result = {
+        f"fid_{name}_frames": frechet_distance(rf.flatten(0, 1), ff.flatten(0, 1)),
+        f"fvd_proxy_{name}": frechet_distance(rf.flatten(1), ff.flatten(1)),
         "frame_consistency": frame_consistency(ff),
         "frame_consistency_real": frame_consistency(rf),
-        "class_accuracy_frames": class_accuracy(fl.flatten(0, 1), labels.repeat_interleave(F)),
-        "num_samples": len(fake), "num_real": len(real),
     }
+    if frame_network.predicts_fmnist_classes:
+        result["class_accuracy_frames"] = class_accuracy(fl.flatten(0, 1), labels.repeat_interleave(F))
+    if clip_network is not None:
+        result[f"fvd_{clip_network.name}"] = frechet_distance(clip_network(real)[0], clip_network(fake)[0])
+    return result
 
 
 def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25, seed: int = 0,
-             classifier_path=None, real: torch.Tensor | None = None, progress: bool = False) -> dict:
-    """Sample ``num`` class-balanced samples and score them (see module docstring)."""
-    classifier = FashionMNISTClassifier.load(classifier_path)
+             classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
+             inception_weights=None, i3d_path=None) -> dict:
+    """Sample ``num`` class-balanced samples and score them (see module docstring).
+
+    Always scored with the offline Fashion-MNIST network for 1-channel models; with
+    ``inception_weights`` (images) and ``i3d_path`` (videos) also with Inception-V3 / I3D.
+    """
+    cfg = model.config
+    device = model.device
+    networks = []
+    if cfg.in_channels == 1:
+        networks.append(FMNISTFeatures(classifier_path, device=device))
+    if inception_weights is not None:
+        networks.append(InceptionFeatures(inception_weights, device=device))
+    clip_network = I3DFeatures(i3d_path, device=device) if i3d_path is not None else None
+    if not networks:
+        raise ValueError(f"no feature network for {cfg.in_channels}-channel samples: pass inception_weights= "
+                         f"(Inception-V3 weight file) to score them")
+    if clip_network is not None and not cfg.is_video:
+        raise ValueError("i3d_path scores videos; this model makes images (use inception_weights)")
     t0 = time.perf_counter()
     fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress)
     seconds = time.perf_counter() - t0
-    cfg = model.config
     if real is None:
         real = _default_real(cfg)
-    if cfg.is_video:
-        result = video_metrics(fake, labels, real, classifier)
-    else:
-        result = image_metrics(fake, labels, real, classifier)
-    result.update({"cfg_scale": cfg_scale, "num_steps": num_steps, "seed": seed,
-                   "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
+    result = {}
+    for i, network in enumerate(networks):
+        if cfg.is_video:
+            result.update(video_metrics(fake, labels, real, network, clip_network if i == 0 else None))
+        else:
+            result.update(image_metrics(fake, labels, real, network))
+    result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
+                   "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
     return result
 
 

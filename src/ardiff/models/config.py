@@ -112,6 +112,10 @@ class ACDiTConfig:
         return math.prod(self.token_grid)
 
     @property
+    def tokens_per_frame(self) -> int:
+        return math.prod(self.token_grid[-2:])
+
+    @property
     def num_blocks(self) -> int:
         return self.num_tokens // self.block_size
 

@@ -64,6 +64,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     tensorboard: bool = True
+    init_from: str | None = None  # model directory (save_pretrained) whose weights start a fresh run
 
 
 @dataclass

@@ -48,6 +48,43 @@ def _seed_for(*parts: int) -> int:
     return h
 
 
+def initialise_from(model: ACDiT, directory: str) -> None:
+    """Copy every weight of the model saved in ``directory`` into ``model`` (fine-tuning).
+
+    ``directory`` is a save_pretrained directory or the name of a built-in model (``fmnist``).
+
+    Names and shapes must match exactly; buffers that the config derives (RoPE tables)
+    are not weights and may differ, so an image model can start a video model of the same
+    width and depth.
+    """
+    from safetensors.torch import load_file
+
+    builtin = Path(__file__).resolve().parents[1] / "assets" / "models" / str(directory)
+    path = Path(directory) / "model.safetensors"
+    if not path.is_file() and (builtin / "model.safetensors").is_file():
+        path = builtin / "model.safetensors"  # a built-in model's name, e.g. "fmnist"
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from={directory!r}: no model.safetensors there "
+                                f"(point it at a directory written by save_pretrained, e.g. runs/NAME/model)")
+    source = {k: v for k, v in load_file(str(path)).items() if not k.startswith("_")}
+    target = dict(model.named_parameters())
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    mismatched = [f"{k}: {tuple(source[k].shape)} vs {tuple(p.shape)}" for k, p in target.items()
+                  if k in source and source[k].shape != p.shape]
+    if missing or unexpected or mismatched:
+        details = "; ".join(filter(None, [
+            missing and f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}",
+            unexpected and f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}",
+            mismatched and f"shape mismatch {mismatched[:4]}{'...' if len(mismatched) > 4 else ''}",
+        ]))
+        raise ValueError(f"train.init_from={directory!r} does not fit this model ({details}); "
+                         f"the source must have the same hidden_size, depth, heads, patch size, channels and classes")
+    with torch.no_grad():
+        for k, p in target.items():
+            p.copy_(source[k].to(p.dtype))
+
+
 class Trainer:
     def __init__(self, run: RunConfig, dataset=None, resume: bool = False, device: str | None = None,
                  progress: bool = True):
@@ -73,6 +110,8 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)  # weight init
         self.model = ACDiT(run.model).to(self.device)
+        if self.cfg.init_from and not resume:
+            initialise_from(self.model, self.cfg.init_from)
         if self.cfg.activation_checkpointing:
             self.model.gradient_checkpointing = True
         self.objective = self._wrap(DiffusionLoss(self.model))  # FSDP2 swaps parameters for DTensors here

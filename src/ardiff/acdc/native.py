@@ -1,0 +1,198 @@
+"""ACDC with ardiff's own models: ACDiT as the ARM, any ardiff diffusion model as the corrector.
+
+Joined mode: :class:`ACDiTARM` runs the ordinary KV-cached block loop and hands every
+finished block to the pipeline through the sampler's ``on_block_end`` hook; the corrected,
+re-encoded block is what enters the KV cache, so later blocks attend to the corrected
+context (diffusion correction *inside* the ACDiT block loop).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ardiff.acdc.base import ARM, ChunkCallback, Correction, Corrector, check_frames
+from ardiff.generate.sampler import BlockEvent, sample
+from ardiff.models.acdit import ACDiT
+
+
+# ---------------------------------------------------------------------------
+#                     Prompts -> conditions for class-conditional models
+# ---------------------------------------------------------------------------
+class ClassPrompts:
+    """Maps a prompt to the class whose name it mentions ("a photo of a sneaker" -> 7).
+
+    Longest name first, case-insensitive, on word boundaries; a prompt naming no class is
+    an error that lists the names (a silent default class would change results).
+    """
+
+    def __init__(self, class_names: Sequence[str]):
+        self.class_names = list(class_names)
+        order = sorted(range(len(self.class_names)), key=lambda k: -len(self.class_names[k]))
+        self._patterns = [(k, re.compile(rf"(?<!\w){re.escape(self.class_names[k].lower())}s?(?!\w)"))
+                          for k in order]
+
+    def __call__(self, prompt: str) -> int:
+        text = prompt.lower()
+        for k, pattern in self._patterns:
+            if pattern.search(text):
+                return k
+        raise ValueError(f"prompt {prompt!r} names none of the model's classes: {', '.join(self.class_names)}")
+
+
+# Fashion-MNIST class names as a prompt would say them ("T-shirt/top" -> "t-shirt").
+FMNIST_PROMPT_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                       "ankle boot")
+
+
+def default_prompt_to_cond(model: ACDiT) -> Callable[[str], Any]:
+    if model.config.num_classes == 10:
+        return ClassPrompts(FMNIST_PROMPT_NAMES)
+    raise ValueError("give prompt_to_cond= (a function from a prompt to the model's class id or condition vector)")
+
+
+# ---------------------------------------------------------------------------
+#                                 ACDiT as an ARM
+# ---------------------------------------------------------------------------
+class ACDiTARM(ARM):
+    """A video ACDiT whose blocks are whole frames: chunk i = block i = k frames, prompt i
+    conditions block i (per-block class labels or vectors)."""
+
+    def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
+                 cfg_scale: float = 1.0, scheduler=None):
+        c = model.config
+        if not c.is_video or c.block_size % c.tokens_per_frame:
+            raise ValueError(f"ACDiTARM needs a video model whose blocks are whole frames (block_size a multiple of "
+                             f"{c.tokens_per_frame if c.is_video else 'the tokens per frame'}); got input_size="
+                             f"{c.input_size}, block_size={c.block_size}")
+        self.model = model.eval()
+        self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model)
+        self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
+        self.frames_per_chunk = c.block_size // c.tokens_per_frame
+
+    @property
+    def num_chunks(self) -> int:
+        return self.model.config.num_blocks
+
+    def _conditions(self, prompts: list[str]) -> torch.Tensor:
+        conds = [self.prompt_to_cond(p) for p in prompts]
+        if all(isinstance(c, int) for c in conds):
+            return torch.tensor(conds, device=self.model.device)[None]  # (1, T) labels
+        return torch.stack([torch.as_tensor(c, dtype=self.model.dtype) for c in conds])[None].to(self.model.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], on_chunk: ChunkCallback, generator: torch.Generator) -> list[Any]:
+        if len(prompts) != self.num_chunks:
+            raise ValueError(f"this ACDiT makes {self.num_chunks} chunks of {self.frames_per_chunk} frames; "
+                             f"got {len(prompts)} prompts (give one per chunk)")
+        chunks: list[torch.Tensor] = []
+
+        def hook(event: BlockEvent):
+            replacement = on_chunk(event.index, event.block[0])
+            if replacement is not None:
+                replacement = replacement.to(event.block)[None]
+            chunks.append((event.block if replacement is None else replacement)[0])
+            return replacement
+
+        sample(self.model, self._conditions(prompts), num_steps=self.num_steps, cfg_scale=self.cfg_scale,
+               scheduler=self.scheduler, generator=[generator], on_block_end=hook)
+        return chunks
+
+    def decode(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Block (S, P) -> frames (k, C, H, W). Raster frame blocks are alike up to their
+        offset, so block i decodes as if it were block 0."""
+        c = self.model.config
+        blocks = torch.zeros(1, c.num_blocks, c.block_size, c.patch_dim, dtype=chunk.dtype, device=chunk.device)
+        blocks[0, 0] = chunk
+        video = self.model.from_blocks(blocks)[0]  # (C, F, H, W)
+        return video[:, : self.frames_per_chunk].transpose(0, 1).clamp(-1, 1)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        c = self.model.config
+        frames = check_frames(frames, "ACDiTARM.encode")
+        expected = (self.frames_per_chunk, c.in_channels, *c.input_size[1:])
+        if tuple(frames.shape) != expected:
+            raise ValueError(f"ACDiTARM.encode: frames {tuple(frames.shape)} do not fit a block, expected {expected}")
+        video = torch.zeros(1, c.in_channels, *c.input_size, dtype=self.model.dtype, device=self.model.device)
+        video[0, :, : self.frames_per_chunk] = frames.transpose(0, 1).to(video)
+        return self.model.to_blocks(video)[0, 0]
+
+
+# ---------------------------------------------------------------------------
+#                         An ardiff model as the corrector
+# ---------------------------------------------------------------------------
+def sdedit_schedule(t_prime: float, num_train_timesteps: int, num_steps: int) -> tuple[int, list[int]]:
+    """Exact SDEdit timesteps: start at t_start = round(t' * N) - 1 (t' = 1 -> the last
+    training timestep N - 1), then ``round(t' * num_steps)`` steps evenly spaced from t_start
+    towards 0. Returns (t_start, timesteps); the effective t' is (t_start + 1) / N."""
+    if not 0 < t_prime <= 1:
+        raise ValueError(f"t_prime={t_prime} must be in (0, 1]")
+    n = round(t_prime * num_steps)
+    if n < 1:
+        raise ValueError(f"t_prime={t_prime} x num_steps={num_steps} < 1 gives no denoising step; raise num_steps "
+                         f"to at least {int(1 / t_prime) + 1} or t_prime")
+    t_start = max(round(t_prime * num_train_timesteps) - 1, 0)
+    steps = torch.linspace(t_start, 0, n + 1)[:-1].round().long().tolist()
+    steps = sorted(set(steps), reverse=True)  # tiny t_start: distinct steps only
+    return t_start, steps
+
+
+class NativeCorrector(Corrector):
+    """SDEdit with an ardiff diffusion model of a single block (a DiT), class- or
+    vector-conditioned. Each frame is corrected as one image (frames are a batch)."""
+
+    def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
+                 cfg_scale: float = 1.0):
+        c = model.config
+        if c.num_blocks != 1 or c.is_video:
+            raise ValueError(f"NativeCorrector needs an image model with a single block (a DiT); this one has "
+                             f"{c.num_blocks} blocks over input_size={c.input_size} (train one with block_size = "
+                             f"{c.num_tokens} tokens, e.g. `ardiff train fmnist-dit`)")
+        self.model = model.eval()
+        self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model)
+        self.num_steps, self.cfg_scale = num_steps, cfg_scale
+
+    @torch.no_grad()
+    def correct(self, frames, prompt, t_prime, generator, mask=None) -> Correction:
+        from diffusers import DPMSolverMultistepScheduler
+        from diffusers.utils.torch_utils import randn_tensor
+
+        from ardiff.diffusion.schedule import default_sampling_scheduler
+
+        frames = check_frames(frames, "NativeCorrector.correct")
+        model, c = self.model, self.model.config
+        if tuple(frames.shape[1:]) != (c.in_channels, *c.input_size):
+            raise ValueError(f"NativeCorrector: frames {tuple(frames.shape)} do not match the model "
+                             f"(F, {c.in_channels}, {', '.join(map(str, c.input_size))})")
+        base = default_sampling_scheduler(c)
+        sched = DPMSolverMultistepScheduler.from_config(base.config)
+        N = sched.config.num_train_timesteps
+        t_start, timesteps = sdedit_schedule(t_prime, N, self.num_steps)
+        sched.set_timesteps(timesteps=timesteps)
+        F = frames.shape[0]
+        x0 = frames.to(model.device, model.dtype)
+        noise = randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype)
+        x = sched.add_noise(x0, noise, torch.tensor([t_start]))
+        keep = None if mask is None else (1 - mask.to(x0)).expand_as(x0)
+        cond = self.prompt_to_cond(prompt)
+        cond = (torch.full((F,), cond, device=model.device) if isinstance(cond, int)
+                else torch.as_tensor(cond, dtype=model.dtype, device=model.device).expand(F, -1))
+        guided = self.cfg_scale != 1.0
+        cond_emb = model.embed_condition(cond)
+        group_emb = torch.stack([cond_emb[:, 0], model.null_condition(F)[:, 0]], 1) if guided else cond_emb
+        groups = 2 if guided else 1
+        for i, t in enumerate(sched.timesteps):
+            if keep is not None:  # blended inpainting: outside the mask, the input noised to this level
+                known = sched.add_noise(x0, noise, t.view(1)) if i else x
+                x = keep * known + (1 - keep) * x
+            blocks = model.to_blocks(sched.scale_model_input(x, t))
+            cvec = model.condition_vectors(t.to(model.device).expand(F, groups), group_emb)
+            eps = model.run(noisy=blocks.expand(F, groups, *blocks.shape[2:]), noisy_blocks=(0,) * groups, cond=cvec)
+            eps = eps[:, 1] + self.cfg_scale * (eps[:, 0] - eps[:, 1]) if guided else eps[:, 0]
+            x = sched.step(model.from_blocks(eps[:, None]), t, x).prev_sample
+        out = x.clamp(-1, 1)
+        if keep is not None:
+            out = torch.where(keep.bool(), x0, out)  # exactly the input outside the mask
+        return Correction(out.to(frames), (t_start + 1) / N, [int(t) for t in sched.timesteps])
