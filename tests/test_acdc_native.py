@@ -154,13 +154,20 @@ def test_class_prompts():
     assert names("an Ankle Boot") == 2
     with pytest.raises(ValueError, match="names none of the model's classes: t-shirt, shirt"):
         names("a hat")
+    assert ClassPrompts(["bag"], allow_none=True)("It turns.") is None
+
+
+def test_prompts_without_a_class_get_the_null_class():
+    model = video_model()
+    arm = ACDiTARM(model, prompt_to_cond=ClassPrompts([str(k) for k in range(10)], allow_none=True))
+    assert arm._conditions(["a 3", "it moves", "a 7", "on"]).tolist() == [[3, 10, 7, 10]]
 
 
 # ---------------------------------------------------------------------------
 #                              native corrector
 # ---------------------------------------------------------------------------
-def dit(**kw):
-    return tiny_model(input_size=(8, 8), in_channels=1, patch_size=2, block_layout="raster", block_size=16, **kw)
+def dit(block_size=16):
+    return tiny_model(input_size=(8, 8), in_channels=1, patch_size=2, block_layout="raster", block_size=block_size)
 
 
 def test_sdedit_schedule_is_exact():
@@ -171,8 +178,9 @@ def test_sdedit_schedule_is_exact():
         sdedit_schedule(0.01, 1000, 25)
 
 
-def test_native_corrector_exact_t_prime_mask_and_determinism():
-    corrector = NativeCorrector(dit(), prompt_to_cond=int, num_steps=10, cfg_scale=1.5)
+@pytest.mark.parametrize("block_size", [16, 4])  # a DiT, and a 4-block ACDiT correcting block by block
+def test_native_corrector_exact_t_prime_mask_and_determinism(block_size):
+    corrector = NativeCorrector(dit(block_size=block_size), prompt_to_cond=int, num_steps=10, cfg_scale=1.5)
     frames = torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1
     a = corrector.correct(frames, "3", 0.6, torch.Generator().manual_seed(0))
     b = corrector.correct(frames, "3", 0.6, torch.Generator().manual_seed(0))
@@ -190,8 +198,8 @@ def test_native_corrector_exact_t_prime_mask_and_determinism():
 
 
 def test_native_corrector_errors():
-    with pytest.raises(ValueError, match="single block"):
-        NativeCorrector(tiny_model(), prompt_to_cond=int)
+    with pytest.raises(ValueError, match="this one makes videos"):
+        NativeCorrector(video_model(), prompt_to_cond=int)
     corrector = NativeCorrector(dit(), prompt_to_cond=int)
     with pytest.raises(ValueError, match="do not match the model"):
         corrector.correct(torch.zeros(1, 3, 8, 8), "1", 0.5, torch.Generator())

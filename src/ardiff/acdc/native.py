@@ -24,21 +24,25 @@ from ardiff.models.acdit import ACDiT
 class ClassPrompts:
     """Maps a prompt to the class whose name it mentions ("a photo of a sneaker" -> 7).
 
-    Longest name first, case-insensitive, on word boundaries; a prompt naming no class is
-    an error that lists the names (a silent default class would change results).
+    Longest name first, case-insensitive, on word boundaries. A prompt naming no class is an
+    error that lists the names, or, with ``allow_none``, None: the null class, the model's
+    unconditional mode (trained by class dropout), so an ARM block then follows its context.
     """
 
-    def __init__(self, class_names: Sequence[str]):
+    def __init__(self, class_names: Sequence[str], allow_none: bool = False):
         self.class_names = list(class_names)
+        self.allow_none = allow_none
         order = sorted(range(len(self.class_names)), key=lambda k: -len(self.class_names[k]))
         self._patterns = [(k, re.compile(rf"(?<!\w){re.escape(self.class_names[k].lower())}s?(?!\w)"))
                           for k in order]
 
-    def __call__(self, prompt: str) -> int:
+    def __call__(self, prompt: str) -> int | None:
         text = prompt.lower()
         for k, pattern in self._patterns:
             if pattern.search(text):
                 return k
+        if self.allow_none:
+            return None
         raise ValueError(f"prompt {prompt!r} names none of the model's classes: {', '.join(self.class_names)}")
 
 
@@ -47,9 +51,9 @@ FMNIST_PROMPT_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sanda
                        "ankle boot")
 
 
-def default_prompt_to_cond(model: ACDiT) -> Callable[[str], Any]:
+def default_prompt_to_cond(model: ACDiT, allow_none: bool = False) -> Callable[[str], Any]:
     if model.config.num_classes == 10:
-        return ClassPrompts(FMNIST_PROMPT_NAMES)
+        return ClassPrompts(FMNIST_PROMPT_NAMES, allow_none=allow_none)
     raise ValueError("give prompt_to_cond= (a function from a prompt to the model's class id or condition vector)")
 
 
@@ -58,7 +62,8 @@ def default_prompt_to_cond(model: ACDiT) -> Callable[[str], Any]:
 # ---------------------------------------------------------------------------
 class ACDiTARM(ARM):
     """A video ACDiT whose blocks are whole frames: chunk i = block i = k frames, prompt i
-    conditions block i (per-block class labels or vectors)."""
+    conditions block i (per-block class labels or vectors). ``prompt_to_cond`` may return
+    None for a prompt that names no class: that block gets the null condition."""
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
                  cfg_scale: float = 1.0, scheduler=None):
@@ -68,7 +73,7 @@ class ACDiTARM(ARM):
                              f"{c.tokens_per_frame if c.is_video else 'the tokens per frame'}); got input_size="
                              f"{c.input_size}, block_size={c.block_size}")
         self.model = model.eval()
-        self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model)
+        self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model, allow_none=True)
         self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
         self.frames_per_chunk = c.block_size // c.tokens_per_frame
 
@@ -78,8 +83,12 @@ class ACDiTARM(ARM):
 
     def _conditions(self, prompts: list[str]) -> torch.Tensor:
         conds = [self.prompt_to_cond(p) for p in prompts]
-        if all(isinstance(c, int) for c in conds):
-            return torch.tensor(conds, device=self.model.device)[None]  # (1, T) labels
+        if all(c is None or isinstance(c, int) for c in conds):
+            null = self.model.config.num_classes  # the null class id
+            return torch.tensor([null if c is None else c for c in conds], device=self.model.device)[None]
+        if any(c is None for c in conds):
+            null = self.model.c_embedder.null.detach().reshape(-1)  # the learned null vector
+            conds = [null if c is None else c for c in conds]
         return torch.stack([torch.as_tensor(c, dtype=self.model.dtype) for c in conds])[None].to(self.model.device)
 
     @torch.no_grad()
@@ -140,42 +149,47 @@ def sdedit_schedule(t_prime: float, num_train_timesteps: int, num_steps: int) ->
 
 
 class NativeCorrector(Corrector):
-    """SDEdit with an ardiff diffusion model of a single block (a DiT), class- or
-    vector-conditioned. Each frame is corrected as one image (frames are a batch)."""
+    """SDEdit with any ardiff image model, class- or vector-conditioned; frames are a batch.
+
+    A single-block model (a DiT) denoises the whole frame at once. A multi-block ACDiT
+    corrects block by block: block i is noised to t' and denoised while attending to the
+    already corrected blocks 0..i-1 as its clean context, the model's own factorisation.
+    """
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
                  cfg_scale: float = 1.0):
         c = model.config
-        if c.num_blocks != 1 or c.is_video:
-            raise ValueError(f"NativeCorrector needs an image model with a single block (a DiT); this one has "
-                             f"{c.num_blocks} blocks over input_size={c.input_size} (train one with block_size = "
-                             f"{c.num_tokens} tokens, e.g. `ardiff train fmnist-dit`)")
+        if c.is_video:
+            raise ValueError(f"NativeCorrector corrects frames with an image model; this one makes videos "
+                             f"(input_size={c.input_size})")
         self.model = model.eval()
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model)
         self.num_steps, self.cfg_scale = num_steps, cfg_scale
 
-    @torch.no_grad()
-    def correct(self, frames, prompt, t_prime, generator, mask=None) -> Correction:
+    def _scheduler(self):
         from diffusers import DPMSolverMultistepScheduler
-        from diffusers.utils.torch_utils import randn_tensor
 
         from ardiff.diffusion.schedule import default_sampling_scheduler
+
+        # DPM-Solver++ accepts explicit timesteps, so the schedule starts exactly at t'.
+        return DPMSolverMultistepScheduler.from_config(default_sampling_scheduler(self.model.config).config)
+
+    @torch.no_grad()
+    def correct(self, frames, prompt, t_prime, generator, mask=None) -> Correction:
+        from diffusers.utils.torch_utils import randn_tensor
 
         frames = check_frames(frames, "NativeCorrector.correct")
         model, c = self.model, self.model.config
         if tuple(frames.shape[1:]) != (c.in_channels, *c.input_size):
             raise ValueError(f"NativeCorrector: frames {tuple(frames.shape)} do not match the model "
                              f"(F, {c.in_channels}, {', '.join(map(str, c.input_size))})")
-        base = default_sampling_scheduler(c)
-        sched = DPMSolverMultistepScheduler.from_config(base.config)
-        N = sched.config.num_train_timesteps
+        N = self._scheduler().config.num_train_timesteps
         t_start, timesteps = sdedit_schedule(t_prime, N, self.num_steps)
-        sched.set_timesteps(timesteps=timesteps)
-        F = frames.shape[0]
+        F, T = frames.shape[0], c.num_blocks
         x0 = frames.to(model.device, model.dtype)
-        noise = randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype)
-        x = sched.add_noise(x0, noise, torch.tensor([t_start]))
-        keep = None if mask is None else (1 - mask.to(x0)).expand_as(x0)
+        noise = model.to_blocks(randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype))
+        clean = model.to_blocks(x0)
+        keep = None if mask is None else model.to_blocks((1 - mask.to(x0)).expand_as(x0))
         cond = self.prompt_to_cond(prompt)
         cond = (torch.full((F,), cond, device=model.device) if isinstance(cond, int)
                 else torch.as_tensor(cond, dtype=model.dtype, device=model.device).expand(F, -1))
@@ -183,16 +197,22 @@ class NativeCorrector(Corrector):
         cond_emb = model.embed_condition(cond)
         group_emb = torch.stack([cond_emb[:, 0], model.null_condition(F)[:, 0]], 1) if guided else cond_emb
         groups = 2 if guided else 1
-        for i, t in enumerate(sched.timesteps):
-            if keep is not None:  # blended inpainting: outside the mask, the input noised to this level
-                known = sched.add_noise(x0, noise, t.view(1)) if i else x
-                x = keep * known + (1 - keep) * x
-            blocks = model.to_blocks(sched.scale_model_input(x, t))
-            cvec = model.condition_vectors(t.to(model.device).expand(F, groups), group_emb)
-            eps = model.run(noisy=blocks.expand(F, groups, *blocks.shape[2:]), noisy_blocks=(0,) * groups, cond=cvec)
-            eps = eps[:, 1] + self.cfg_scale * (eps[:, 0] - eps[:, 1]) if guided else eps[:, 0]
-            x = sched.step(model.from_blocks(eps[:, None]), t, x).prev_sample
-        out = x.clamp(-1, 1)
-        if keep is not None:
-            out = torch.where(keep.bool(), x0, out)  # exactly the input outside the mask
-        return Correction(out.to(frames), (t_start + 1) / N, [int(t) for t in sched.timesteps])
+        out = torch.empty_like(clean)
+        for i in range(T):
+            sched = self._scheduler()
+            sched.set_timesteps(timesteps=timesteps)
+            x = sched.add_noise(clean[:, i], noise[:, i], torch.tensor([t_start]))
+            for k, t in enumerate(sched.timesteps):
+                if keep is not None and k:  # blended inpainting: outside the mask, the input at this noise level
+                    x = keep[:, i] * sched.add_noise(clean[:, i], noise[:, i], t.view(1)) + (1 - keep[:, i]) * x
+                x_in = sched.scale_model_input(x, t)
+                cvec = model.condition_vectors(t.to(model.device).expand(F, groups), group_emb)
+                eps = model.run(noisy=x_in[:, None].expand(F, groups, *x.shape[1:]), noisy_blocks=(i,) * groups,
+                                cond=cvec, clean=out[:, :i] if i else None)
+                eps = eps[:, 1] + self.cfg_scale * (eps[:, 0] - eps[:, 1]) if guided else eps[:, 0]
+                x = sched.step(eps, t, x).prev_sample
+            out[:, i] = x.clamp(-1, 1)
+        result = model.from_blocks(out)
+        if mask is not None:
+            result = torch.where(mask.to(x0).expand_as(x0).bool(), result, x0)  # exactly the input outside the mask
+        return Correction(result.to(frames), (t_start + 1) / N, [int(t) for t in timesteps])
