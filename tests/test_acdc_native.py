@@ -6,8 +6,9 @@ import torch
 from conftest import tiny_model
 
 from ardiff.acdc.base import ARM, Correction, Corrector, Memory
-from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector, sdedit_schedule
+from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
 from ardiff.acdc.pipeline import ACDCPipeline, match_color, select_chunks
+from ardiff.acdc.sdedit import sdedit_schedule
 from ardiff.generate.sampler import make_generators, sample
 
 
@@ -170,14 +171,6 @@ def dit(block_size=16):
     return tiny_model(input_size=(8, 8), in_channels=1, patch_size=2, block_layout="raster", block_size=block_size)
 
 
-def test_sdedit_schedule_is_exact():
-    assert sdedit_schedule(0.5, 1000, 20) == (499, [499, 449, 399, 349, 299, 250, 200, 150, 100, 50])
-    t_start, steps = sdedit_schedule(0.37, 1000, 50)
-    assert t_start == 369 and steps[0] == 369 and len(steps) == round(0.37 * 50)
-    with pytest.raises(ValueError, match=r"t_prime=0.01 x num_steps=25 < 1"):
-        sdedit_schedule(0.01, 1000, 25)
-
-
 @pytest.mark.parametrize("block_size", [16, 4])  # a DiT, and a 4-block ACDiT correcting block by block
 def test_native_corrector_exact_t_prime_mask_and_determinism(block_size):
     corrector = NativeCorrector(dit(block_size=block_size), prompt_to_cond=int, num_steps=10, cfg_scale=1.5)
@@ -185,6 +178,7 @@ def test_native_corrector_exact_t_prime_mask_and_determinism(block_size):
     a = corrector.correct(frames, "3", 0.6, torch.Generator().manual_seed(0))
     b = corrector.correct(frames, "3", 0.6, torch.Generator().manual_seed(0))
     assert a.t_prime == 0.6 and a.timesteps[0] == 599 and len(a.timesteps) == 6
+    assert a.timesteps == sdedit_schedule(0.6, 1000, 10).timesteps
     assert torch.equal(a.frames, b.frames) and a.frames.shape == frames.shape
     assert not torch.allclose(a.frames, frames)
     c = corrector.correct(frames, "4", 0.6, torch.Generator().manual_seed(0))

@@ -10,11 +10,12 @@
 """
 
 from ardiff.acdc.base import ARM, Correction, Corrector, IdentityMemory, Memory
-from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector, sdedit_schedule
+from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
+from ardiff.acdc.sdedit import SDEditSchedule, sdedit_schedule
 from ardiff.acdc.pipeline import ACDCPipeline, ACDCResult, ChunkRecord, match_color
 
 __all__ = [
     "ARM", "Correction", "Corrector", "IdentityMemory", "Memory",
-    "ACDiTARM", "ClassPrompts", "NativeCorrector", "sdedit_schedule",
+    "ACDiTARM", "ClassPrompts", "NativeCorrector", "SDEditSchedule", "sdedit_schedule",
     "ACDCPipeline", "ACDCResult", "ChunkRecord", "match_color",
 ]

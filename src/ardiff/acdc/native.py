@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ardiff.acdc.base import ARM, ChunkCallback, Correction, Corrector, check_frames
+from ardiff.acdc.sdedit import sdedit_schedule
 from ardiff.generate.sampler import BlockEvent, sample
 from ardiff.models.acdit import ACDiT
 
@@ -132,22 +133,6 @@ class ACDiTARM(ARM):
 # ---------------------------------------------------------------------------
 #                         An ardiff model as the corrector
 # ---------------------------------------------------------------------------
-def sdedit_schedule(t_prime: float, num_train_timesteps: int, num_steps: int) -> tuple[int, list[int]]:
-    """Exact SDEdit timesteps: start at t_start = round(t' * N) - 1 (t' = 1 -> the last
-    training timestep N - 1), then ``round(t' * num_steps)`` steps evenly spaced from t_start
-    towards 0. Returns (t_start, timesteps); the effective t' is (t_start + 1) / N."""
-    if not 0 < t_prime <= 1:
-        raise ValueError(f"t_prime={t_prime} must be in (0, 1]")
-    n = round(t_prime * num_steps)
-    if n < 1:
-        raise ValueError(f"t_prime={t_prime} x num_steps={num_steps} < 1 gives no denoising step; raise num_steps "
-                         f"to at least {int(1 / t_prime) + 1} or t_prime")
-    t_start = max(round(t_prime * num_train_timesteps) - 1, 0)
-    steps = torch.linspace(t_start, 0, n + 1)[:-1].round().long().tolist()
-    steps = sorted(set(steps), reverse=True)  # tiny t_start: distinct steps only
-    return t_start, steps
-
-
 class NativeCorrector(Corrector):
     """SDEdit with any ardiff image model, class- or vector-conditioned; frames are a batch.
 
@@ -184,7 +169,8 @@ class NativeCorrector(Corrector):
             raise ValueError(f"NativeCorrector: frames {tuple(frames.shape)} do not match the model "
                              f"(F, {c.in_channels}, {', '.join(map(str, c.input_size))})")
         N = self._scheduler().config.num_train_timesteps
-        t_start, timesteps = sdedit_schedule(t_prime, N, self.num_steps)
+        schedule = sdedit_schedule(t_prime, N, self.num_steps)
+        t_start, timesteps = schedule.t_start, schedule.timesteps
         F, T = frames.shape[0], c.num_blocks
         x0 = frames.to(model.device, model.dtype)
         noise = model.to_blocks(randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype))
@@ -215,4 +201,4 @@ class NativeCorrector(Corrector):
         result = model.from_blocks(out)
         if mask is not None:
             result = torch.where(mask.to(x0).expand_as(x0).bool(), result, x0)  # exactly the input outside the mask
-        return Correction(result.to(frames), (t_start + 1) / N, [int(t) for t in timesteps])
+        return Correction(result.to(frames), schedule.t_prime, list(timesteps))
