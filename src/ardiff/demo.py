@@ -23,19 +23,48 @@ def builtin_model(name: str) -> Path:
     return path
 
 
-def run_demo(out: Path, num_eval: int = 500, steps: int = 25, cfg_scale: float = 4.0, seed: int = 0) -> Path:
+def recommended_cfg(model_dir: Path, default: float) -> float:
+    """The guidance scale recorded with a model (``_sampling.cfg_scale`` in config.json, as tuned)."""
+    from ardiff.models.checkpoint import load_extras
+
+    return float(load_extras(model_dir).get("sampling", {}).get("cfg_scale", default))
+
+
+def run_demo(out: Path, num_eval: int = 500, num_eval_videos: int = 60, steps: int = 25,
+             cfg_scale: float | None = None, video_cfg_scale: float | None = None, seed: int = 0) -> Path:
+    """Sample both shipped models, score them against the test split, write report.md/.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    image = _image_part(out, num_eval, steps, cfg_scale, seed)
+    video = _video_part(out, num_eval_videos, steps, video_cfg_scale, seed)
+    total = time.perf_counter() - t_start
+    (out / "report.json").write_text(json.dumps({"image_model": image, "video_model": video,
+                                                 "total_seconds": total}, indent=2))
+    md = ["# ardiff demo", "", *image.pop("markdown"), "", *video.pop("markdown"), "",
+          "FID-FMNIST, KID, IS and the FVD proxy use the project's Fashion-MNIST classifier as the feature "
+          "network: they compare only with other numbers computed the same way, not with Inception FID or I3D FVD.",
+          "", f"Total time: {total:.0f} s."]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def _table(rows) -> list[str]:
+    return ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+def _image_part(out: Path, num_eval: int, steps: int, cfg_scale: float | None, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid
 
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    model = ACDiT.from_pretrained(builtin_model("fmnist"))
+    model_dir = builtin_model("fmnist")
+    model = ACDiT.from_pretrained(model_dir)
+    cfg_scale = recommended_cfg(model_dir, 4.0) if cfg_scale is None else cfg_scale
     c = model.config
-    print(f"fmnist model: {model.num_parameters() / 1e6:.2f}M parameters, {c.num_blocks} blocks of "
+    print(f"[1/2] fmnist image model: {model.num_parameters() / 1e6:.2f}M parameters, {c.num_blocks} blocks of "
           f"{c.block_size} tokens, {steps} DPM-Solver++ steps per block, CFG {cfg_scale}")
 
-    # A class grid: one row per class.
-    per_class = 8
+    per_class = 8  # one row per class
     labels = torch.arange(10).repeat_interleave(per_class)
     t0 = time.perf_counter()
     grid = sample(model, labels, num_steps=steps, cfg_scale=cfg_scale,
@@ -50,31 +79,53 @@ def run_demo(out: Path, num_eval: int = 500, steps: int = 25, cfg_scale: float =
                       use_cache=False)
     exact = (cached - uncached).abs().max().item()
 
-    print(f"scoring {num_eval} samples against the Fashion-MNIST test split")
-    metrics = evaluate(model, num=num_eval, cfg_scale=cfg_scale, num_steps=steps, seed=seed + 10_000, progress=True)
-    total = time.perf_counter() - t_start
-    report = {"image_model": {"metrics": metrics, "class_grid": "fmnist_classes.png",
-                              "grid_seconds": grid_seconds, "max_abs_diff_cached_vs_uncached": exact},
-              "total_seconds": total}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-
-    rows = [("class accuracy (classifier reads the asked class)", f"{100 * metrics['class_accuracy']:.1f}%"),
-            ("FID-FMNIST vs test split (classifier features)", f"{metrics['fid_fmnist']:.2f}"),
-            ("KID-FMNIST", f"{metrics['kid_fmnist']:.4f}"),
-            ("precision / recall", f"{metrics['precision']:.3f} / {metrics['recall']:.3f}"),
-            ("IS-FMNIST (classifier logits)", f"{metrics['is_fmnist']:.2f}"),
-            ("sampling time per image", f"{1000 * metrics['seconds_per_sample']:.0f} ms"),
+    print(f"      scoring {num_eval} samples against the Fashion-MNIST test split")
+    m = evaluate(model, num=num_eval, cfg_scale=cfg_scale, num_steps=steps, seed=seed + 10_000, progress=True)
+    rows = [("class accuracy (classifier reads the asked class)", f"{100 * m['class_accuracy']:.1f}%"),
+            ("FID-FMNIST vs test split (classifier features)", f"{m['fid_fmnist']:.2f}"),
+            ("KID-FMNIST", f"{m['kid_fmnist']:.4f}"),
+            ("precision / recall", f"{m['precision_fmnist']:.3f} / {m['recall_fmnist']:.3f}"),
+            ("IS-FMNIST (classifier logits)", f"{m['is_fmnist']:.2f}"),
+            ("sampling time per image", f"{1000 * m['seconds_per_sample']:.0f} ms"),
             ("max abs diff, KV-cached vs recomputed context", f"{exact:.1e}")]
-    md = ["# ardiff demo", "",
-          f"Class-conditional ACDiT on Fashion-MNIST ({c.num_blocks} autoregressive blocks of "
-          f"{c.tile_side}x{c.tile_side} tokens, {model.num_parameters() / 1e6:.2f}M parameters), "
-          f"{steps} steps per block, CFG {cfg_scale}. Rows, top to bottom: "
-          + ", ".join(FASHION_MNIST_CLASSES) + ".", "", "![class grid](fmnist_classes.png)", "",
-          f"## Metrics ({num_eval} class-balanced samples)", "", "| metric | value |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in rows]
-    md += ["", "FID-FMNIST, KID and IS here use the project's Fashion-MNIST classifier as the feature network: "
-           "they compare only with other numbers computed the same way, not with Inception FID.", "",
-           f"Total time: {total:.0f} s."]
-    path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    md = ["## Images: class-conditional ACDiT on Fashion-MNIST", "",
+          f"{c.num_blocks} autoregressive blocks of {c.tile_side}x{c.tile_side} tokens, "
+          f"{model.num_parameters() / 1e6:.2f}M parameters, {steps} steps per block, CFG {cfg_scale}. "
+          "Rows, top to bottom: " + ", ".join(FASHION_MNIST_CLASSES) + ".", "",
+          "![class grid](fmnist_classes.png)", "", f"{num_eval} class-balanced samples:", "", *_table(rows)]
+    return {"metrics": m, "cfg_scale": cfg_scale, "class_grid": "fmnist_classes.png", "grid_seconds": grid_seconds,
+            "max_abs_diff_cached_vs_uncached": exact, "markdown": md}
+
+
+def _video_part(out: Path, num_eval: int, steps: int, cfg_scale: float | None, seed: int) -> dict:
+    from ardiff.eval.evaluate import evaluate
+    from ardiff.utils.media import save_image_grid, save_video_grid
+
+    model_dir = builtin_model("moving-fmnist")
+    model = ACDiT.from_pretrained(model_dir)
+    cfg_scale = recommended_cfg(model_dir, 4.0) if cfg_scale is None else cfg_scale
+    c = model.config
+    frames, h, w = c.input_size
+    print(f"[2/2] moving-fmnist video model: {model.num_parameters() / 1e6:.2f}M parameters, {frames} frames of "
+          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, CFG {cfg_scale}")
+    labels = torch.arange(10)
+    clips = sample(model, labels, num_steps=steps, cfg_scale=cfg_scale,
+                   generator=make_generators(range(seed, seed + 10)), progress=True)
+    save_video_grid(clips, out / "moving_fmnist.gif", fps=6, nrow=5)
+    # A filmstrip for viewers that do not animate GIFs: one row per clip, frames left to right.
+    save_image_grid(clips[:5].transpose(1, 2).flatten(0, 1), out / "moving_fmnist_frames.png", nrow=frames)
+
+    print(f"      scoring {num_eval} clips against Moving Fashion-MNIST test clips")
+    m = evaluate(model, num=num_eval, cfg_scale=cfg_scale, num_steps=steps, seed=seed + 10_000, progress=True)
+    rows = [("class accuracy of frames", f"{100 * m['class_accuracy_frames']:.1f}%"),
+            ("frame consistency, generated / real clips",
+             f"{m['frame_consistency']:.3f} / {m['frame_consistency_real']:.3f}"),
+            ("FID-FMNIST of frames", f"{m['fid_fmnist_frames']:.2f}"),
+            ("FVD proxy (concatenated frame features)", f"{m['fvd_proxy_fmnist']:.2f}"),
+            ("sampling time per clip", f"{m['seconds_per_sample']:.2f} s")]
+    md = ["## Video: class-conditional ACDiT on Moving Fashion-MNIST", "",
+          f"{frames} frames of {h}x{w}, generated {c.block_size / c.tokens_per_frame:g} frames per autoregressive "
+          f"block, {model.num_parameters() / 1e6:.2f}M parameters, CFG {cfg_scale}. One clip per class.", "",
+          "![clips](moving_fmnist.gif)", "", "![frames](moving_fmnist_frames.png)", "",
+          f"{num_eval} class-balanced clips:", "", *_table(rows)]
+    return {"metrics": m, "cfg_scale": cfg_scale, "clips": "moving_fmnist.gif", "markdown": md}
