@@ -64,8 +64,10 @@ def cmd_sample(args) -> int:
     else:
         labels = None
     n = len(labels) if labels is not None else args.num
-    cfg_scale = args.cfg if labels is not None else 1.0
-    vae_info = load_extras(args.model_dir).get("vae")
+    extras = load_extras(args.model_dir)
+    recorded_cfg = extras.get("sampling", {}).get("cfg_scale", 1.5)
+    cfg_scale = (recorded_cfg if args.cfg is None else args.cfg) if labels is not None else 1.0
+    vae_info = extras.get("vae")
     if args.vae:
         vae_info = {**(vae_info or {"scaling_factor": 1.0, "shift_factor": 0.0}), "path": args.vae}
     vae = None
@@ -125,8 +127,12 @@ def cmd_eval(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ACDiT.from_pretrained(args.model_dir, device=device)
-    result = evaluate(model, num=args.num, cfg_scale=args.cfg, num_steps=args.steps, seed=args.seed,
-                      classifier_path=args.classifier, progress=True)
+    from ardiff.models.checkpoint import load_extras
+
+    cfg_scale = args.cfg if args.cfg is not None else load_extras(args.model_dir).get("sampling", {}).get("cfg_scale", 1.5)
+    result = evaluate(model, num=args.num, cfg_scale=cfg_scale, num_steps=args.steps, seed=args.seed,
+                      classifier_path=args.classifier, progress=True, inception_weights=args.inception_weights,
+                      i3d_path=args.i3d)
     for key, value in result.items():
         print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
     if args.out:
@@ -193,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("model_dir", help="directory with config.json and model.safetensors")
     samp.add_argument("--classes", help="comma-separated class ids; --num samples of each")
     samp.add_argument("--num", type=int, default=8, help="samples (per class when --classes is given)")
-    samp.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale")
+    samp.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the value recorded "
+                                                "with the model, else 1.5)")
     samp.add_argument("--steps", type=int, default=25, help="denoising steps per block")
     samp.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     samp.add_argument("--out", default="samples", help="output path (.png for images, .gif/.mp4 for videos)")
@@ -212,16 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
     conv.set_defaults(func=cmd_convert_official)
 
-    ev = sub.add_parser("eval", help="sample and score a model (FID-FMNIST, KID, precision/recall, IS, accuracy)",
+    ev = sub.add_parser("eval", help="sample and score a model (FID, KID, precision/recall, IS, accuracy, FVD)",
                         description="Offline metrics with the project's Fashion-MNIST classifier against the test "
                                     "split (images) or Moving Fashion-MNIST test clips (videos). FID-FMNIST is "
                                     "comparable only to other FID-FMNIST numbers, not to Inception FID.")
     ev.add_argument("model_dir")
     ev.add_argument("--num", type=int, default=1000, help="generated samples (class-balanced)")
-    ev.add_argument("--cfg", type=float, default=1.5)
+    ev.add_argument("--cfg", type=float, help="guidance scale (default: the value recorded with the model, else 1.5)")
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--classifier", help="feature network weights (default: the shipped Fashion-MNIST classifier)")
+    ev.add_argument("--inception-weights", help="also score with Inception-V3: torch-fidelity's local weight file "
+                                                "pt_inception-2015-12-05-6726825d.pth (FID/KID/IS comparable to papers)")
+    ev.add_argument("--i3d", help="videos: also compute FVD with the TorchScript i3d_torchscript.pt at this local path")
     ev.add_argument("--out", help="write the metrics as JSON")
     ev.add_argument("--device")
     ev.set_defaults(func=cmd_eval)

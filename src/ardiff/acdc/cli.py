@@ -4,7 +4,8 @@ Component specs (every model from a local path; nothing is downloaded):
 
   --arm        builtin (the shipped Moving Fashion-MNIST ACDiT) | acdit:DIR | emu3:DIR | janus:DIR
   --corrector  builtin (the shipped Fashion-MNIST ACDiT, block-wise SDEdit) | native:DIR | sd:DIR |
-               animatediff:DIR (a diffusers AnimateDiff directory) | none
+               animatediff:DIR (a diffusers AnimateDiff directory) |
+               animatediff:SD_DIR,motion=ADAPTER_DIR | none
   --memory     rule | none | smollm2 | transformers:PATH (directory or .gguf file) |
                openai:MODEL@BASE_URL (key from $OPENAI_API_KEY)
 """
@@ -63,6 +64,9 @@ def build_corrector(spec: str, steps: int, cfg: float | None, device: str):
 
         cls = correctors.SDEditCorrector if kind == "sd" else correctors.AnimateDiffCorrector
         kwargs = {"num_inference_steps": steps, "device": device}
+        arg, _, adapter = (arg or "").partition(",motion=")
+        if adapter:  # a Stable Diffusion directory plus a MotionAdapter directory
+            kwargs["motion_adapter"] = adapter
         if cfg is not None:
             kwargs["guidance_scale"] = cfg
         return cls.from_pretrained(_need(arg, spec, "corrector"), **kwargs)

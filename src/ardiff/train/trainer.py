@@ -342,7 +342,10 @@ class Trainer:
         model = self.ema_model()
         if not self.is_main:
             return None
-        extra = {"_vae": self.vae_info} if self.vae_info else None
+        # The run's sampling settings travel with the model (`ardiff sample` / demo defaults).
+        extra = {"_sampling": {"cfg_scale": self.run.sample.cfg_scale, "num_steps": self.run.sample.num_steps}}
+        if self.vae_info:
+            extra["_vae"] = self.vae_info
         return save_pretrained(model, self.out / "model", extra_config=extra)
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
