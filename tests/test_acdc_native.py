@@ -9,7 +9,7 @@ from ardiff.acdc.base import ARM, Correction, Corrector, Memory
 from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
 from ardiff.acdc.pipeline import ACDCPipeline, match_color, select_chunks
 from ardiff.acdc.sdedit import sdedit_schedule
-from ardiff.generate.sampler import make_generators, sample
+from ardiff.generate.sampler import sample
 
 
 def video_model(frames_per_block=1, **kw):

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from ardiff import ACDiT
 from ardiff.cli import build_parser, main

@@ -17,7 +17,7 @@ import torch
 from ardiff.diffusion.schedule import training_loss
 from ardiff.generate.sampler import make_generators, sample
 from ardiff.models import ACDiT, ACDiTConfig
-from ardiff.models.flops import run_flops, sampling_flops, training_step_flops
+from ardiff.models.flops import sampling_flops, training_step_flops
 
 
 def _timeit(fn, repeats: int, warmup: int = 1) -> float:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ardiff.acdc.base import Correction, Corrector, check_frames
-from ardiff.acdc.sdedit import SDEditSchedule, round_half_up, sdedit_schedule  # noqa: F401 (re-exported)
+from ardiff.acdc.sdedit import SDEditSchedule, sdedit_schedule
 
 SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 
