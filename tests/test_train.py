@@ -162,6 +162,7 @@ def test_config_errors(tmp_path):
         load_run_config("fmnist", ["train.lrr=1"])
     with pytest.raises(ValueError, match=r"train.lr must be a number, got 'fast'"):
         load_run_config("fmnist", ["train.lr=fast"])
+    assert load_run_config("fmnist", ["train.lr=3e-4"]).train.lr == 3e-4  # YAML 1.1 reads this as a string
     with pytest.raises(ValueError, match=r"unknown section"):
         load_run_config("fmnist", ["optim.lr=1"])
     with pytest.raises(ValueError, match=r"must look like section.key=value"):
