@@ -526,3 +526,9 @@ def test_smollm2_rewrites_a_story():
         out = memory.rewrite(story)
     assert len(out) == 3 and all(isinstance(s, str) and s for s in out)
     assert 1 <= memory.calls <= 2
+
+
+def test_rule_memory_stops_the_subject_at_a_verb_ending_in_s():
+    story = ["A sneaker glides across the dark floor.", "It slows down near the wall.", "It drifts to a stop."]
+    assert RuleBasedMemory().rewrite(story)[1:] == ["The sneaker slows down near the wall.",
+                                                    "The sneaker drifts to a stop."]

@@ -41,7 +41,9 @@ def test_sample_missing_model_dir(tmp_path):
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
 def test_demo_quick(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path), "--num-eval", "40", "--steps", "2"])
+    main(["demo", "--out", str(tmp_path), "--num-eval", "40", "--num-eval-videos", "4", "--steps", "2"])
     assert f"report: {tmp_path / 'report.md'}" in capsys.readouterr().out
     report = (tmp_path / "report.md").read_text()
-    assert "class accuracy" in report and (tmp_path / "fmnist_classes.png").is_file()
+    assert "class accuracy" in report and "frame consistency" in report
+    for name in ("fmnist_classes.png", "moving_fmnist.gif", "moving_fmnist_frames.png", "report.json"):
+        assert (tmp_path / name).is_file(), name

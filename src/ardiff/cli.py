@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: sample the shipped models, score them, write a report")
     demo.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
-    demo.add_argument("--num-eval", type=int, default=500, help="samples scored against the test split")
+    demo.add_argument("--num-eval", type=int, default=300, help="images scored against the test split")
     demo.add_argument("--steps", type=int, default=25, help="denoising steps per block")
-    demo.add_argument("--num-eval-videos", type=int, default=60, help="clips scored against test clips")
+    demo.add_argument("--num-eval-videos", type=int, default=40, help="clips scored against test clips")
     demo.add_argument("--cfg", type=float, help="image guidance scale (default: the value tuned for the model)")
     demo.add_argument("--video-cfg", type=float, help="video guidance scale (default: the value tuned for the model)")
     demo.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,7 @@ def recommended_cfg(model_dir: Path, default: float) -> float:
     return float(load_extras(model_dir).get("sampling", {}).get("cfg_scale", default))
 
 
-def run_demo(out: Path, num_eval: int = 500, num_eval_videos: int = 60, steps: int = 25,
+def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: int = 25,
              cfg_scale: float | None = None, video_cfg_scale: float | None = None, seed: int = 0) -> Path:
     """Sample both shipped models, score them against the test split, write report.md/.json."""
     out.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,10 @@ _VERB_BASES = {
     "look": ("looks",), "play": ("plays",), "dream": ("dreams",), "wander": ("wanders",), "wait": ("waits",),
     "carry": ("carries",), "chase": ("chases",), "explore": ("explores",), "hear": ("hears", "heard"),
     "say": ("says", "said"), "tell": ("tells", "told"), "sell": ("sells", "sold"), "spend": ("spends", "spent"),
+    "glide": ("glides",), "slide": ("slides", "slid"), "drift": ("drifts",), "bounce": ("bounces",),
+    "hop": ("hops",), "roll": ("rolls",), "spin": ("spins", "spun"), "float": ("floats",), "move": ("moves",),
+    "rest": ("rests",), "slow": ("slows",), "stop": ("stops",), "fall": ("falls", "fell"), "rise": ("rises", "rose"),
+    "dance": ("dances",), "shine": ("shines", "shone"), "glow": ("glows",), "sink": ("sinks", "sank"),
     "will": (), "would": (), "could": (), "can": (), "should": (), "might": (), "must": ()}
 # Base forms that are also common nouns/prepositions ("a play", "like a bird") are left out.
 _VERBS = {form for base, forms in _VERB_BASES.items() for form in (base, *forms)} - {"like", "play", "look"}
@@ -126,11 +130,16 @@ def _tails(words: Sequence[str]) -> list[str]:
 def _noun_phrase(words: list[str], start: int, max_len: int = 5) -> list[str]:
     """The words of the noun phrase starting at ``start``, up to the first verb-like or stop word.
 
-    A regular past ("-ed") ends the phrase unless it is the phrase's first word ("the tired dog")."""
+    A regular past ("-ed") ends the phrase unless it is the phrase's first word ("the tired dog");
+    so does a third-person "-s" after a singular noun ("a sneaker glides": "sneaker", not
+    "sneaker glides"; "glass slippers" keeps both)."""
     out: list[str] = []
     for word in words[start:start + max_len]:
         low = word.lower()
         if low in _SUBJECT_STOP or low in _VERBS or (out and len(low) > 4 and low.endswith("ed")):
+            break
+        if out and len(low) > 3 and low.endswith("s") and not low.endswith("ss") \
+                and not out[-1].lower().endswith("s"):
             break
         if low in ("named", "called"):
             break
