@@ -256,3 +256,15 @@ def test_cli_convert_official(image_ckpt, tmp_path, capsys):
     main(["convert-official", str(path), str(tmp_path / "out"), "--allow-pickle", "--ema"])
     assert "wrote" in capsys.readouterr().out
     assert_same_weights(ACDiT.from_pretrained(tmp_path / "out"), ema)
+
+
+def test_shape_check_under_meta_device_after_transformers_is_imported():
+    """transformers changes how CPU constants mix with meta tensors; the tables are built on the CPU."""
+    import transformers  # noqa: F401
+
+    from ardiff import ACDiT, ACDiTConfig
+
+    with torch.device("meta"):
+        model = ACDiT(ACDiTConfig.preset("tiny", input_size=(4, 8, 8), block_layout="raster", block_size=16,
+                                         rope_axis_weights=(2, 3, 3)))
+    assert next(model.parameters()).device.type == "meta"

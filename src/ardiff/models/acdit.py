@@ -29,7 +29,7 @@ from ardiff.nn.rope import RopeND
 def block_token_order(config: ACDiTConfig) -> torch.Tensor:
     """Raster index of every token, listed in block order (block-major)."""
     n = config.num_tokens
-    raster = torch.arange(n)
+    raster = torch.arange(n, device="cpu")  # constant tables are built on the CPU, even under a meta device
     if config.block_layout == "raster":
         return raster
     gh, gw = config.token_grid
@@ -39,7 +39,7 @@ def block_token_order(config: ACDiTConfig) -> torch.Tensor:
 
 def raster_coordinates(grid: tuple[int, ...]) -> torch.Tensor:
     """(N, n_axes) integer coordinates of a grid in raster order."""
-    axes = torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij")
+    axes = torch.meshgrid(*[torch.arange(g, device="cpu") for g in grid], indexing="ij")
     return torch.stack([a.reshape(-1) for a in axes], dim=-1)
 
 

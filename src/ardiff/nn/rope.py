@@ -94,10 +94,10 @@ class RopeND:
             half = width // 2
             if self.mode == "paper":
                 base = paper_base(length)
-                exponent = torch.arange(half, dtype=torch.float64) * 2 / width
+                exponent = torch.arange(half, dtype=torch.float64, device="cpu") * 2 / width
             else:
                 base = official_base(length)
-                exponent = torch.linspace(0, OFFICIAL_HEAD_DIM, half, dtype=torch.float64) / OFFICIAL_HEAD_DIM
+                exponent = torch.linspace(0, OFFICIAL_HEAD_DIM, half, dtype=torch.float64, device="cpu") / OFFICIAL_HEAD_DIM
             freqs.append(float(base) ** -exponent)
         return freqs
 
@@ -121,7 +121,7 @@ class RopeND:
         angles = torch.cat(per_axis, dim=-1)
         # rotate_half gives (x[j + w/2], x[j]) for the first/second half of a group: the
         # minus sign of the first half lives in the sin table.
-        sign = torch.ones(self.head_dim, dtype=torch.float64)
+        sign = torch.ones(self.head_dim, dtype=torch.float64, device="cpu")
         for offset, width in self.rotation_groups():
             sign[offset : offset + width // 2] = -1
         return torch.cos(angles), torch.sin(angles) * sign
