@@ -83,8 +83,9 @@ def inference_time_vs_ar_length(seq_lengths=(64, 256, 1024), ar_lengths=(1, 2, 4
                 print(f"L={L:5d} T={T:3d}: cached {row['cached_s']:.3f} s  uncached {row['uncached_s']:.3f} s  "
                       f"(FLOP model {row['cached_flop_model_s']:.3f} / {row['uncached_flop_model_s']:.3f} s)",
                       flush=True)
+    probe = timing_config(seq_lengths[0], 1, **(model_kwargs or {}))
     return {"settings": {"batch_size": batch_size, "num_steps": num_steps, "cfg_scale": cfg_scale,
-                         "model": {"depth": 6, "hidden_size": 192, "num_heads": 3, **(model_kwargs or {})},
+                         "model": {"depth": probe.depth, "hidden_size": probe.hidden_size, "num_heads": probe.num_heads},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
             "rows": rows}
 

@@ -150,14 +150,15 @@ class NativeCorrector(Corrector):
         self.model = model.eval()
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model)
         self.num_steps, self.cfg_scale = num_steps, cfg_scale
+        from ardiff.diffusion.schedule import default_sampling_scheduler
+
+        self._scheduler_config = default_sampling_scheduler(model.config).config
 
     def _scheduler(self):
         from diffusers import DPMSolverMultistepScheduler
 
-        from ardiff.diffusion.schedule import default_sampling_scheduler
-
         # DPM-Solver++ accepts explicit timesteps, so the schedule starts exactly at t'.
-        return DPMSolverMultistepScheduler.from_config(default_sampling_scheduler(self.model.config).config)
+        return DPMSolverMultistepScheduler.from_config(self._scheduler_config)
 
     @torch.no_grad()
     def correct(self, frames, prompt, t_prime, generator, mask=None) -> Correction:
@@ -168,7 +169,7 @@ class NativeCorrector(Corrector):
         if tuple(frames.shape[1:]) != (c.in_channels, *c.input_size):
             raise ValueError(f"NativeCorrector: frames {tuple(frames.shape)} do not match the model "
                              f"(F, {c.in_channels}, {', '.join(map(str, c.input_size))})")
-        N = self._scheduler().config.num_train_timesteps
+        N = self._scheduler_config.num_train_timesteps
         schedule = sdedit_schedule(t_prime, N, self.num_steps)
         t_start, timesteps = schedule.t_start, schedule.timesteps
         F, T = frames.shape[0], c.num_blocks

@@ -103,6 +103,12 @@ def _text_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _commit(chunk: torch.Tensor, index: int, on_chunk: ChunkCallback, validate) -> torch.Tensor:
+    """Offer chunk ``index`` to ``on_chunk``; a (validated) replacement is what the context keeps."""
+    replacement = on_chunk(index, chunk)
+    return chunk if replacement is None else validate(replacement)
+
+
 def _chunk_seed(generator: torch.Generator) -> int:
     """One seed per chunk drawn from the caller's generator: chunks differ, runs repeat."""
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())
@@ -257,10 +263,7 @@ class Emu3ARM(ARM):
                               stacklevel=2)
             negative = self._story_ids(negatives[: index + 1], chunks) if self._use_cfg else None
             chunk = self._sample(context, negative, _chunk_seed(generator))
-            replacement = on_chunk(index, chunk)
-            if replacement is not None:
-                chunk = self._valid_chunk(replacement)
-            chunks.append(chunk)
+            chunks.append(_commit(chunk, index, on_chunk, self._valid_chunk))
         return chunks
 
     @property
@@ -401,10 +404,7 @@ class JanusARM(ARM):
         for index in range(len(prompts)):
             ids, is_image = self._story(list(prompts[: index + 1]), chunks)
             chunk = self.sample_image_tokens(ids, is_image, _chunk_seed(generator))
-            replacement = on_chunk(index, chunk)
-            if replacement is not None:
-                chunk = self._valid_chunk(replacement)
-            chunks.append(chunk)
+            chunks.append(_commit(chunk, index, on_chunk, self._valid_chunk))
         return chunks
 
     @torch.no_grad()

@@ -58,17 +58,15 @@ class FMNISTFeatures:
     name = "fmnist"
     predicts_fmnist_classes = True
 
-    def __init__(self, path=None, device="cpu"):
+    def __init__(self, path=None, device="cpu", model=None):
         from ardiff.eval.fmnist_classifier import FashionMNISTClassifier
 
-        self.model = FashionMNISTClassifier.load(path, device=device)
+        self.model = model if model is not None else FashionMNISTClassifier.load(path, device=device)
 
     @classmethod
     def from_model(cls, model) -> "FMNISTFeatures":
         """Wrap an in-memory classifier (e.g. freshly trained or random, for tests)."""
-        net = cls.__new__(cls)
-        net.model = model
-        return net
+        return cls(model=model)
 
     def __call__(self, samples):
         from ardiff.eval.fmnist_classifier import classify
