@@ -532,3 +532,60 @@ def test_rule_memory_stops_the_subject_at_a_verb_ending_in_s():
     story = ["A sneaker glides across the dark floor.", "It slows down near the wall.", "It drifts to a stop."]
     assert RuleBasedMemory().rewrite(story)[1:] == ["The sneaker slows down near the wall.",
                                                     "The sneaker drifts to a stop."]
+
+
+# ---------------------------------------------------------------------------------------
+# make-stories: the LLM story generator
+# ---------------------------------------------------------------------------------------
+def test_make_stories_validates_retries_and_records_failures(tmp_path):
+    from ardiff.acdc.stories import FEW_SHOT_STORIES, make_stories, parse_story, write_jsonl
+
+    good = "\n".join(f"{i}. Sentence {i} about Tom the toad." for i in range(1, 7))
+    short = "\n".join(f"{i}. Sentence {i}." for i in range(1, 6))
+
+    class Scripted:
+        def __init__(self, answers):
+            self.answers, self.seen, self.expected_lines = list(answers), [], 0
+
+        def complete(self, messages):
+            self.seen.append(messages)
+            answer = self.answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    llm = Scripted([short, good, RuntimeError("server down"), "chatter", "1. x"])
+    records = list(make_stories(llm, 2, seed=3, attempts=3))
+    assert records[0]["ok"] and records[0]["attempts"] == 2 and len(records[0]["sentences"]) == 6
+    assert not records[1]["ok"] and records[1]["attempts"] == 3 and records[1]["sentences"] is None
+    assert llm.expected_lines == 6
+    prompt = llm.seen[0][1]["content"]
+    assert sum(" ".join(s.split()) in prompt for story in FEW_SHOT_STORIES for s in story[:1]) == 3  # 3 examples
+    assert len({tuple(r["examples"]) for r in records}) == 2  # examples drawn afresh
+    valid, total = write_jsonl(records, tmp_path / "s.jsonl")
+    assert (valid, total) == (1, 2) and len((tmp_path / "s.jsonl").read_text().splitlines()) == 2
+    assert parse_story("1. a\n2. b\n3. c\n4. d\n5. e\n6. f") == ["a.", "b.", "c.", "d.", "e.", "f."]
+    assert parse_story(good.replace("6. Sentence", "6. " + "x" * 300)) is None
+
+
+def test_openai_memory_sends_its_temperature():
+    from ardiff.acdc.memory import OpenAIMemory
+
+    assert "temperature=1" in OpenAIMemory("m", "http://localhost:1/v1", temperature=1.0).identity()
+    assert "temperature=0" in OpenAIMemory("m", "http://localhost:1/v1").identity()
+
+
+def test_rule_memory_can_carry_the_setting():
+    from ardiff.acdc.memory.rules import find_setting, find_story_subject
+
+    memory = RuleBasedMemory(carry_setting=True, expand_bare_names=True)
+    story = ["At the bottom left of a maroon floor sits Ivy, a large blue sneaker.", "It drifts right.",
+             "Ivy grows.", "Her laces shine."]
+    assert memory.rewrite(story)[1:] == ["Ivy the large blue sneaker on the maroon floor drifts right.",
+                                         "Ivy the large blue sneaker on the maroon floor grows.",
+                                         "Ivy the large blue sneaker's laces shine."]  # possessives stay short
+    first = "Benny the beagle lived in a small red house."
+    assert find_setting(first, find_story_subject(first)) == "in the small red house"
+    first = "Once upon a time, there was a curious puppy."
+    assert find_setting(first, find_story_subject(first)) is None  # no place: nothing carried
+    assert RuleBasedMemory().rewrite(story)[1] == "Ivy the large blue sneaker drifts right."  # off by default

@@ -438,7 +438,8 @@ def test_build_dataset(tmp_path, vae_dir):
             build_dataset(DataConfig(name=name), model)
     with pytest.raises(ValueError, match=r"data.name='nope' is not a known dataset; choose one of fashion_mnist, "):
         build_dataset(DataConfig(name="nope"))
-    assert set(DATASETS) == {"fashion_mnist", "moving_fashion_mnist", "image_folder", "video_folder", "latents"}
+    assert set(DATASETS) == {"fashion_mnist", "moving_fashion_mnist", "stories", "story_frames", "image_folder",
+                             "video_folder", "latents"}
 
     encode_latent_cache(image_dataset(3), vae_dir, tmp_path / "lat")
     ds = build_dataset(DataConfig(name="latents", root=str(tmp_path / "lat")), model)

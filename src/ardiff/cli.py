@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ardiff.acdc.cli import add_parser as add_acdc_parser
 
     add_acdc_parser(sub)
+    from ardiff.worlds.cli import add_parser as add_world_parser
+
+    add_world_parser(sub)
 
     enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache")
     enc.add_argument("config", help="run config whose data section describes the source images/videos")

@@ -165,10 +165,54 @@ DEFAULT_STORY = [
 ]
 
 
+def cmd_benchmark(args) -> int:
+    from ardiff.acdc.benchmark import ALL_SETTINGS, BenchmarkConfig, run_benchmark
+
+    settings = tuple(s.strip() for s in args.settings.split(",")) if args.settings else ALL_SETTINGS
+    config = BenchmarkConfig(out=args.out, arm=args.arm, corrector=args.corrector, num_stories=args.num_stories,
+                             long_stories=args.long_stories, t_prime=args.t_prime, seed=args.seed, settings=settings,
+                             window=args.window, sink_blocks=args.sink_blocks, smollm2_stories=args.smollm2_stories)
+    summary = run_benchmark(config, device=args.device or "cpu", rescore=args.rescore)
+    print((Path(args.out) / "story_table.md").read_text())
+    print(f"wrote {args.out}/benchmark.json, story_table.md, error_accumulation.png and strip_*.png")
+    return 0 if summary["results"] else 1
+
+
+def cmd_make_stories(args) -> int:
+    from ardiff.acdc.stories import build_story_llm, make_stories, write_jsonl
+
+    llm = build_story_llm(args.llm)
+    valid, total = write_jsonl(make_stories(llm, args.num, seed=args.seed, attempts=args.attempts), args.out)
+    print(f"wrote {args.out}: {valid} of {total} stories valid (six sentences)")
+    return 0 if valid == total else 1
+
+
 def add_parser(sub) -> None:
     acdc = sub.add_parser("acdc", help="ACDC: diffusion correction of an autoregressive generator",
                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = acdc.add_subparsers(dest="mode", required=True)
+    b = modes.add_parser("benchmark", help="the story-world benchmark: story table, error accumulation, strips")
+    b.add_argument("--out", default="out/acdc-benchmark")
+    b.add_argument("--arm", default="story-arm", help="story ARM (shipped name or directory)")
+    b.add_argument("--corrector", default="story-corrector", help="single-frame corrector (name or directory)")
+    b.add_argument("--num-stories", type=int, default=200)
+    b.add_argument("--long-stories", type=int, default=100, help="12-frame stories for the error-accumulation plot")
+    b.add_argument("--smollm2-stories", type=int, default=200, help="stories for the SmolLM2 row (it is slow on CPU)")
+    b.add_argument("--window", type=int, default=4, help="rolling KV window (blocks) past the trained length")
+    b.add_argument("--sink-blocks", type=int, default=1, help="blocks kept from the start in the rolling window")
+    b.add_argument("--t-prime", type=float, default=0.5)
+    b.add_argument("--settings", help="comma-separated subset (default: all); finished settings are skipped")
+    b.add_argument("--rescore", action="store_true", help="recompute the metrics from the saved frames only")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device")
+    b.set_defaults(func=cmd_benchmark)
+    m = modes.add_parser("make-stories", help="an LLM writes 6-sentence animal stories (the paper's benchmark), JSONL")
+    m.add_argument("--llm", default="smollm2", help="smollm2 | transformers:PATH | openai:MODEL@BASE_URL")
+    m.add_argument("--num", type=int, default=10)
+    m.add_argument("--attempts", type=int, default=3, help="tries per story before it is recorded as failed")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", default="out/stories.jsonl")
+    m.set_defaults(func=cmd_make_stories)
     for mode in ("story", "video"):
         p = modes.add_parser(mode, help="one prompt per chunk" if mode == "story" else
                              "one prompt; the first chunk corrected, then generation continues",

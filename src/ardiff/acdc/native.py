@@ -67,7 +67,7 @@ class ACDiTARM(ARM):
     None for a prompt that names no class: that block gets the null condition."""
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
-                 cfg_scale: float = 1.0, scheduler=None):
+                 cfg_scale: float = 1.0, scheduler=None, window: int | None = None, sink_blocks: int = 0):
         c = model.config
         if not c.is_video or c.block_size % c.tokens_per_frame:
             raise ValueError(f"ACDiTARM needs a video model whose blocks are whole frames (block_size a multiple of "
@@ -77,6 +77,8 @@ class ACDiTARM(ARM):
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model, allow_none=True)
         self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
         self.frames_per_chunk = c.block_size // c.tokens_per_frame
+        # A rolling KV window lets stories run past the trained length (see generate.sampler.sample).
+        self.window, self.sink_blocks = window, sink_blocks
 
     @property
     def num_chunks(self) -> int:
@@ -94,9 +96,10 @@ class ACDiTARM(ARM):
 
     @torch.no_grad()
     def generate(self, prompts: list[str], on_chunk: ChunkCallback, generator: torch.Generator) -> list[Any]:
-        if len(prompts) != self.num_chunks:
+        if len(prompts) != self.num_chunks and self.window is None:
             raise ValueError(f"this ACDiT makes {self.num_chunks} chunks of {self.frames_per_chunk} frames; "
-                             f"got {len(prompts)} prompts (give one per chunk)")
+                             f"got {len(prompts)} prompts (give one per chunk, or set window= to go past "
+                             f"the trained length)")
         chunks: list[torch.Tensor] = []
 
         def hook(event: BlockEvent):
@@ -107,7 +110,8 @@ class ACDiTARM(ARM):
             return replacement
 
         sample(self.model, self._conditions(prompts), num_steps=self.num_steps, cfg_scale=self.cfg_scale,
-               scheduler=self.scheduler, generator=[generator], on_block_end=hook)
+               scheduler=self.scheduler, generator=[generator], on_block_end=hook, num_blocks=len(prompts),
+               window=self.window, sink_blocks=self.sink_blocks, output="blocks")
         return chunks
 
     def decode(self, chunk: torch.Tensor) -> torch.Tensor:
@@ -134,7 +138,9 @@ class ACDiTARM(ARM):
 #                         An ardiff model as the corrector
 # ---------------------------------------------------------------------------
 class NativeCorrector(Corrector):
-    """SDEdit with any ardiff image model, class- or vector-conditioned; frames are a batch.
+    """SDEdit with any ardiff image model, class- or vector-conditioned; frames are a batch
+    (``prompt`` one string for all, or a list with one per frame; ``generator`` may be a list
+    with one per frame, so each frame's noise is independent of the batch).
 
     A single-block model (a DiT) denoises the whole frame at once. A multi-block ACDiT
     corrects block by block: block i is noised to t' and denoised while attending to the
@@ -177,9 +183,16 @@ class NativeCorrector(Corrector):
         noise = model.to_blocks(randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype))
         clean = model.to_blocks(x0)
         keep = None if mask is None else model.to_blocks((1 - mask.to(x0)).expand_as(x0))
-        cond = self.prompt_to_cond(prompt)
-        cond = (torch.full((F,), cond, device=model.device) if isinstance(cond, int)
-                else torch.as_tensor(cond, dtype=model.dtype, device=model.device).expand(F, -1))
+        if isinstance(prompt, str):
+            cond = self.prompt_to_cond(prompt)
+            cond = (torch.full((F,), cond, device=model.device) if isinstance(cond, int)
+                    else torch.as_tensor(cond, dtype=model.dtype, device=model.device).expand(F, -1))
+        else:  # one prompt per frame: a batch of different frames corrected at once
+            if len(prompt) != F:
+                raise ValueError(f"NativeCorrector: {len(prompt)} prompts for {F} frames (give one, or one per frame)")
+            conds = [self.prompt_to_cond(p) for p in prompt]
+            cond = (torch.tensor(conds, device=model.device) if isinstance(conds[0], int)
+                    else torch.stack([torch.as_tensor(c, dtype=model.dtype) for c in conds]).to(model.device))
         guided = self.cfg_scale != 1.0
         cond_emb = model.embed_condition(cond)
         group_emb = torch.stack([cond_emb[:, 0], model.null_condition(F)[:, 0]], 1) if guided else cond_emb

@@ -6,7 +6,8 @@ from ardiff.data.latents import LatentDataset, decode_latents, encode_latent_cac
 from ardiff.data.moving_fmnist import MovingFashionMNIST
 from ardiff.data.video_folder import VideoFolder
 
-DATASETS = ("fashion_mnist", "moving_fashion_mnist", "image_folder", "video_folder", "latents")
+DATASETS = ("fashion_mnist", "moving_fashion_mnist", "stories", "story_frames", "image_folder", "video_folder",
+            "latents")
 
 
 def _image_size(data_config, model_config) -> int:
@@ -28,6 +29,14 @@ def build_dataset(data_config, model_config=None):
     if name == "moving_fashion_mnist":
         return MovingFashionMNIST(c.split, c.root, c.num_frames, c.canvas_size, c.num_items, c.speed,
                                   c.num_videos, c.seed)
+    if name == "stories":
+        from ardiff.data.story import StoryDataset
+
+        return StoryDataset(c.split, c.root, c.num_frames, c.num_videos, c.text_encoder, c.seed)
+    if name == "story_frames":
+        from ardiff.data.story import StoryFrameDataset
+
+        return StoryFrameDataset(c.split, c.root, c.num_videos, c.text_encoder, c.seed)
     if name not in DATASETS:
         raise ValueError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(DATASETS)}")
     if c.root is None:

@@ -53,6 +53,57 @@ def _batch_size(cond, generator, batch_size) -> int:
     return batch_size
 
 
+def context_schedule(num_blocks: int, trained_blocks: int, window: int | None = None,
+                     sink_blocks: int = 0) -> list[tuple[int, ...]]:
+    """The clean context of every block: all earlier blocks, or with a rolling ``window``
+    the first ``sink_blocks`` blocks plus the last ``window`` ones.
+
+    Positions are re-based: block i is denoised at position ``len(context)``, with its
+    context at positions 0.., so the model only ever sees positions it was trained on. While
+    nothing has been dropped this is the plain schedule, and sampling is unchanged.
+    """
+    if window is None:
+        if num_blocks > trained_blocks:
+            raise ValueError(f"num_blocks={num_blocks} is past the model's trained length of {trained_blocks} blocks; "
+                             f"pass window=W (and optionally sink_blocks) to roll the KV window")
+        return [tuple(range(i)) for i in range(num_blocks)]
+    if window < 1 or sink_blocks < 0:
+        raise ValueError(f"window={window} must be >= 1 and sink_blocks={sink_blocks} >= 0")
+    if sink_blocks + window > trained_blocks - 1:
+        raise ValueError(f"sink_blocks + window = {sink_blocks + window} context blocks put the new block at position "
+                         f"{sink_blocks + window}, past the trained positions 0..{trained_blocks - 1}; "
+                         f"use sink_blocks + window <= {trained_blocks - 1}")
+    out = []
+    for i in range(num_blocks):
+        if i <= sink_blocks + window:
+            out.append(tuple(range(i)))
+        else:
+            out.append(tuple(range(sink_blocks)) + tuple(range(i - window, i)))
+    return out
+
+
+def _check_frame_blocks(cfg) -> None:
+    if not (cfg.is_video and cfg.block_layout == "raster" and cfg.block_size % cfg.tokens_per_frame == 0):
+        raise ValueError("generating a number of blocks other than the model's needs a video model whose blocks "
+                         "are whole frames (block_layout='raster', block_size a multiple of a frame)")
+
+
+def blocks_to_input(model, blocks: torch.Tensor) -> torch.Tensor:
+    """(B, N, S, P) -> (B, C, *input_size), also for N past the trained length of a video
+    model with whole-frame blocks (frames are concatenated)."""
+    cfg = model.config
+    T, N = cfg.num_blocks, blocks.shape[1]
+    if N == T:
+        return model.from_blocks(blocks)
+    _check_frame_blocks(cfg)
+    pad = (-N) % T
+    if pad:
+        blocks = torch.cat([blocks, blocks.new_zeros(blocks.shape[0], pad, *blocks.shape[2:])], dim=1)
+    chunks = [model.from_blocks(c) for c in blocks.split(T, dim=1)]
+    frames = (N * cfg.block_size) // cfg.tokens_per_frame
+    return torch.cat(chunks, dim=2)[:, :, :frames]
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -68,10 +119,13 @@ def sample(
     batch_size: int | None = None,
     progress: bool = False,
     output: str = "input",
+    num_blocks: int | None = None,
+    window: int | None = None,
+    sink_blocks: int = 0,
 ) -> torch.Tensor:
     """Generate samples block by block.
 
-    cond: class labels (B,) or (B, T), condition vectors (B, E) or (B, T, E), or None.
+    cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
     cfg_scale: guidance ``u + s (c - u)``; 1 runs the conditional branch alone.
     scheduler: any diffusers scheduler (copied; reset for every block). Default:
         DPM-Solver++ order 2 with ``linspace`` timesteps.
@@ -79,7 +133,11 @@ def sample(
         the batch it is in (see :func:`make_generators`).
     on_block_end: called with a :class:`BlockEvent`; may return a replacement block
         (B, S, P) that enters the context instead.
-    output: ``"input"`` -> (B, C, *input_size); ``"blocks"`` -> (B, T, S, P).
+    output: ``"input"`` -> (B, C, *input_size); ``"blocks"`` -> (B, N, S, P).
+    num_blocks: blocks to generate (default: the model's). Past the trained length it needs
+        ``window``: a rolling KV window of the last ``window`` blocks plus ``sink_blocks``
+        kept from the start, positions re-based (see :func:`context_schedule`). When the
+        window slides, the cache is rebuilt from the kept blocks in one clean pass.
     """
     if context_pass not in ("ride", "separate"):
         raise ValueError(f"context_pass={context_pass!r}; use 'ride' or 'separate'")
@@ -87,6 +145,10 @@ def sample(
     device, dtype = model.device, model.dtype
     B = _batch_size(cond, generator, batch_size)
     T, S, P = cfg.num_blocks, cfg.block_size, cfg.patch_dim
+    N = T if num_blocks is None else int(num_blocks)
+    contexts = context_schedule(N, T, window, sink_blocks)
+    if N != T and output == "input":
+        _check_frame_blocks(cfg)
     if isinstance(generator, (list, tuple)) and len(generator) != B:
         raise ValueError(f"got {len(generator)} generators for a batch of {B}")
 
@@ -98,20 +160,35 @@ def sample(
         null_emb = model.null_condition(B)
         if null_emb is None:
             raise ValueError("cfg_scale != 1 needs a conditional model (num_classes or cond_dim > 0)")
-    if cond_emb is not None and cond_emb.shape[1] not in (1, T):
-        raise ValueError(f"per-block conditions must cover all {T} blocks, got {cond_emb.shape[1]}")
+    if cond_emb is not None and cond_emb.shape[1] not in (1, N):
+        raise ValueError(f"per-block conditions must cover all {N} blocks, got {cond_emb.shape[1]}")
 
     base_scheduler = scheduler if scheduler is not None else default_sampling_scheduler(cfg)
-    blocks = torch.empty(B, T, S, P, device=device, dtype=dtype)
-    cache = KVCache.allocate(model, B, max_groups=2 if guided else 1) if use_cache else None
-    pending_clean = None  # finished block waiting to ride on the next block's first step
+    blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)
+    max_context = max(len(c) for c in contexts)
+    cache = (KVCache.allocate(model, B, max_context_blocks=max_context, max_groups=2 if guided else 1)
+             if use_cache else None)
+    cached: tuple[int, ...] = ()  # blocks whose K/V the cache holds, in position order
 
-    block_iter = range(T)
+    block_iter = range(N)
     if progress:
         from tqdm.auto import tqdm
 
         block_iter = tqdm(block_iter, desc="blocks", unit="block")
     for i in block_iter:
+        context = contexts[i]
+        position = len(context)
+        pending_clean = None  # the previous block, riding on this block's first step
+        if use_cache and context != cached:
+            if context[:-1] == cached and context[-1] == i - 1:  # the previous block joins the context
+                if context_pass == "ride":
+                    pending_clean = blocks[:, i - 1 : i]
+                else:
+                    model.run(clean=blocks[:, i - 1 : i], clean_first_block=position - 1, cache=cache)
+            else:  # the window slid: rebuild the cache from the kept blocks at re-based positions
+                cache.reset()
+                model.run(clean=blocks[:, list(context)], clean_first_block=0, cache=cache)
+            cached = context
         sched = copy.deepcopy(base_scheduler)
         sched.set_timesteps(num_steps, device=device)
         x = randn_tensor((B, S, P), generator=generator, device=device, dtype=dtype) * sched.init_noise_sigma
@@ -126,12 +203,12 @@ def sample(
             c = model.condition_vectors(t_batch, group_emb)
             noisy = x_in[:, None].expand(B, groups, S, P)
             if use_cache:
-                eps = model.run(noisy=noisy, noisy_blocks=(i,) * groups, cond=c,
-                                clean=pending_clean, clean_first_block=i - 1, cache=cache)
+                eps = model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c,
+                                clean=pending_clean, clean_first_block=position - 1, cache=cache)
                 pending_clean = None
             else:
-                eps = model.run(noisy=noisy, noisy_blocks=(i,) * groups, cond=c,
-                                clean=blocks[:, :i] if i else None)
+                eps = model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c,
+                                clean=blocks[:, list(context)] if context else None)
             eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if guided else eps[:, 0]
             x = sched.step(eps, t, x, generator=generator).prev_sample
         if on_block_end is not None:
@@ -141,11 +218,6 @@ def sample(
                     raise ValueError(f"on_block_end returned shape {tuple(replacement.shape)}, expected {tuple(x.shape)}")
                 x = replacement.to(device=device, dtype=dtype)
         blocks[:, i] = x
-        if use_cache and i < T - 1:
-            if context_pass == "ride":
-                pending_clean = x[:, None]
-            else:
-                model.run(clean=x[:, None], clean_first_block=i, cache=cache)
     if output == "blocks":
         return blocks
-    return model.from_blocks(blocks)
+    return blocks_to_input(model, blocks)

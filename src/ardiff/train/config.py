@@ -21,17 +21,18 @@ from ardiff.models.config import ACDiTConfig
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | moving_fashion_mnist | image_folder | video_folder | latents
+    name: str = "fashion_mnist"  # fashion_mnist | moving_fashion_mnist | stories | story_frames | image_folder | video_folder | latents
     root: str | None = None  # dataset directory (None: the dataset's default location)
     split: str = "train"
     image_size: int | None = None  # folders: centre crop + resize to this size; fashion_mnist: pad to it
     hflip: bool = True  # random horizontal flip (image/video folders)
-    num_frames: int = 16  # video: frames per clip
+    num_frames: int = 16  # video: frames per clip; stories: sentences (frames) per story
     frame_stride: int = 1  # video: keep every k-th frame
     canvas_size: int = 64  # moving Fashion-MNIST
     num_items: int = 1
     speed: float = 2.0
-    num_videos: int = 10000
+    num_videos: int = 10000  # moving Fashion-MNIST: clips; stories: stories; story_frames: frames
+    text_encoder: str | None = None  # stories / story_frames: text encoder directory (None: the shipped one)
     skip_corrupt: bool = False  # skip unreadable files (counted and reported) instead of failing
     vae: str | None = None  # latents: a local diffusers AutoencoderKL directory
     seed: int = 0

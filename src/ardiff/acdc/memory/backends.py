@@ -169,7 +169,7 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 class OpenAIMemory(LLMMemory):
     """An OpenAI-compatible chat-completions server: ``POST {base_url}/chat/completions`` with
-    ``{model, messages, temperature: 0}``. Works with hosted APIs and local vLLM, llama.cpp
+    ``{model, messages, temperature}`` (0 by default: deterministic rewrites). Works with hosted APIs and local vLLM, llama.cpp
     (``llama-server``) and Ollama (``base_url="http://localhost:11434/v1"``).
 
     The API key is read from the environment variable ``api_key_env`` at each request (unset ->
@@ -183,8 +183,10 @@ class OpenAIMemory(LLMMemory):
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", *,
                  api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_completion_tokens: int | None = 1024, max_response_bytes: int = 4 << 20, **kwargs: Any):
+                 max_completion_tokens: int | None = 1024, max_response_bytes: int = 4 << 20,
+                 temperature: float = 0.0, **kwargs: Any):
         super().__init__(**kwargs)
+        self.temperature = float(temperature)
         scheme = urllib.parse.urlsplit(base_url).scheme
         if scheme not in ("http", "https"):
             raise ValueError(f"OpenAIMemory: base_url must start with http:// or https://, not {scheme or 'no'} "
@@ -200,7 +202,7 @@ class OpenAIMemory(LLMMemory):
         self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def identity(self) -> str:
-        return f"openai:{self.display_url}:{self.model}:temperature=0"
+        return f"openai:{self.display_url}:{self.model}:temperature={self.temperature:g}"
 
     def __repr__(self) -> str:
         return f"OpenAIMemory(model={self.model!r}, base_url={self.display_url!r}, api_key_env={self.api_key_env!r})"
@@ -214,7 +216,7 @@ class OpenAIMemory(LLMMemory):
         return text.replace(key, "***") if key else text  # a server may echo what it was sent
 
     def complete(self, messages: list[Message]) -> str:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0}
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature}
         if self.max_completion_tokens is not None:
             body["max_tokens"] = self.max_completion_tokens
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "ardiff-acdc"}

