@@ -564,7 +564,7 @@ def test_make_stories_validates_retries_and_records_failures(tmp_path):
     assert len({tuple(r["examples"]) for r in records}) == 2  # examples drawn afresh
     valid, total = write_jsonl(records, tmp_path / "s.jsonl")
     assert (valid, total) == (1, 2) and len((tmp_path / "s.jsonl").read_text().splitlines()) == 2
-    assert parse_story("1. a\n2. b\n3. c\n4. d\n5. e\n6. f") == ["a.", "b.", "c.", "d.", "e.", "f."]
+    assert parse_story("1. a\n2. b,\n3. c\n4. d\n5. e\n6. f!") == ["a.", "b.", "c.", "d.", "e.", "f!"]
     assert parse_story(good.replace("6. Sentence", "6. " + "x" * 300)) is None
 
 

@@ -62,6 +62,7 @@ def parse_story(text: str, length: int = STORY_LENGTH, max_chars: int = 200) -> 
     if len(sentences) != length or any(not s or len(s) > max_chars or not any(c.isalpha() for c in s)
                                        for s in sentences):
         return None
+    sentences = [s.rstrip(",;: ") for s in sentences]  # "She slipped on the tiles," -> "... tiles."
     return [s if s[-1] in ".!?\"'" else s + "." for s in sentences]
 
 
