@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -75,7 +75,6 @@ class BenchmarkConfig:
     seed: int = 0
     settings: tuple[str, ...] = ALL_SETTINGS
     inpaint_t_prime: float = 0.8  # erasing a blob / redrawing an item needs more noise than a touch-up
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
