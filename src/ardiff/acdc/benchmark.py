@@ -117,7 +117,8 @@ class StoryBench:
     def __init__(self, config: BenchmarkConfig, device: str = "cpu"):
         from ardiff.acdc.native import ACDiTARM, NativeCorrector
         from ardiff.models.acdit import ACDiT
-        from ardiff.worlds.text import StoryTextEncoder, resolve_world_model
+        from ardiff.worlds.checkpoint import resolve_world_model
+        from ardiff.worlds.text import StoryTextEncoder
 
         self.config, self.device = config, device
         self.encoder = StoryTextEncoder.from_pretrained(config.text_encoder)
@@ -224,19 +225,17 @@ class StoryBench:
 
 
 def decode_block(model, block: torch.Tensor) -> torch.Tensor:
-    """(B, S, P) one whole-frame block of a video ACDiT -> (B, C, H, W) frames."""
-    c = model.config
-    blocks = block.new_zeros(block.shape[0], c.num_blocks, c.block_size, c.patch_dim)
-    blocks[:, 0] = block
-    return model.from_blocks(blocks)[:, :, 0]
+    """(B, S, P) one-frame blocks -> (B, C, H, W)."""
+    from ardiff.acdc.native import block_to_frames
+
+    return block_to_frames(model, block)[:, 0]
 
 
 def encode_block(model, frames: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, S, P): the inverse of :func:`decode_block`."""
-    c = model.config
-    video = frames.new_zeros(frames.shape[0], c.in_channels, *c.input_size)
-    video[:, :, 0] = frames.to(video)
-    return model.to_blocks(video)[:, 0]
+    from ardiff.acdc.native import frames_to_block
+
+    return frames_to_block(model, frames[:, None].to(model.device, model.dtype))
 
 
 def _recorded_cfg(directory: Path) -> float:

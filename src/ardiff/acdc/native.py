@@ -115,13 +115,8 @@ class ACDiTARM(ARM):
         return chunks
 
     def decode(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Block (S, P) -> frames (k, C, H, W). Raster frame blocks are alike up to their
-        offset, so block i decodes as if it were block 0."""
-        c = self.model.config
-        blocks = torch.zeros(1, c.num_blocks, c.block_size, c.patch_dim, dtype=chunk.dtype, device=chunk.device)
-        blocks[0, 0] = chunk
-        video = self.model.from_blocks(blocks)[0]  # (C, F, H, W)
-        return video[:, : self.frames_per_chunk].transpose(0, 1).clamp(-1, 1)
+        """Block (S, P) -> frames (k, C, H, W)."""
+        return block_to_frames(self.model, chunk[None])[0].clamp(-1, 1)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         c = self.model.config
@@ -129,9 +124,25 @@ class ACDiTARM(ARM):
         expected = (self.frames_per_chunk, c.in_channels, *c.input_size[1:])
         if tuple(frames.shape) != expected:
             raise ValueError(f"ACDiTARM.encode: frames {tuple(frames.shape)} do not fit a block, expected {expected}")
-        video = torch.zeros(1, c.in_channels, *c.input_size, dtype=self.model.dtype, device=self.model.device)
-        video[0, :, : self.frames_per_chunk] = frames.transpose(0, 1).to(video)
-        return self.model.to_blocks(video)[0, 0]
+        return frames_to_block(self.model, frames[None].to(self.model.device, self.model.dtype))[0]
+
+
+def block_to_frames(model: ACDiT, blocks: torch.Tensor) -> torch.Tensor:
+    """(B, S, P) whole-frame blocks of a video ACDiT -> (B, k, C, H, W). Raster frame blocks
+    are alike up to their offset, so any block decodes as if it were block 0."""
+    c = model.config
+    padded = blocks.new_zeros(blocks.shape[0], c.num_blocks, c.block_size, c.patch_dim)
+    padded[:, 0] = blocks
+    k = c.block_size // c.tokens_per_frame
+    return model.from_blocks(padded)[:, :, :k].transpose(1, 2)
+
+
+def frames_to_block(model: ACDiT, frames: torch.Tensor) -> torch.Tensor:
+    """(B, k, C, H, W) -> (B, S, P): the inverse of :func:`block_to_frames`."""
+    c = model.config
+    video = frames.new_zeros(frames.shape[0], c.in_channels, *c.input_size)
+    video[:, :, : frames.shape[1]] = frames.transpose(1, 2)
+    return model.to_blocks(video)[:, 0]
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ renders of test-split items.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardiff.worlds.story import BACKGROUNDS, ITEM_COLOURS, KIND_NAMES, SIZES, FrameState, StoryWorld
-from ardiff.worlds.text import resolve_world_model
+from ardiff.worlds.checkpoint import load_world_model, save_world_model
 
 READ_ATTRIBUTES = {"kind": KIND_NAMES, "colour": tuple(ITEM_COLOURS), "background": tuple(BACKGROUNDS),
                    "size": tuple(SIZES), "row": (0, 1, 2), "col": (0, 1, 2)}
@@ -62,27 +61,13 @@ class AttributeReader(nn.Module):
         return {a: torch.cat(v) for a, v in preds.items()}, torch.cat(feats)
 
     def save_pretrained(self, directory, metrics: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"_class": "AttributeReader", "width": self.width, "feature_dim": self.feature_dim}
-        if metrics:
-            config["_held_out_accuracy"] = metrics
-        (directory / "config.json").write_text(json.dumps(config, indent=1))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
-        return directory
+        config = {"width": self.width, "feature_dim": self.feature_dim}
+        return save_world_model(self, directory, {**config, "_held_out_accuracy": metrics} if metrics else config)
 
     @classmethod
     def from_pretrained(cls, directory=None) -> "AttributeReader":
         """Load a saved reader; ``None`` or ``"story-reader"`` loads the shipped one."""
-        from safetensors.torch import load_file
-
-        directory = resolve_world_model(directory or "story-reader")
-        config = json.loads((directory / "config.json").read_text())
-        model = cls(width=config["width"], feature_dim=config["feature_dim"])
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return model.eval()
+        return load_world_model(cls, directory or "story-reader")
 
 
 def degrade(frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:

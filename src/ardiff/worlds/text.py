@@ -13,7 +13,6 @@ vocabulary; the encoder is what the models see, the keyword reader only teaches 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ardiff.worlds.checkpoint import load_world_model, save_world_model
 from ardiff.worlds.story import (_ACTION_PHRASES, _INTRO, ACTIONS, BACKGROUNDS, ITEM_COLOURS, KIND_NAMES, NAMES,
                                  SIZES, WHERE, StoryWorld)
 
@@ -114,37 +114,12 @@ class StoryTextEncoder(nn.Module):
         return {a: head(vectors) for a, head in self.heads_out.items()}
 
     def save_pretrained(self, directory) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps({"_class": "StoryTextEncoder", **self.config}, indent=1))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
-        return directory
+        return save_world_model(self, directory, self.config)
 
     @classmethod
     def from_pretrained(cls, directory=None) -> "StoryTextEncoder":
         """Load a saved encoder; ``None`` or ``"story-text"`` loads the shipped one."""
-        from safetensors.torch import load_file
-
-        directory = resolve_world_model(directory or "story-text")
-        config = json.loads((directory / "config.json").read_text())
-        config.pop("_class", None)
-        model = cls(**config)
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return model.eval()
-
-
-def resolve_world_model(name_or_path) -> Path:
-    """A directory, or the name of a shipped model under ``ardiff/assets/models``."""
-    path = Path(name_or_path)
-    if (path / "config.json").is_file():
-        return path
-    builtin = Path(__file__).resolve().parents[1] / "assets" / "models" / str(name_or_path)
-    if (builtin / "config.json").is_file():
-        return builtin
-    raise FileNotFoundError(f"{name_or_path!r} is neither a model directory (config.json + model.safetensors) "
-                            f"nor a shipped model under {builtin.parent}")
+        return load_world_model(cls, directory or "story-text")
 
 
 # ---------------------------------------------------------------------------
