@@ -92,3 +92,44 @@ def test_score_frames_on_the_truth_is_perfect_for_a_perfect_reader(monkeypatch):
 def test_unknown_setting_is_an_error(models, tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark settings"):
         run_benchmark(BenchmarkConfig(out=str(tmp_path), settings=("nope",)))
+
+
+def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
+    """A tiny 4-frame video ARM (blocks of 2 frames) makes 8-frame clips; the corrected setting
+    differs from the uncorrected one in every frame (the correction and what follows from it),
+    and both share the ARM's draws (same seeds)."""
+    from safetensors.torch import load_file
+
+    from ardiff.acdc.video_bench import VideoBenchConfig, score_halves
+
+    video = dict(in_channels=1, patch_size=8, block_layout="raster", num_classes=10, depth=1, hidden_size=32,
+                 num_heads=2, rope_axis_weights=(2, 1, 1))
+    torch.manual_seed(0)
+    randomize(ACDiT(ACDiTConfig(input_size=(4, 32, 32), block_size=32, **video)), 0, 0.02).save_pretrained(
+        tmp_path / "arm")
+    randomize(ACDiT(ACDiTConfig(input_size=(4, 32, 32), block_size=64, **video)), 1, 0.02).save_pretrained(
+        tmp_path / "dit")
+    cfg = VideoBenchConfig(arm=str(tmp_path / "arm"), corrector=str(tmp_path / "dit"), clips=3, real_clips=20,
+                           window=1, sink_blocks=0, arm_steps=2, corrector_steps=4, arm_cfg=2.0, corrector_cfg=2.0)
+    config = BenchmarkConfig(out=str(tmp_path / "bench"), settings=("video_arm", "video_acdc"), video=cfg)
+    summary = run_benchmark(config, log=lambda *_: None)
+    out = tmp_path / "bench"
+    clips = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["clips"] for n in ("video_arm", "video_acdc")}
+    assert clips["video_arm"].shape == (3, 1, 8, 32, 32)
+    assert not torch.allclose(clips["video_arm"][:, :, :4], clips["video_acdc"][:, :, :4])
+    for name in ("video_arm", "video_acdc", "real"):
+        r = summary["video"][name]
+        assert len(r["per_frame_accuracy"]) == 8 and 0 <= r["first"]["class_accuracy"] <= 1
+    table = (out / "story_table.md").read_text()
+    assert "| class acc. 1-4 | class acc. 5-8 |" in table and "real test clips (N=3)" in table
+    assert (out / "video_accuracy.png").is_file() and (out / "strip_video_0.png").is_file()
+    # real clips scored against themselves: a perfect classifier-free check of the FVD proxy's floor
+    real = torch.rand(6, 1, 8, 32, 32) * 2 - 1
+    from ardiff.eval.features import FMNISTFeatures
+
+    same = score_halves(real, torch.zeros(6, dtype=torch.long), real, FMNISTFeatures())
+    assert abs(same["first"]["fvd_proxy"]) < 1e-3 and abs(same["second"]["fid_frames"]) < 1e-3
+    with pytest.raises(ValueError, match="full-sequence video model"):
+        run_benchmark(BenchmarkConfig(out=str(tmp_path / "b2"), settings=("video_arm",),
+                                      video=VideoBenchConfig(arm=str(tmp_path / "arm"), corrector=str(tmp_path / "arm"))),
+                      log=lambda *_: None)

@@ -191,9 +191,27 @@ def test_native_corrector_exact_t_prime_mask_and_determinism(block_size):
     assert not torch.allclose(m.frames[~outside], frames[~outside])
 
 
+def test_native_corrector_video_clips():
+    """A full-sequence video model (one block of 4 frames) corrects whole clips: one clip
+    (F, C, H, W) as ACDC's video chunk, or a batch of clips with a generator each."""
+    corrector = NativeCorrector(video_model(frames_per_block=4), prompt_to_cond=int, num_steps=10, cfg_scale=1.5)
+    clips = torch.rand(2, 4, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    one = corrector.correct(clips[1], "3", 0.5, torch.Generator().manual_seed(1))
+    assert one.frames.shape == (4, 1, 8, 8) and not torch.allclose(one.frames, clips[1])
+    both = corrector.correct(clips, ["2", "3"], 0.5, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert both.frames.shape == clips.shape
+    torch.testing.assert_close(both.frames[1], one.frames)  # a clip does not depend on its batch
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    mask[..., :4, :] = 1  # the top half of every frame
+    m = corrector.correct(clips[0], "2", 0.6, torch.Generator().manual_seed(0), mask=mask)
+    outside = ~mask.bool().expand_as(clips[0])
+    assert torch.equal(m.frames[outside], clips[0][outside])
+    assert not torch.allclose(m.frames[~outside], clips[0][~outside])
+    with pytest.raises(ValueError, match="clips of 4 frames"):
+        corrector.correct(clips[0, :3], "2", 0.5, torch.Generator())
+
+
 def test_native_corrector_errors():
-    with pytest.raises(ValueError, match="this one makes videos"):
-        NativeCorrector(video_model(), prompt_to_cond=int)
     corrector = NativeCorrector(dit(), prompt_to_cond=int)
     with pytest.raises(ValueError, match="do not match the model"):
         corrector.correct(torch.zeros(1, 3, 8, 8), "1", 0.5, torch.Generator())

@@ -86,6 +86,23 @@ def test_dropped_blocks_do_not_matter():
         assert torch.equal(plain[:, 4], edited[:, 4]) is same
 
 
+@pytest.mark.parametrize("split", [1, 3, 5])
+def test_prefix_continues_a_run_exactly(split):
+    """Blocks 0..K-1 given as a prefix, with the generators that made them: the rest equals the
+    one-call run (within and past the trained length, cache rebuilt or riding)."""
+    model = tiny_model(torch.float64, **VIDEO)
+    labels = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 1, 2, 2, 3]])
+    kw = dict(num_steps=3, cfg_scale=2.0, num_blocks=7, window=2, sink_blocks=1, output="blocks")
+    whole = sample(model, labels, generator=make_generators([5, 6]), **kw)
+    generators = make_generators([5, 6])
+    head = sample(model, labels[:, :split], generator=generators, **{**kw, "num_blocks": split})
+    rest = sample(model, labels, generator=generators, prefix=head, **kw)
+    assert torch.equal(rest[:, :split], head)
+    torch.testing.assert_close(rest, whole, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="prefix must be"):
+        sample(model, labels, generator=make_generators([5, 6]), prefix=head[:1], **kw)
+
+
 def test_errors_name_the_fix():
     model = tiny_model(torch.float32, **VIDEO)
     with pytest.raises(ValueError, match="window=W"):

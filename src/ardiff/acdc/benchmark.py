@@ -27,6 +27,10 @@ before and after, next to the rate the detector finds on the true renders.
 Error accumulation: the same metrics per frame index for stories of twice the trained
 length, generated with a rolling KV window (see ``generate.sampler.sample``).
 
+Video table (``video_arm``, ``video_acdc``; the paper's Table 3): clips of twice the video
+ARM's trained length, uncorrected vs the first half corrected by a full-sequence video
+diffusion model; see :mod:`ardiff.acdc.video_bench`.
+
 Every setting writes ``<out>/settings/<name>.json`` and its frames; a rerun skips the
 settings already there, so settings can be run in separate processes (``--settings``).
 """
@@ -35,17 +39,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ardiff.acdc.video_bench import (VIDEO_SETTINGS, CorrectionSettings, VideoBenchConfig, plot_video_accuracy,
+                                     run_video_settings, write_video_strips, write_video_table)
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
 from ardiff.worlds.story import Story, StoryWorld
 
 STORY_SETTINGS = ("dm_alone", "arm", "acdc_rule", "acdc_smollm2", "acdc_raw", "acdc2_rule")
 LONG_SETTINGS = ("long_arm", "long_acdc_rule")
-ALL_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + ("inpaint",)
+ALL_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + ("inpaint",) + VIDEO_SETTINGS
 LABELS = {
     "dm_alone": "Diffusion model alone (per frame)", "arm": "ARM alone", "acdc_rule": "ARM + ACDC (rule memory)",
     "acdc_smollm2": "ARM + ACDC (SmolLM2 memory)", "acdc_raw": "ARM + ACDC (no memory: raw sentences)",
@@ -55,7 +61,7 @@ LABELS = {
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(CorrectionSettings):
     out: str = "out/acdc-benchmark"
     arm: str = "story-arm"  # shipped name or directory
     corrector: str = "story-corrector"
@@ -64,17 +70,10 @@ class BenchmarkConfig:
     num_stories: int = 200
     long_stories: int = 100
     smollm2_stories: int = 200  # the SmolLM2 row can be run on fewer stories (~10 s per rewrite on 1 core)
-    long_length: int = 12
-    window: int = 4  # rolling KV window for the long stories (blocks), plus sink_blocks from the start
-    sink_blocks: int = 1
-    t_prime: float = 0.5
-    arm_steps: int = 25
-    arm_cfg: float | None = None  # None: the model's recorded setting
-    corrector_steps: int = 25
-    corrector_cfg: float | None = None
-    seed: int = 0
+    long_length: int = 12  # the long stories use the rolling window (window, sink_blocks)
     settings: tuple[str, ...] = ALL_SETTINGS
     inpaint_t_prime: float = 0.8  # erasing a blob / redrawing an item needs more noise than a touch-up
+    video: VideoBenchConfig = field(default_factory=VideoBenchConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -265,9 +264,10 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         raise ValueError("the inpaint setting repairs the ARM's frames: run the arm setting too (or first)")
     out = Path(config.out)
     (out / "settings").mkdir(parents=True, exist_ok=True)
-    bench = StoryBench(config, device)
+    story_names = [n for n in ALL_SETTINGS if n in config.settings and n not in VIDEO_SETTINGS]  # arm before inpaint
+    bench = StoryBench(config, device) if story_names else None
     results = {}
-    for name in [n for n in ALL_SETTINGS if n in config.settings]:  # arm before inpaint
+    for name in story_names:
         path = out / "settings" / f"{name}.json"
         frames_path = out / "settings" / f"{name}.safetensors"
         if path.is_file() and frames_path.is_file() and (not rescore or name == "inpaint"):  # inpaint reads no reader
@@ -302,14 +302,22 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         log(f"{name}: faithfulness {metrics['faithfulness']:.3f} identity {metrics['identity']:.3f} "
             f"consistency {metrics['consistency']:.3f} FID-reader {metrics['fid_reader']:.1f} "
             f"{seconds:.2f} s/story")
-    summary = {"config": {**asdict(config), "arm_cfg": bench.arm_cfg, "corrector_cfg": bench.corrector_cfg},
-               "results": results}
+    video_names = [n for n in VIDEO_SETTINGS if n in config.settings]
+    video = run_video_settings(config.video, video_names, out / "settings", device, log, rescore) if video_names else {}
+    summary = {"config": {**asdict(config), **({"arm_cfg": bench.arm_cfg, "corrector_cfg": bench.corrector_cfg}
+                                               if bench else {})},
+               "results": results, "video": video}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=1))
     write_report(summary, out)
     if any(n in results for n in LONG_SETTINGS):
         plot_error_accumulation(results, out / "error_accumulation.png")
-    strips = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["frames"] for n in results if n != "inpaint"}
-    write_strips(strips, bench, out)
+    if bench is not None:
+        strips = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["frames"] for n in results
+                  if n != "inpaint"}
+        write_strips(strips, bench, out)
+    if video:
+        plot_video_accuracy(video, video["real"]["trained_frames"], out / "video_accuracy.png")
+        write_video_strips(out / "settings", out, video["real"]["trained_frames"])
     return summary
 
 
@@ -331,6 +339,8 @@ def write_report(summary: dict, out: Path) -> Path:
             lines.append(f"| {dict(truth='true renders', before='ARM alone', after='ARM, defects inpainted')[tag]} "
                          f"| {r['frames']} | {r[f'defect_rate_{tag}']:.3f} | {counts.get('missing', 0)} "
                          f"| {counts.get('duplicate', 0)} |")
+    if summary.get("video"):
+        lines += ["", *write_video_table(summary["video"], summary["video"]["real"]["trained_frames"])]
     path = out / "story_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -167,11 +167,15 @@ DEFAULT_STORY = [
 
 def cmd_benchmark(args) -> int:
     from ardiff.acdc.benchmark import ALL_SETTINGS, BenchmarkConfig, run_benchmark
+    from ardiff.acdc.video_bench import VideoBenchConfig
 
     settings = tuple(s.strip() for s in args.settings.split(",")) if args.settings else ALL_SETTINGS
+    video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
+                             t_prime=args.video_t_prime, window=args.video_window, seed=args.seed)
     config = BenchmarkConfig(out=args.out, arm=args.arm, corrector=args.corrector, num_stories=args.num_stories,
                              long_stories=args.long_stories, t_prime=args.t_prime, seed=args.seed, settings=settings,
-                             window=args.window, sink_blocks=args.sink_blocks, smollm2_stories=args.smollm2_stories)
+                             window=args.window, sink_blocks=args.sink_blocks, smollm2_stories=args.smollm2_stories,
+                             video=video)
     summary = run_benchmark(config, device=args.device or "cpu", rescore=args.rescore)
     print((Path(args.out) / "story_table.md").read_text())
     print(f"wrote {args.out}/benchmark.json, story_table.md, error_accumulation.png and strip_*.png")
@@ -191,7 +195,8 @@ def add_parser(sub) -> None:
     acdc = sub.add_parser("acdc", help="ACDC: diffusion correction of an autoregressive generator",
                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = acdc.add_subparsers(dest="mode", required=True)
-    b = modes.add_parser("benchmark", help="the story-world benchmark: story table, error accumulation, strips")
+    b = modes.add_parser("benchmark", help="the story-world benchmark: story table, error accumulation, "
+                                                 "video table, strips")
     b.add_argument("--out", default="out/acdc-benchmark")
     b.add_argument("--arm", default="story-arm", help="story ARM (shipped name or directory)")
     b.add_argument("--corrector", default="story-corrector", help="single-frame corrector (name or directory)")
@@ -201,6 +206,13 @@ def add_parser(sub) -> None:
     b.add_argument("--window", type=int, default=4, help="rolling KV window (blocks) past the trained length")
     b.add_argument("--sink-blocks", type=int, default=1, help="blocks kept from the start in the rolling window")
     b.add_argument("--t-prime", type=float, default=0.5)
+    b.add_argument("--video-arm", default="moving-fmnist-16", help="video ACDiT with whole-frame blocks (video table)")
+    b.add_argument("--video-corrector", default="moving-fmnist-16-dit",
+                   help="full-sequence video model of the ARM's clip size (one block)")
+    b.add_argument("--video-clips", type=int, default=100, help="clips of twice the trained length (class-balanced)")
+    b.add_argument("--video-t-prime", type=float, default=0.5)
+    b.add_argument("--video-window", type=int, default=6, help="rolling KV window of the video ARM (blocks), "
+                                                               "plus one sink block")
     b.add_argument("--settings", help="comma-separated subset (default: all); finished settings are skipped")
     b.add_argument("--rescore", action="store_true", help="recompute the metrics from the saved frames only")
     b.add_argument("--seed", type=int, default=0)

@@ -149,9 +149,13 @@ def frames_to_block(model: ACDiT, frames: torch.Tensor) -> torch.Tensor:
 #                         An ardiff model as the corrector
 # ---------------------------------------------------------------------------
 class NativeCorrector(Corrector):
-    """SDEdit with any ardiff image model, class- or vector-conditioned; frames are a batch
-    (``prompt`` one string for all, or a list with one per frame; ``generator`` may be a list
-    with one per frame, so each frame's noise is independent of the batch).
+    """SDEdit with any ardiff model, class- or vector-conditioned.
+
+    An image model corrects frames (F, C, H, W) as a batch (``prompt`` one string for all, or a
+    list with one per frame; ``generator`` may be a list with one per frame, so each frame's
+    noise is independent of the batch). A video model corrects whole clips: one clip
+    (F, C, H, W) with F its frame count (ACDC's video chunk), or a batch (B, F, C, H, W) with
+    one prompt and generator per clip.
 
     A single-block model (a DiT) denoises the whole frame at once. A multi-block ACDiT
     corrects block by block: block i is noised to t' and denoised while attending to the
@@ -160,10 +164,6 @@ class NativeCorrector(Corrector):
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
                  cfg_scale: float = 1.0):
-        c = model.config
-        if c.is_video:
-            raise ValueError(f"NativeCorrector corrects frames with an image model; this one makes videos "
-                             f"(input_size={c.input_size})")
         self.model = model.eval()
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model)
         self.num_steps, self.cfg_scale = num_steps, cfg_scale
@@ -181,26 +181,28 @@ class NativeCorrector(Corrector):
     def correct(self, frames, prompt, t_prime, generator, mask=None) -> Correction:
         from diffusers.utils.torch_utils import randn_tensor
 
-        frames = check_frames(frames, "NativeCorrector.correct")
         model, c = self.model, self.model.config
-        if tuple(frames.shape[1:]) != (c.in_channels, *c.input_size):
-            raise ValueError(f"NativeCorrector: frames {tuple(frames.shape)} do not match the model "
-                             f"(F, {c.in_channels}, {', '.join(map(str, c.input_size))})")
+        x0, unbatched = self._model_input(frames)
         N = self._scheduler_config.num_train_timesteps
         schedule = sdedit_schedule(t_prime, N, self.num_steps)
         t_start, timesteps = schedule.t_start, schedule.timesteps
-        F, T = frames.shape[0], c.num_blocks
-        x0 = frames.to(model.device, model.dtype)
+        F, T = x0.shape[0], c.num_blocks  # F: frames for an image model, clips for a video model
         noise = model.to_blocks(randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype))
         clean = model.to_blocks(x0)
-        keep = None if mask is None else model.to_blocks((1 - mask.to(x0)).expand_as(x0))
+        if mask is not None:
+            mask = mask.to(x0)
+            if c.is_video:  # (F or 1, 1, H, W) -> (1, 1, F or 1, H, W)
+                mask = mask.transpose(0, 1)[None]
+            mask = mask.expand_as(x0)
+        keep = None if mask is None else model.to_blocks(1 - mask)
         if isinstance(prompt, str):
             cond = self.prompt_to_cond(prompt)
             cond = (torch.full((F,), cond, device=model.device) if isinstance(cond, int)
                     else torch.as_tensor(cond, dtype=model.dtype, device=model.device).expand(F, -1))
         else:  # one prompt per frame: a batch of different frames corrected at once
             if len(prompt) != F:
-                raise ValueError(f"NativeCorrector: {len(prompt)} prompts for {F} frames (give one, or one per frame)")
+                raise ValueError(f"NativeCorrector: {len(prompt)} prompts for {F} {'clips' if c.is_video else 'frames'} "
+                                 f"(give one, or one per {'clip' if c.is_video else 'frame'})")
             conds = [self.prompt_to_cond(p) for p in prompt]
             cond = (torch.tensor(conds, device=model.device) if isinstance(conds[0], int)
                     else torch.stack([torch.as_tensor(c, dtype=model.dtype) for c in conds]).to(model.device))
@@ -225,5 +227,26 @@ class NativeCorrector(Corrector):
             out[:, i] = x.clamp(-1, 1)
         result = model.from_blocks(out)
         if mask is not None:
-            result = torch.where(mask.to(x0).expand_as(x0).bool(), result, x0)  # exactly the input outside the mask
+            result = torch.where(mask.bool(), result, x0)  # exactly the input outside the mask
+        if c.is_video:
+            result = result.transpose(1, 2)  # (B, F, C, H, W)
+            result = result[0] if unbatched else result
         return Correction(result.to(frames), schedule.t_prime, list(timesteps))
+
+    def _model_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The frames as the model's input batch (B, C, *input_size), and whether they were one clip."""
+        c = self.model.config
+        if not c.is_video:
+            frames = check_frames(frames, "NativeCorrector.correct")
+            if tuple(frames.shape[1:]) != (c.in_channels, *c.input_size):
+                raise ValueError(f"NativeCorrector: frames {tuple(frames.shape)} do not match the model "
+                                 f"(F, {c.in_channels}, {', '.join(map(str, c.input_size))})")
+            return frames.to(self.model.device, self.model.dtype), False
+        clip = (c.input_size[0], c.in_channels, *c.input_size[1:])
+        if not isinstance(frames, torch.Tensor) or frames.dim() not in (4, 5) or tuple(frames.shape[-4:]) != clip:
+            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"NativeCorrector: this video model corrects clips of {c.input_size[0]} frames, "
+                             f"{clip} or a batch (B, {', '.join(map(str, clip))}); got {shape}")
+        unbatched = frames.dim() == 4
+        clips = frames[None] if unbatched else frames
+        return clips.transpose(1, 2).to(self.model.device, self.model.dtype), unbatched

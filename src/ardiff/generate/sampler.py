@@ -122,6 +122,7 @@ def sample(
     num_blocks: int | None = None,
     window: int | None = None,
     sink_blocks: int = 0,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate samples block by block.
 
@@ -138,6 +139,10 @@ def sample(
         ``window``: a rolling KV window of the last ``window`` blocks plus ``sink_blocks``
         kept from the start, positions re-based (see :func:`context_schedule`). When the
         window slides, the cache is rebuilt from the kept blocks in one clean pass.
+    prefix: (B, K, S, P) clean blocks given as blocks 0..K-1 (a video to continue, or blocks
+        edited after they were made); generation starts at block K and they are returned as
+        they are. Noise is drawn only for the new blocks, so passing the generators of an
+        earlier call for blocks 0..K-1 continues its random stream exactly.
     """
     if context_pass not in ("ride", "separate"):
         raise ValueError(f"context_pass={context_pass!r}; use 'ride' or 'separate'")
@@ -151,6 +156,11 @@ def sample(
         _check_frame_blocks(cfg)
     if isinstance(generator, (list, tuple)) and len(generator) != B:
         raise ValueError(f"got {len(generator)} generators for a batch of {B}")
+    K = 0 if prefix is None else prefix.shape[1]
+    if prefix is not None and (prefix.dim() != 4 or prefix.shape[0] != B or tuple(prefix.shape[2:]) != (S, P)
+                               or K > N):
+        raise ValueError(f"prefix must be (batch={B}, K<={N}, block_size={S}, patch_dim={P}) clean blocks; "
+                         f"got {tuple(prefix.shape)}")
 
     guided = cfg_scale != 1.0
     cond_emb = model.embed_condition(cond)
@@ -165,12 +175,14 @@ def sample(
 
     base_scheduler = scheduler if scheduler is not None else default_sampling_scheduler(cfg)
     blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)
+    if K:
+        blocks[:, :K] = prefix.to(device, dtype)
     max_context = max(len(c) for c in contexts)
     cache = (KVCache.allocate(model, B, max_context_blocks=max_context, max_groups=2 if guided else 1)
              if use_cache else None)
     cached: tuple[int, ...] = ()  # blocks whose K/V the cache holds, in position order
 
-    block_iter = range(N)
+    block_iter = range(K, N)
     if progress:
         from tqdm.auto import tqdm
 

@@ -33,7 +33,7 @@ def cmd_train_reader(args) -> int:
 
     t0 = time.perf_counter()
     reader, accuracy = train_reader(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                                    init_from=args.init_from, lr=args.lr)
+                                    init_from=args.init_from, lr=args.lr, first_frame=args.first_frame)
     seconds = time.perf_counter() - t0
     reader.save_pretrained(args.out, metrics=accuracy)
     print(json.dumps({"held_out_accuracy": accuracy, "seconds": round(seconds, 1)}, indent=1))
@@ -69,6 +69,8 @@ def add_parser(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     t.add_argument("--init-from", help="a saved reader to continue from (a second stage)")
+    t.add_argument("--first-frame", type=int, help="index of the first training render (default 0, or 10M with "
+                                                   "--init-from: a later stage sees new renders)")
     t.add_argument("--out", default="runs/world/story-reader")
     t.set_defaults(func=cmd_train_reader)
     e = cmds.add_parser("train-text-encoder", help="train the story text encoder")

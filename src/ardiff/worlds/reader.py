@@ -92,18 +92,19 @@ def evaluate_reader(reader: AttributeReader, world: StoryWorld, count: int = 200
 
 
 def train_reader(steps: int = 3000, batch_size: int = 128, seed: int = 0, log=print, root=None,
-                 init_from=None, lr: float = 2e-3) -> tuple[AttributeReader, dict]:
+                 init_from=None, lr: float = 2e-3, first_frame: int | None = None) -> tuple[AttributeReader, dict]:
     """Train on random renders of train-split items; accuracy on 2000 renders of test-split items.
 
-    ``init_from``: a saved reader to continue from (a second stage sees new renders: frame
-    indices start after the ones a first stage of the same length used)."""
+    ``init_from``: a saved reader to continue from. ``first_frame``: index of the first
+    training render; by default 0, or 10M when continuing, so a second stage sees new renders
+    (give a third stage another offset)."""
     torch.manual_seed(seed)
     world = StoryWorld("train", root=root, seed=seed)
     reader = AttributeReader.from_pretrained(init_from).train() if init_from else AttributeReader()
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed + (1 if init_from else 0))
-    offset = 10_000_000 if init_from else 0
+    offset = first_frame if first_frame is not None else 10_000_000 if init_from else 0
     for step in range(steps):
         frames, states = render_batch(world, range(offset + step * batch_size, offset + (step + 1) * batch_size))
         logits, _ = reader(degrade(frames, g))

@@ -1,0 +1,240 @@
+"""The video table of `ardiff acdc benchmark` (ACDC's Table 3, at CPU scale).
+
+A video ACDiT trained on clips of ``trained`` frames (Moving Fashion-MNIST, blocks of whole
+frames) makes clips twice as long with the rolling KV window. Two settings share every noise
+draw, so they differ only by the correction:
+
+  video_arm     the ARM alone, 2x its trained length
+  video_acdc    the first ``trained`` frames are made, decoded, corrected as one clip by SDEdit
+                with a full-sequence video diffusion model (one block of ``trained`` frames,
+                prompted with the clip's class), re-encoded, and the ARM continues from the
+                corrected frames (``sample(prefix=...)``)
+
+A third row, ``real``, scores real test clips the same way: the floor of every metric.
+
+Metrics per half (frames 1..trained and trained+1..2x trained), with the offline
+Fashion-MNIST network (:mod:`ardiff.eval`): per-frame class accuracy (does the frame's item
+classify as the clip's class), frame consistency (mean cosine of consecutive frames'
+features), the FVD proxy (Frechet distance of the concatenated per-frame features against
+real test clips' halves), and the frame-wise FID-FMNIST.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+VIDEO_SETTINGS = ("video_arm", "video_acdc")
+VIDEO_LABELS = {"video_arm": "ARM alone", "video_acdc": "ARM + ACDC (first half corrected)",
+                "real": "real test clips"}
+
+
+@dataclass
+class CorrectionSettings:
+    """What the story and the video benchmarks share."""
+
+    window: int = 4  # rolling KV window past the trained length (blocks), plus sink_blocks from the start
+    sink_blocks: int = 1
+    t_prime: float = 0.5
+    arm_steps: int = 25
+    arm_cfg: float | None = None  # None: the model's recorded setting
+    corrector_steps: int = 25
+    corrector_cfg: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class VideoBenchConfig(CorrectionSettings):
+    arm: str = "moving-fmnist-16"
+    corrector: str = "moving-fmnist-16-dit"
+    clips: int = 100  # class-balanced: clip k has class k % 10
+    real_clips: int = 1000  # the reference set of the FVD proxy and frame FID
+    window: int = 6  # 1 sink + 6 blocks of context: the new block at position 7, the last trained one
+
+
+def real_clips(num: int, frames: int, canvas: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moving Fashion-MNIST test clips ``first..first+num-1``: (num, C, F, H, W), labels."""
+    from ardiff.data.moving_fmnist import MovingFashionMNIST
+
+    data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=canvas, num_videos=first + num)
+    items = [data[i] for i in range(first, first + num)]
+    return torch.stack([v for v, _ in items]), torch.tensor([int(label) for _, label in items])
+
+
+def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, network) -> dict:
+    """clips/real: (N, C, 2F, H, W). Metrics of frames 1..F, F+1..2F and all, plus per-frame accuracy."""
+    from ardiff.eval.evaluate import video_metrics
+    from ardiff.eval.features import FrameFeatures
+
+    F = clips.shape[2] // 2
+    out = {}
+    for name, part in (("first", slice(0, F)), ("second", slice(F, 2 * F)), ("all", slice(None))):
+        m = video_metrics(clips[:, :, part], labels, real[:, :, part], network)
+        out[name] = {"class_accuracy": m["class_accuracy_frames"], "consistency": m["frame_consistency"],
+                     "fvd_proxy": m[f"fvd_proxy_{network.name}"], "fid_frames": m[f"fid_{network.name}_frames"]}
+    _, logits = FrameFeatures(network).per_frame(clips)
+    out["per_frame_accuracy"] = (logits.argmax(-1) == labels[:, None]).float().mean(0).tolist()
+    return out
+
+
+class VideoBench:
+    def __init__(self, config: VideoBenchConfig, device: str = "cpu"):
+        from ardiff.acdc.native import FMNIST_PROMPT_NAMES, NativeCorrector
+        from ardiff.models.acdit import ACDiT
+        from ardiff.worlds.checkpoint import resolve_world_model
+
+        from ardiff.acdc.benchmark import _recorded_cfg
+
+        self.config, self.device = config, device
+        arm_dir, corrector_dir = resolve_world_model(config.arm), resolve_world_model(config.corrector)
+        self.arm = ACDiT.from_pretrained(arm_dir, device=device).eval()
+        corrector = ACDiT.from_pretrained(corrector_dir, device=device)
+        a, c = self.arm.config, corrector.config
+        if not a.is_video or a.block_size % a.tokens_per_frame:
+            raise ValueError(f"video_arm={config.arm!r} must be a video ACDiT whose blocks are whole frames")
+        if not c.is_video or tuple(c.input_size) != tuple(a.input_size) or c.num_blocks != 1:
+            raise ValueError(f"video_corrector={config.corrector!r} must be a full-sequence video model (one block) "
+                             f"of the ARM's clip size {tuple(a.input_size)}; got input_size={tuple(c.input_size)} "
+                             f"with {c.num_blocks} blocks")
+        self.arm_cfg = config.arm_cfg if config.arm_cfg is not None else _recorded_cfg(arm_dir)
+        self.corrector_cfg = config.corrector_cfg if config.corrector_cfg is not None else _recorded_cfg(corrector_dir)
+        self.corrector = NativeCorrector(corrector, num_steps=config.corrector_steps, cfg_scale=self.corrector_cfg)
+        self.prompt_names = FMNIST_PROMPT_NAMES
+        self.trained_frames = a.input_size[0]
+        self.labels = torch.arange(config.clips) % a.num_classes
+
+    def prompts(self) -> list[str]:
+        return [f"a {self.prompt_names[int(k)]} moving" for k in self.labels]
+
+    @torch.no_grad()
+    def run(self, corrected: bool) -> tuple[torch.Tensor, float]:
+        """(N, C, 2F, H, W) clips and seconds per clip."""
+        from tqdm.auto import tqdm
+
+        from ardiff.generate.sampler import blocks_to_input, make_generators, sample
+
+        c, model = self.config, self.arm
+        T = model.config.num_blocks
+        seeds = [c.seed * 100_003 + k for k in range(c.clips)]
+        labels = self.labels.to(self.device)
+        t0 = time.perf_counter()
+        out = []
+        for start in tqdm(range(0, c.clips, 50), desc="video_acdc" if corrected else "video_arm", unit="batch"):
+            batch = slice(start, start + 50)
+            generators = make_generators(seeds[batch], self.device)
+            kw = dict(num_steps=c.arm_steps, cfg_scale=self.arm_cfg, generator=generators, output="blocks")
+            head = sample(model, labels[batch], num_blocks=T, **kw)
+            if corrected:
+                clips = model.from_blocks(head).transpose(1, 2).clamp(-1, 1)  # (B, F, C, H, W)
+                fixed = self.corrector.correct(clips, self.prompts()[batch], c.t_prime,
+                                               [torch.Generator().manual_seed(s) for s in seeds[batch]]).frames
+                head = model.to_blocks(fixed.transpose(1, 2).to(model.device, model.dtype))
+            blocks = sample(model, labels[batch], num_blocks=2 * T, window=c.window, sink_blocks=c.sink_blocks,
+                            prefix=head, **kw)
+            out.append(blocks_to_input(model, blocks).clamp(-1, 1).cpu())
+        return torch.cat(out), (time.perf_counter() - t0) / c.clips
+
+
+def write_video_table(results: dict, trained: int) -> list[str]:
+    F = trained
+    lines = [f"| setting | class acc. 1-{F} | class acc. {F + 1}-{2 * F} | consistency 1-{F} "
+             f"| consistency {F + 1}-{2 * F} | FVD proxy 1-{F} | FVD proxy {F + 1}-{2 * F} | s / clip |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in ("video_arm", "video_acdc", "real"):
+        if name not in results:
+            continue
+        r = results[name]
+        first, second = r["first"], r["second"]
+        seconds = f"{r['s_per_clip']:.2f}" if r.get("s_per_clip") is not None else "-"
+        lines.append(f"| {VIDEO_LABELS[name]} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
+                     f"| {second['class_accuracy']:.3f} | {first['consistency']:.3f} | {second['consistency']:.3f} "
+                     f"| {first['fvd_proxy']:.0f} | {second['fvd_proxy']:.0f} | {seconds} |")
+    return lines
+
+
+def plot_video_accuracy(results: dict, trained: int, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, style in (("video_arm", "o-"), ("video_acdc", "s-"), ("real", "k:")):
+        if name in results:
+            acc = results[name]["per_frame_accuracy"]
+            ax.plot(range(1, len(acc) + 1), acc, style, label=VIDEO_LABELS[name], markersize=3)
+    ax.axvline(trained + 0.5, color="grey", linestyle=":", linewidth=1)  # end of the trained length
+    ax.set_xlabel("frame")
+    ax.set_ylabel("class accuracy of the frame")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_video_settings(config: VideoBenchConfig, names, directory, device: str = "cpu", log=print,
+                       rescore: bool = False) -> dict:
+    """Run (or load, or rescore) the video settings; results by name, plus the ``real`` row.
+    Clips are saved to ``<directory>/<name>.safetensors`` and metrics to ``<name>.json``."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from ardiff.acdc.benchmark import _write_json
+    from ardiff.eval.features import FMNISTFeatures
+
+    directory = Path(directory)
+    bench = VideoBench(config, device)
+    F, H = bench.trained_frames, bench.arm.config.input_size[1]
+    network = FMNISTFeatures(device=device)
+    reference, _ = real_clips(config.real_clips, 2 * F, H)
+    results = {}
+    for name in names:
+        path, clips_path = directory / f"{name}.json", directory / f"{name}.safetensors"
+        if path.is_file() and clips_path.is_file() and not rescore:
+            results[name] = json.loads(path.read_text())
+            log(f"{name}: already done ({path})")
+            continue
+        if clips_path.is_file() and path.is_file():
+            clips, seconds = load_file(str(clips_path))["clips"], json.loads(path.read_text())["s_per_clip"]
+        else:
+            clips, seconds = bench.run(corrected=name == "video_acdc")
+            save_file({"clips": clips.float().contiguous()}, str(clips_path))
+        metrics = score_halves(clips, bench.labels, reference, network)
+        metrics.update(setting=name, label=VIDEO_LABELS[name], s_per_clip=seconds, num_clips=len(clips),
+                       trained_frames=F, t_prime=config.t_prime, arm_cfg=bench.arm_cfg,
+                       corrector_cfg=bench.corrector_cfg, window=config.window, sink_blocks=config.sink_blocks)
+        _write_json(path, metrics)
+        results[name] = metrics
+        log(f"{name}: class accuracy {metrics['first']['class_accuracy']:.3f} / {metrics['second']['class_accuracy']:.3f}"
+            f" (frames 1-{F} / {F + 1}-{2 * F}), FVD proxy {metrics['first']['fvd_proxy']:.0f} / "
+            f"{metrics['second']['fvd_proxy']:.0f}, {seconds:.2f} s/clip")
+    # Real clips that are not in the reference set: what a perfect generator would score.
+    held_out, held_labels = real_clips(config.clips, 2 * F, H, first=config.real_clips)
+    real = score_halves(held_out, held_labels, reference, network)
+    real.update(setting="real", label=VIDEO_LABELS["real"], s_per_clip=None, num_clips=len(held_out), trained_frames=F)
+    results["real"] = real
+    return results
+
+
+def write_video_strips(directory, out, trained: int, count: int = 3) -> None:
+    """Per clip: a PNG with one row per setting (ARM alone, then ARM + ACDC), all frames."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ardiff.utils.media import save_image_grid
+
+    directory = Path(directory)
+    rows = {n: load_file(str(directory / f"{n}.safetensors"))["clips"] for n in VIDEO_SETTINGS
+            if (directory / f"{n}.safetensors").is_file()}
+    if not rows:
+        return
+    for k in range(count):
+        frames = torch.cat([clips[k].transpose(0, 1) for clips in rows.values()])  # (rows * 2F, C, H, W)
+        save_image_grid(frames.float(), Path(out) / f"strip_video_{k}.png", nrow=2 * trained)
+        (Path(out) / f"strip_video_{k}.txt").write_text("rows: " + ", ".join(rows) + "\n")
