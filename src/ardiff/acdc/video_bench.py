@@ -54,15 +54,6 @@ class VideoBenchConfig(CorrectionSettings):
     window: int = 6  # 1 sink + 6 blocks of context: the new block at position 7, the last trained one
 
 
-def real_clips(num: int, frames: int, canvas: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Moving Fashion-MNIST test clips ``first..first+num-1``: (num, C, F, H, W), labels."""
-    from ardiff.data.moving_fmnist import MovingFashionMNIST
-
-    data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=canvas, num_videos=first + num)
-    items = [data[i] for i in range(first, first + num)]
-    return torch.stack([v for v, _ in items]), torch.tensor([int(label) for _, label in items])
-
-
 def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, network) -> dict:
     """clips/real: (N, C, 2F, H, W). Metrics of frames 1..F, F+1..2F and all, plus per-frame accuracy."""
     from ardiff.eval.evaluate import video_metrics
@@ -101,12 +92,9 @@ class VideoBench:
         self.arm_cfg = config.arm_cfg if config.arm_cfg is not None else _recorded_cfg(arm_dir)
         self.corrector_cfg = config.corrector_cfg if config.corrector_cfg is not None else _recorded_cfg(corrector_dir)
         self.corrector = NativeCorrector(corrector, num_steps=config.corrector_steps, cfg_scale=self.corrector_cfg)
-        self.prompt_names = FMNIST_PROMPT_NAMES
         self.trained_frames = a.input_size[0]
         self.labels = torch.arange(config.clips) % a.num_classes
-
-    def prompts(self) -> list[str]:
-        return [f"a {self.prompt_names[int(k)]} moving" for k in self.labels]
+        self.prompts = [f"a {FMNIST_PROMPT_NAMES[int(k)]} moving" for k in self.labels]
 
     @torch.no_grad()
     def run(self, corrected: bool) -> tuple[torch.Tensor, float]:
@@ -128,7 +116,7 @@ class VideoBench:
             head = sample(model, labels[batch], num_blocks=T, **kw)
             if corrected:
                 clips = model.from_blocks(head).transpose(1, 2).clamp(-1, 1)  # (B, F, C, H, W)
-                fixed = self.corrector.correct(clips, self.prompts()[batch], c.t_prime,
+                fixed = self.corrector.correct(clips, self.prompts[batch], c.t_prime,
                                                [torch.Generator().manual_seed(s) for s in seeds[batch]]).frames
                 head = model.to_blocks(fixed.transpose(1, 2).to(model.device, model.dtype))
             blocks = sample(model, labels[batch], num_blocks=2 * T, window=c.window, sink_blocks=c.sink_blocks,
@@ -185,13 +173,14 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
     from safetensors.torch import load_file, save_file
 
     from ardiff.acdc.benchmark import _write_json
+    from ardiff.eval.evaluate import moving_fmnist_test_clips
     from ardiff.eval.features import FMNISTFeatures
 
     directory = Path(directory)
     bench = VideoBench(config, device)
     F, H = bench.trained_frames, bench.arm.config.input_size[1]
     network = FMNISTFeatures(device=device)
-    reference, _ = real_clips(config.real_clips, 2 * F, H)
+    reference, _ = moving_fmnist_test_clips(config.real_clips, 2 * F, H)
     results = {}
     for name in names:
         path, clips_path = directory / f"{name}.json", directory / f"{name}.safetensors"
@@ -214,7 +203,7 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
             f" (frames 1-{F} / {F + 1}-{2 * F}), FVD proxy {metrics['first']['fvd_proxy']:.0f} / "
             f"{metrics['second']['fvd_proxy']:.0f}, {seconds:.2f} s/clip")
     # Real clips that are not in the reference set: what a perfect generator would score.
-    held_out, held_labels = real_clips(config.clips, 2 * F, H, first=config.real_clips)
+    held_out, held_labels = moving_fmnist_test_clips(config.clips, 2 * F, H, first=config.real_clips)
     real = score_halves(held_out, held_labels, reference, network)
     real.update(setting="real", label=VIDEO_LABELS["real"], s_per_clip=None, num_clips=len(held_out), trained_frames=F)
     results["real"] = real

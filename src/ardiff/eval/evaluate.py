@@ -133,11 +133,17 @@ def _default_real(cfg) -> torch.Tensor:
     if cfg.in_channels != 1:
         raise ValueError("the offline metrics read 1-channel Fashion-MNIST data; pass real= for other data")
     if cfg.is_video:
-        from ardiff.data.moving_fmnist import MovingFashionMNIST
-
         frames, h, w = cfg.input_size
-        data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=h, num_videos=1000)
-        return torch.stack([data[i][0] for i in range(len(data))])
+        return moving_fmnist_test_clips(1000, frames, h)[0]
     from ardiff.data.fashion_mnist import FashionMNIST
 
     return FashionMNIST(split="test").images.float() / 127.5 - 1
+
+
+def moving_fmnist_test_clips(num: int, frames: int, canvas: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moving Fashion-MNIST test clips ``first..first+num-1``: (num, 1, frames, canvas, canvas), labels."""
+    from ardiff.data.moving_fmnist import MovingFashionMNIST
+
+    data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=canvas, num_videos=first + num)
+    items = [data[i] for i in range(first, first + num)]
+    return torch.stack([v for v, _ in items]), torch.tensor([int(label) for _, label in items])
