@@ -105,8 +105,9 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     video = dict(in_channels=1, patch_size=8, block_layout="raster", num_classes=10, depth=1, hidden_size=32,
                  num_heads=2, rope_axis_weights=(2, 1, 1))
     torch.manual_seed(0)
+    trained_on = {"_data": {"name": "moving_fashion_mnist", "speed": 1.0, "num_items": 1}}  # the reference clips
     randomize(ACDiT(ACDiTConfig(input_size=(4, 32, 32), block_size=32, **video)), 0, 0.02).save_pretrained(
-        tmp_path / "arm")
+        tmp_path / "arm", extra_config=trained_on)
     randomize(ACDiT(ACDiTConfig(input_size=(4, 32, 32), block_size=64, **video)), 1, 0.02).save_pretrained(
         tmp_path / "dit")
     cfg = VideoBenchConfig(arm=str(tmp_path / "arm"), corrector=str(tmp_path / "dit"), clips=3, real_clips=20,

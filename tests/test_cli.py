@@ -1,8 +1,13 @@
+import dataclasses
+import json
+
 import pytest
 
-from ardiff import ACDiT
+from ardiff import ACDiT, SamplingSettings
 from ardiff.cli import build_parser, main
 from ardiff.data.fashion_mnist import DEBIAN_DIR
+from ardiff.demo import builtin_model
+from ardiff.models.checkpoint import load_extras
 
 HAVE_FMNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
 
@@ -23,13 +28,19 @@ def test_train_then_sample(tmp_path, capsys):
     main(["train", "fmnist", "--out-dir", str(run_dir), "--no-progress",
           "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "model.depth=1",
           "--set", "model.hidden_size=64", "--set", "model.num_heads=1", "--set", "train.tensorboard=false",
-          "--set", "sample.num_images=0"])
+          "--set", "sample.num_images=0", "--set", "sample.sampler=sde-dpmsolver++"])
     assert "finished at step 4" in capsys.readouterr().out
     model = ACDiT.from_pretrained(run_dir / "model")
     assert model.config.depth == 1
+    # The run's sampler and data travel with the model.
+    assert SamplingSettings.recorded(run_dir / "model").sampler == "sde-dpmsolver++"
+    assert load_extras(run_dir / "model")["data"]["name"] == "fashion_mnist"
     main(["sample", str(run_dir / "model"), "--classes", "0,7", "--num", "2", "--steps", "2",
           "--out", str(tmp_path / "grid.png")])
     assert (tmp_path / "grid.png").is_file()
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["sample", str(run_dir / "model"), "--sampler", "euler", "--out", str(tmp_path / "x.png")])
+    assert "invalid choice: 'euler'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"--classes \[12\] out of range"):
         main(["sample", str(run_dir / "model"), "--classes", "12", "--steps", "2", "--out", str(tmp_path / "x.png")])
 
@@ -47,3 +58,7 @@ def test_demo_quick(tmp_path, capsys):
     assert "class accuracy" in report and "frame consistency" in report
     for name in ("fmnist_classes.png", "moving_fmnist.gif", "moving_fmnist_frames.png", "report.json"):
         assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "report.json").read_text())
+    for part, model in (("image_model", "fmnist"), ("video_model", "moving-fmnist")):
+        assert report[part]["sampling"] == {**dataclasses.asdict(SamplingSettings.recorded(builtin_model(model))),
+                                            "num_steps": 2}

@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from ardiff.data.fashion_mnist import DEBIAN_DIR, FashionMNIST
-from ardiff.eval.evaluate import image_metrics, video_metrics
+from ardiff.demo import builtin_model
+from ardiff.eval.evaluate import evaluate, image_metrics, moving_fmnist_motion, moving_fmnist_test_clips, video_metrics
 from ardiff.eval.features import FMNISTFeatures
 from ardiff.eval.fmnist_classifier import ASSET, FashionMNISTClassifier, classify, to_classifier_input
+from ardiff.generate import SamplingSettings
+from ardiff.models.checkpoint import load_extras
 
 HAVE_FMNIST = (DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
@@ -51,3 +54,38 @@ def test_metrics_on_real_data_with_a_random_network():
     v = video_metrics(clips, y[:10], clips, clf)
     assert v["fvd_proxy_fmnist"] == pytest.approx(0.0, abs=1e-6)
     assert v["frame_consistency"] == pytest.approx(v["frame_consistency_real"])
+
+
+@needs_fmnist
+def test_reference_clips_move_like_the_training_clips():
+    with pytest.raises(ValueError, match="records no training data"):
+        moving_fmnist_motion(None)
+    with pytest.raises(ValueError, match="trained on 'fashion_mnist'"):
+        moving_fmnist_motion({"name": "fashion_mnist", "speed": 2.0})
+    motion = moving_fmnist_motion(load_extras(builtin_model("moving-fmnist"))["data"])
+    assert motion == {"speed": 1.0, "num_items": 1}  # the shipped model's training clips
+    slow, labels = moving_fmnist_test_clips(3, 6, 32, **motion)
+    fast, same_labels = moving_fmnist_test_clips(3, 6, 32, speed=2.0)
+    assert torch.equal(labels, same_labels) and torch.equal(slow[:, :, 0], fast[:, :, 0])  # same items, same start
+    assert not torch.equal(slow[:, :, 5], fast[:, :, 5])
+
+
+def test_shipped_models_record_valid_sampling_settings_and_data():
+    for name in ("fmnist", "moving-fmnist", "moving-fmnist-16", "moving-fmnist-16-dit"):
+        SamplingSettings.recorded(builtin_model(name))  # raises on an unknown key or sampler
+        assert load_extras(builtin_model(name))["data"]["name"] in ("fashion_mnist", "moving_fashion_mnist")
+
+
+def test_eval_of_a_video_model_without_recorded_data_fails_before_sampling(monkeypatch):
+    from conftest import tiny_model
+
+    import ardiff.eval.evaluate as ev
+
+    def must_not_sample(*args, **kwargs):
+        raise AssertionError("sampled before checking the reference clips")
+
+    monkeypatch.setattr(ev, "generate", must_not_sample)
+    model = tiny_model(input_size=(4, 32, 32), in_channels=1, patch_size=8, block_layout="raster", block_size=16,
+                       rope_axis_weights=(2, 1, 1))
+    with pytest.raises(ValueError, match="records no training data"):
+        evaluate(model, num=10)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from ardiff import make_generators, sample
-from ardiff.diffusion.schedule import scheduler_config
+from ardiff import SamplingSettings, make_generators, sample
+from ardiff.diffusion.schedule import SAMPLERS, scheduler_config
+from ardiff.models.checkpoint import save_pretrained
 from conftest import tiny_model
 
 TOL = 1e-9
@@ -156,3 +157,55 @@ def test_flex_backend_matches_sdpa_forward_on_cpu():
     finally:
         model.config.attention_backend = "auto"
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# Named samplers and the settings recorded with a model
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_named_samplers_are_exact_and_batch_independent(name):
+    model = tiny_model()
+    kw = dict(num_steps=4, cfg_scale=2.0, scheduler=name)
+    cached = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
+    uncached = sample(model, labels(), generator=make_generators([1, 2, 3]), use_cache=False, **kw)
+    alone = sample(model, labels()[1:2], generator=make_generators([2]), **kw)
+    assert (cached - uncached).abs().max() < TOL
+    assert (cached[1] - alone[0]).abs().max() < 1e-12
+
+
+def test_sde_sampler_adds_noise_the_default_ode_does_not():
+    model = tiny_model()
+    kw = dict(num_steps=4, cfg_scale=2.0)
+    default = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
+    ode = sample(model, labels(), generator=make_generators([1, 2, 3]), scheduler="dpmsolver++", **kw)
+    sde = sample(model, labels(), generator=make_generators([1, 2, 3]), scheduler="sde-dpmsolver++", **kw)
+    assert torch.equal(default, ode)
+    assert (sde - ode).abs().max() > 0.05
+
+
+def test_unknown_sampler_is_named():
+    with pytest.raises(ValueError, match=r"unknown sampler 'euler'; choose one of dpmsolver\+\+, sde-dpmsolver\+\+"):
+        sample(tiny_model(), labels(), num_steps=2, scheduler="euler")
+
+
+def test_sampling_settings_recorded_with_a_model(tmp_path):
+    model = tiny_model()
+    save_pretrained(model, tmp_path / "plain")
+    assert SamplingSettings.recorded(tmp_path / "plain") == SamplingSettings()
+    save_pretrained(model, tmp_path / "tuned", extra_config={"_sampling": {"cfg_scale": 3.0, "sampler": "sde-dpmsolver++"}})
+    tuned = SamplingSettings.recorded(tmp_path / "tuned")
+    assert tuned == SamplingSettings(cfg_scale=3.0, num_steps=25, sampler="sde-dpmsolver++")
+    assert tuned.but(cfg_scale=None, num_steps=7, sampler=None) == SamplingSettings(3.0, 7, "sde-dpmsolver++")
+    save_pretrained(model, tmp_path / "typo", extra_config={"_sampling": {"cfg": 3.0}})
+    with pytest.raises(ValueError, match=r"unknown _sampling keys \['cfg'\]"):
+        SamplingSettings.recorded(tmp_path / "typo")
+    save_pretrained(model, tmp_path / "bad", extra_config={"_sampling": {"sampler": "euler"}})
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        SamplingSettings.recorded(tmp_path / "bad")
+
+
+def test_cli_sampler_choices_are_the_library_samplers():
+    from ardiff.cli import SAMPLER_CHOICES
+
+    assert SAMPLER_CHOICES == tuple(SAMPLERS)

@@ -1,7 +1,7 @@
 """ardiff: autoregressive diffusion on images and video (ACDiT, ACDC)."""
 
 from ardiff.diffusion import NoiseSchedule, training_loss
-from ardiff.generate import BlockEvent, KVCache, make_generators, sample
+from ardiff.generate import BlockEvent, KVCache, SamplingSettings, make_generators, sample
 from ardiff.models import ACDiT, ACDiTConfig
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __all__ = [
     "BlockEvent",
     "KVCache",
     "NoiseSchedule",
+    "SamplingSettings",
     "make_generators",
     "sample",
     "training_loss",

@@ -7,12 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+# Sampler names (ardiff.diffusion.SAMPLERS), listed here so that `--help` does not import torch.
+SAMPLER_CHOICES = ("dpmsolver++", "sde-dpmsolver++", "ddim", "ddpm")
+
 
 def cmd_demo(args) -> int:
     from ardiff.demo import run_demo
 
     path = run_demo(Path(args.out), num_eval=args.num_eval, num_eval_videos=args.num_eval_videos, steps=args.steps,
-                    cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed)
+                    cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed, sampler=args.sampler)
     print(f"report: {path}")
     return 0
 
@@ -49,7 +52,7 @@ def _parse_classes(text: str | None, num_classes: int) -> list[int] | None:
 def cmd_sample(args) -> int:
     import torch
 
-    from ardiff import ACDiT, make_generators, sample
+    from ardiff import ACDiT, SamplingSettings, make_generators, sample
     from ardiff.models.checkpoint import load_extras
     from ardiff.utils.media import save_media
 
@@ -65,8 +68,9 @@ def cmd_sample(args) -> int:
         labels = None
     n = len(labels) if labels is not None else args.num
     extras = load_extras(args.model_dir)
-    recorded_cfg = extras.get("sampling", {}).get("cfg_scale", 1.5)
-    cfg_scale = (recorded_cfg if args.cfg is None else args.cfg) if labels is not None else 1.0
+    settings = SamplingSettings.recorded(args.model_dir).but(cfg_scale=args.cfg, num_steps=args.steps,
+                                                             sampler=args.sampler)
+    cfg_scale = settings.cfg_scale if labels is not None else 1.0
     vae_info = extras.get("vae")
     if args.vae:
         vae_info = {**(vae_info or {"scaling_factor": 1.0, "shift_factor": 0.0}), "path": args.vae}
@@ -78,7 +82,8 @@ def cmd_sample(args) -> int:
             vae = load_vae(vae_info["path"], device)
         except FileNotFoundError as e:
             raise SystemExit(f"{e}\nThis model generates VAE latents: pass --vae DIR, or --no-decode") from None
-    out = sample(model, labels, num_steps=args.steps, cfg_scale=cfg_scale, use_cache=not args.no_cache,
+    out = sample(model, labels, num_steps=settings.num_steps, cfg_scale=cfg_scale, scheduler=settings.sampler,
+                 use_cache=not args.no_cache,
                  generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
         from ardiff.data.latents import decode_latents
@@ -122,17 +127,17 @@ def cmd_encode_latents(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from ardiff import ACDiT
+    from ardiff import ACDiT, SamplingSettings
     from ardiff.eval.evaluate import evaluate
+    from ardiff.models.checkpoint import load_extras
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ACDiT.from_pretrained(args.model_dir, device=device)
-    from ardiff.models.checkpoint import load_extras
-
-    cfg_scale = args.cfg if args.cfg is not None else load_extras(args.model_dir).get("sampling", {}).get("cfg_scale", 1.5)
-    result = evaluate(model, num=args.num, cfg_scale=cfg_scale, num_steps=args.steps, seed=args.seed,
-                      classifier_path=args.classifier, progress=True, inception_weights=args.inception_weights,
-                      i3d_path=args.i3d)
+    s = SamplingSettings.recorded(args.model_dir).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler)
+    result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
+                      seed=args.seed, classifier_path=args.classifier, progress=True,
+                      inception_weights=args.inception_weights, i3d_path=args.i3d,
+                      data=load_extras(args.model_dir).get("data"))
     for key, value in result.items():
         print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
     if args.out:
@@ -175,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: sample the shipped models, score them, write a report")
     demo.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     demo.add_argument("--num-eval", type=int, default=300, help="images scored against the test split")
-    demo.add_argument("--steps", type=int, default=25, help="denoising steps per block")
+    demo.add_argument("--steps", type=int, help="denoising steps per block (default: recorded with each model)")
+    demo.add_argument("--sampler", choices=SAMPLER_CHOICES, help="sampler for both models (default: recorded with "
+                                                                  "each model, as tuned)")
     demo.add_argument("--num-eval-videos", type=int, default=40, help="clips scored against test clips")
     demo.add_argument("--cfg", type=float, help="image guidance scale (default: the value tuned for the model)")
     demo.add_argument("--video-cfg", type=float, help="video guidance scale (default: the value tuned for the model)")
@@ -201,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--num", type=int, default=8, help="samples (per class when --classes is given)")
     samp.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the value recorded "
                                                 "with the model, else 1.5)")
-    samp.add_argument("--steps", type=int, default=25, help="denoising steps per block")
+    samp.add_argument("--steps", type=int, help="denoising steps per block (default: recorded with the model, else 25)")
+    samp.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: recorded with the model, else dpmsolver++ "
+                                                                  "(the deterministic ODE solver)")
     samp.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     samp.add_argument("--out", default="samples", help="output path (.png for images, .gif/.mp4 for videos)")
     samp.add_argument("--format", choices=("gif", "mp4"), help="video format (default from --out, else gif)")
@@ -226,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model_dir")
     ev.add_argument("--num", type=int, default=1000, help="generated samples (class-balanced)")
     ev.add_argument("--cfg", type=float, help="guidance scale (default: the value recorded with the model, else 1.5)")
-    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--steps", type=int, help="denoising steps per block (default: recorded with the model, else 25)")
+    ev.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: recorded with the model, else dpmsolver++")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--classifier", help="feature network weights (default: the shipped Fashion-MNIST classifier)")
     ev.add_argument("--inception-weights", help="also score with Inception-V3: torch-fidelity's local weight file "

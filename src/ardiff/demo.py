@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,10 +10,13 @@ from pathlib import Path
 import torch
 
 from ardiff.data.fashion_mnist import FASHION_MNIST_CLASSES
-from ardiff.generate.sampler import make_generators, sample
+from ardiff.generate.sampler import SamplingSettings, make_generators, sample
 from ardiff.models.acdit import ACDiT
+from ardiff.models.checkpoint import load_extras
 
 MODELS = Path(__file__).resolve().parent / "assets" / "models"
+SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
+                 "ddpm": "DDPM"}
 
 
 def builtin_model(name: str) -> Path:
@@ -23,20 +27,20 @@ def builtin_model(name: str) -> Path:
     return path
 
 
-def recommended_cfg(model_dir: Path, default: float) -> float:
-    """The guidance scale recorded with a model (``_sampling.cfg_scale`` in config.json, as tuned)."""
-    from ardiff.models.checkpoint import load_extras
-
-    return float(load_extras(model_dir).get("sampling", {}).get("cfg_scale", default))
+def _settings(model_dir: Path, cfg_scale: float | None, steps: int | None, sampler: str | None) -> SamplingSettings:
+    """The sampling settings recorded with a shipped model (as tuned), with the caller's overrides."""
+    return SamplingSettings.recorded(model_dir).but(cfg_scale=cfg_scale, num_steps=steps, sampler=sampler)
 
 
-def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: int = 25,
-             cfg_scale: float | None = None, video_cfg_scale: float | None = None, seed: int = 0) -> Path:
+def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: int | None = None,
+             cfg_scale: float | None = None, video_cfg_scale: float | None = None, seed: int = 0,
+             sampler: str | None = None) -> Path:
     """Sample both shipped models, score them against the test split, write report.md/.json."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    image = _image_part(out, num_eval, steps, cfg_scale, seed)
-    video = _video_part(out, num_eval_videos, steps, video_cfg_scale, seed)
+    image = _image_part(out, num_eval, _settings(builtin_model("fmnist"), cfg_scale, steps, sampler), seed)
+    video = _video_part(out, num_eval_videos, _settings(builtin_model("moving-fmnist"), video_cfg_scale, steps, sampler),
+                        seed)
     total = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps({"image_model": image, "video_model": video,
                                                  "total_seconds": total}, indent=2))
@@ -49,38 +53,44 @@ def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: i
     return path
 
 
+def _describe(s: SamplingSettings) -> str:
+    return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}"
+
+
 def _table(rows) -> list[str]:
     return ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
 
 
-def _image_part(out: Path, num_eval: int, steps: int, cfg_scale: float | None, seed: int) -> dict:
+def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid
 
     model_dir = builtin_model("fmnist")
     model = ACDiT.from_pretrained(model_dir)
-    cfg_scale = recommended_cfg(model_dir, 4.0) if cfg_scale is None else cfg_scale
+    s = settings
     c = model.config
     print(f"[1/2] fmnist image model: {model.num_parameters() / 1e6:.2f}M parameters, {c.num_blocks} blocks of "
-          f"{c.block_size} tokens, {steps} DPM-Solver++ steps per block, CFG {cfg_scale}")
+          f"{c.block_size} tokens, {_describe(s)}")
 
     per_class = 8  # one row per class
     labels = torch.arange(10).repeat_interleave(per_class)
     t0 = time.perf_counter()
-    grid = sample(model, labels, num_steps=steps, cfg_scale=cfg_scale,
+    grid = sample(model, labels, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
                   generator=make_generators(range(seed, seed + len(labels))), progress=True)
     grid_seconds = time.perf_counter() - t0
     save_image_grid(grid, out / "fmnist_classes.png", nrow=per_class)
 
     # Exactness on the real model: the KV-cached loop equals recomputing the context.
     few = labels[::per_class][:4]
-    cached = sample(model, few, num_steps=steps, cfg_scale=cfg_scale, generator=make_generators(range(4)))
-    uncached = sample(model, few, num_steps=steps, cfg_scale=cfg_scale, generator=make_generators(range(4)),
-                      use_cache=False)
+    cached = sample(model, few, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
+                    generator=make_generators(range(4)))
+    uncached = sample(model, few, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
+                      generator=make_generators(range(4)), use_cache=False)
     exact = (cached - uncached).abs().max().item()
 
     print(f"      scoring {num_eval} samples against the Fashion-MNIST test split")
-    m = evaluate(model, num=num_eval, cfg_scale=cfg_scale, num_steps=steps, seed=seed + 10_000, progress=True)
+    m = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
+                 seed=seed + 10_000, progress=True)
     rows = [("class accuracy (classifier reads the asked class)", f"{100 * m['class_accuracy']:.1f}%"),
             ("FID-FMNIST vs test split (classifier features)", f"{m['fid_fmnist']:.2f}"),
             ("KID-FMNIST", f"{m['kid_fmnist']:.4f}"),
@@ -90,33 +100,35 @@ def _image_part(out: Path, num_eval: int, steps: int, cfg_scale: float | None, s
             ("max abs diff, KV-cached vs recomputed context", f"{exact:.1e}")]
     md = ["## Images: class-conditional ACDiT on Fashion-MNIST", "",
           f"{c.num_blocks} autoregressive blocks of {c.tile_side}x{c.tile_side} tokens, "
-          f"{model.num_parameters() / 1e6:.2f}M parameters, {steps} steps per block, CFG {cfg_scale}. "
+          f"{model.num_parameters() / 1e6:.2f}M parameters, {_describe(s)}. "
           "Rows, top to bottom: " + ", ".join(FASHION_MNIST_CLASSES) + ".", "",
           "![class grid](fmnist_classes.png)", "", f"{num_eval} class-balanced samples:", "", *_table(rows)]
-    return {"metrics": m, "cfg_scale": cfg_scale, "class_grid": "fmnist_classes.png", "grid_seconds": grid_seconds,
+    return {"metrics": m, "sampling": dataclasses.asdict(s), "class_grid": "fmnist_classes.png", "grid_seconds": grid_seconds,
             "max_abs_diff_cached_vs_uncached": exact, "markdown": md}
 
 
-def _video_part(out: Path, num_eval: int, steps: int, cfg_scale: float | None, seed: int) -> dict:
+def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid, save_video_grid
 
     model_dir = builtin_model("moving-fmnist")
     model = ACDiT.from_pretrained(model_dir)
-    cfg_scale = recommended_cfg(model_dir, 4.0) if cfg_scale is None else cfg_scale
+    data = load_extras(model_dir).get("data")
+    s = settings
     c = model.config
     frames, h, w = c.input_size
     print(f"[2/2] moving-fmnist video model: {model.num_parameters() / 1e6:.2f}M parameters, {frames} frames of "
-          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, CFG {cfg_scale}")
+          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {_describe(s)}")
     labels = torch.arange(10)
-    clips = sample(model, labels, num_steps=steps, cfg_scale=cfg_scale,
+    clips = sample(model, labels, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
                    generator=make_generators(range(seed, seed + 10)), progress=True)
     save_video_grid(clips, out / "moving_fmnist.gif", fps=6, nrow=5)
     # A filmstrip for viewers that do not animate GIFs: one row per clip, frames left to right.
     save_image_grid(clips[:5].transpose(1, 2).flatten(0, 1), out / "moving_fmnist_frames.png", nrow=frames)
 
     print(f"      scoring {num_eval} clips against Moving Fashion-MNIST test clips")
-    m = evaluate(model, num=num_eval, cfg_scale=cfg_scale, num_steps=steps, seed=seed + 10_000, progress=True)
+    m = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
+                 seed=seed + 10_000, progress=True, data=data)
     rows = [("class accuracy of frames", f"{100 * m['class_accuracy_frames']:.1f}%"),
             ("frame consistency, generated / real clips",
              f"{m['frame_consistency']:.3f} / {m['frame_consistency_real']:.3f}"),
@@ -125,7 +137,7 @@ def _video_part(out: Path, num_eval: int, steps: int, cfg_scale: float | None, s
             ("sampling time per clip", f"{m['seconds_per_sample']:.2f} s")]
     md = ["## Video: class-conditional ACDiT on Moving Fashion-MNIST", "",
           f"{frames} frames of {h}x{w}, generated {c.block_size / c.tokens_per_frame:g} frames per autoregressive "
-          f"block, {model.num_parameters() / 1e6:.2f}M parameters, CFG {cfg_scale}. One clip per class.", "",
+          f"block, {model.num_parameters() / 1e6:.2f}M parameters, {_describe(s)}. One clip per class.", "",
           "![clips](moving_fmnist.gif)", "", "![frames](moving_fmnist_frames.png)", "",
           f"{num_eval} class-balanced clips:", "", *_table(rows)]
-    return {"metrics": m, "cfg_scale": cfg_scale, "clips": "moving_fmnist.gif", "markdown": md}
+    return {"metrics": m, "sampling": dataclasses.asdict(s), "clips": "moving_fmnist.gif", "markdown": md}

@@ -74,6 +74,7 @@ class VideoBench:
     def __init__(self, config: VideoBenchConfig, device: str = "cpu"):
         from ardiff.acdc.native import FMNIST_PROMPT_NAMES, NativeCorrector
         from ardiff.models.acdit import ACDiT
+        from ardiff.models.checkpoint import load_extras
         from ardiff.worlds.checkpoint import resolve_world_model
 
         from ardiff.acdc.benchmark import _recorded_cfg
@@ -81,6 +82,7 @@ class VideoBench:
         self.config, self.device = config, device
         arm_dir, corrector_dir = resolve_world_model(config.arm), resolve_world_model(config.corrector)
         self.arm = ACDiT.from_pretrained(arm_dir, device=device).eval()
+        self.arm_data = load_extras(arm_dir).get("data")  # what it was trained on: the reference clips match it
         corrector = ACDiT.from_pretrained(corrector_dir, device=device)
         a, c = self.arm.config, corrector.config
         if not a.is_video or a.block_size % a.tokens_per_frame:
@@ -173,14 +175,15 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
     from safetensors.torch import load_file, save_file
 
     from ardiff.acdc.benchmark import _write_json
-    from ardiff.eval.evaluate import moving_fmnist_test_clips
+    from ardiff.eval.evaluate import moving_fmnist_motion, moving_fmnist_test_clips
     from ardiff.eval.features import FMNISTFeatures
 
     directory = Path(directory)
     bench = VideoBench(config, device)
     F, H = bench.trained_frames, bench.arm.config.input_size[1]
     network = FMNISTFeatures(device=device)
-    reference, _ = moving_fmnist_test_clips(config.real_clips, 2 * F, H)
+    motion = moving_fmnist_motion(bench.arm_data)
+    reference, _ = moving_fmnist_test_clips(config.real_clips, 2 * F, H, **motion)
     results = {}
     for name in names:
         path, clips_path = directory / f"{name}.json", directory / f"{name}.safetensors"
@@ -203,7 +206,7 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
             f" (frames 1-{F} / {F + 1}-{2 * F}), FVD proxy {metrics['first']['fvd_proxy']:.0f} / "
             f"{metrics['second']['fvd_proxy']:.0f}, {seconds:.2f} s/clip")
     # Real clips that are not in the reference set: what a perfect generator would score.
-    held_out, held_labels = moving_fmnist_test_clips(config.clips, 2 * F, H, first=config.real_clips)
+    held_out, held_labels = moving_fmnist_test_clips(config.clips, 2 * F, H, first=config.real_clips, **motion)
     real = score_halves(held_out, held_labels, reference, network)
     real.update(setting="real", label=VIDEO_LABELS["real"], s_per_clip=None, num_clips=len(held_out), trained_frames=F)
     results["real"] = real

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 
 def scheduler_config(model_config) -> dict:
@@ -23,14 +23,32 @@ def scheduler_config(model_config) -> dict:
     )
 
 
+# Samplers by name, as recorded with a model (``_sampling.sampler``) and taken by the CLI.
+# The ODE solver is the default: deterministic given the initial noise, so cached and
+# uncached runs, or a run and its continuation, can be compared bit for bit. The SDE
+# variants add fresh noise at every step, which corrects a weak model's errors on the
+# way down (measured: class accuracy of the shipped models, docs/models.md).
+SAMPLERS = {
+    "dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2)),
+    "sde-dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_order=2)),
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+}
+DEFAULT_SAMPLER = "dpmsolver++"
+
+
+def sampling_scheduler(model_config, sampler: str = DEFAULT_SAMPLER):
+    """A diffusers scheduler for ``sampler`` (a key of :data:`SAMPLERS`) on the model's noise
+    schedule, timesteps spaced ``linspace`` (999, 959, ..., 40 for 25 steps)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    cls, kwargs = SAMPLERS[sampler]
+    return cls(**scheduler_config(model_config), timestep_spacing="linspace", **kwargs)
+
+
 def default_sampling_scheduler(model_config) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ (order 2), timesteps spaced ``linspace`` (999, 959, ..., 40 for 25 steps)."""
-    return DPMSolverMultistepScheduler(
-        **scheduler_config(model_config),
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        timestep_spacing="linspace",
-    )
+    """DPM-Solver++ (order 2, the ODE solver), timesteps spaced ``linspace``."""
+    return sampling_scheduler(model_config, DEFAULT_SAMPLER)
 
 
 @dataclass

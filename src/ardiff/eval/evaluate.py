@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from ardiff.diffusion.schedule import DEFAULT_SAMPLER
 from ardiff.eval.features import FeatureNetwork, FMNISTFeatures, FrameFeatures, I3DFeatures, InceptionFeatures
 from ardiff.eval.metrics import (
     class_accuracy,
@@ -33,7 +34,7 @@ from ardiff.generate.sampler import make_generators, sample
 
 
 def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, batch_size: int = 100,
-             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             progress: bool = False, sampler: str = DEFAULT_SAMPLER) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced samples (label i % K) and their labels."""
     K = model.config.num_classes
     labels = torch.arange(num) % K
@@ -45,7 +46,7 @@ def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, b
         chunks = tqdm(chunks, desc="sampling", unit="batch")
     for start in chunks:
         y = labels[start : start + batch_size]
-        out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale,
+        out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, scheduler=sampler,
                           generator=make_generators(range(seed + start, seed + start + len(y)), model.device)).cpu())
     return torch.cat(out), labels
 
@@ -94,11 +95,14 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
 
 def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25, seed: int = 0,
              classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
-             inception_weights=None, i3d_path=None) -> dict:
+             inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
+             data: dict | None = None) -> dict:
     """Sample ``num`` class-balanced samples and score them (see module docstring).
 
     Always scored with the offline Fashion-MNIST network for 1-channel models; with
     ``inception_weights`` (images) and ``i3d_path`` (videos) also with Inception-V3 / I3D.
+    ``data``: the data section the model was trained on (``_data`` in its config.json):
+    Moving Fashion-MNIST reference clips then move at the same speed as the training clips.
     """
     cfg = model.config
     device = model.device
@@ -113,11 +117,11 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
                          f"(Inception-V3 weight file) to score them")
     if clip_network is not None and not cfg.is_video:
         raise ValueError("i3d_path scores videos; this model makes images (use inception_weights)")
+    if real is None:  # before sampling: a model without a reference set fails in seconds, not after the run
+        real = _default_real(cfg, data)
     t0 = time.perf_counter()
-    fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress)
+    fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler)
     seconds = time.perf_counter() - t0
-    if real is None:
-        real = _default_real(cfg)
     result = {}
     for i, network in enumerate(networks):
         if cfg.is_video:
@@ -125,25 +129,41 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
         else:
             result.update(image_metrics(fake, labels, real, network))
     result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
-                   "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
+                   "sampler": sampler, "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
     return result
 
 
-def _default_real(cfg) -> torch.Tensor:
+def _default_real(cfg, data: dict | None = None) -> torch.Tensor:
     if cfg.in_channels != 1:
         raise ValueError("the offline metrics read 1-channel Fashion-MNIST data; pass real= for other data")
     if cfg.is_video:
         frames, h, w = cfg.input_size
-        return moving_fmnist_test_clips(1000, frames, h)[0]
+        return moving_fmnist_test_clips(1000, frames, h, **moving_fmnist_motion(data))[0]
     from ardiff.data.fashion_mnist import FashionMNIST
 
     return FashionMNIST(split="test").images.float() / 127.5 - 1
 
 
-def moving_fmnist_test_clips(num: int, frames: int, canvas: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def moving_fmnist_motion(data: dict | None) -> dict:
+    """Speed and item count of the Moving Fashion-MNIST clips a model was trained on (its
+    recorded ``_data``), so reference clips move like its training clips. A model trained on
+    other data has no Moving Fashion-MNIST reference: that is an error, not a guess."""
+    if data is None:
+        raise ValueError("the model records no training data (_data in config.json), so the speed of its "
+                         "Moving Fashion-MNIST reference clips is unknown: pass real= clips, or add "
+                         '"_data": {"name": "moving_fashion_mnist", "speed": ..., "num_items": ...} to its config.json')
+    if data.get("name") != "moving_fashion_mnist":
+        raise ValueError(f"the offline video metrics compare with Moving Fashion-MNIST clips; this model was trained "
+                         f"on {data.get('name')!r}: pass real= clips of that data")
+    return {"speed": float(data["speed"]), "num_items": int(data.get("num_items", 1))}
+
+
+def moving_fmnist_test_clips(num: int, frames: int, canvas: int, first: int = 0, *, speed: float,
+                             num_items: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Moving Fashion-MNIST test clips ``first..first+num-1``: (num, 1, frames, canvas, canvas), labels."""
     from ardiff.data.moving_fmnist import MovingFashionMNIST
 
-    data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=canvas, num_videos=first + num)
+    data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=canvas, num_videos=first + num,
+                              speed=speed, num_items=num_items)
     items = [data[i] for i in range(first, first + num)]
     return torch.stack([v for v, _ in items]), torch.tensor([int(label) for _, label in items])

@@ -1,4 +1,4 @@
 from ardiff.generate.cache import KVCache
-from ardiff.generate.sampler import BlockEvent, make_generators, sample
+from ardiff.generate.sampler import BlockEvent, SamplingSettings, make_generators, sample
 
-__all__ = ["BlockEvent", "KVCache", "make_generators", "sample"]
+__all__ = ["BlockEvent", "KVCache", "SamplingSettings", "make_generators", "sample"]

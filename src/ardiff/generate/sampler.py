@@ -14,13 +14,15 @@ groups of one sequence: the label-independent clean context is computed once for
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ardiff.diffusion.schedule import default_sampling_scheduler
+from ardiff.diffusion.schedule import DEFAULT_SAMPLER, SAMPLERS, sampling_scheduler
 from ardiff.generate.cache import KVCache
 
 
@@ -36,6 +38,42 @@ class BlockEvent:
 
 
 BlockHook = Callable[[BlockEvent], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a model is meant to be sampled: the settings its training run recorded with it
+    (``_sampling`` in config.json, as tuned), which the CLI, ``ardiff eval`` and the demo use
+    unless told otherwise."""
+
+    cfg_scale: float = 1.5
+    num_steps: int = 25
+    sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps} must be >= 1")
+
+    @classmethod
+    def recorded(cls, model_dir: str | os.PathLike) -> "SamplingSettings":
+        """The settings recorded in ``model_dir``; defaults for what it does not record."""
+        from ardiff.models.checkpoint import load_extras
+
+        raw = load_extras(model_dir).get("sampling", {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{model_dir}/config.json: unknown _sampling keys {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def but(self, **changes) -> "SamplingSettings":
+        """A copy with the given fields changed; ``None`` values keep the recorded ones."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def scheduler(self, model_config):
+        return sampling_scheduler(model_config, self.sampler)
 
 
 def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
@@ -128,8 +166,9 @@ def sample(
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
     cfg_scale: guidance ``u + s (c - u)``; 1 runs the conditional branch alone.
-    scheduler: any diffusers scheduler (copied; reset for every block). Default:
-        DPM-Solver++ order 2 with ``linspace`` timesteps.
+    scheduler: any diffusers scheduler (copied; reset for every block), or a sampler name
+        from ``ardiff.diffusion.SAMPLERS``. Default: DPM-Solver++ order 2 (the ODE solver)
+        with ``linspace`` timesteps.
     generator: a list with one generator per sample makes every sample independent of
         the batch it is in (see :func:`make_generators`).
     on_block_end: called with a :class:`BlockEvent`; may return a replacement block
@@ -173,7 +212,10 @@ def sample(
     if cond_emb is not None and cond_emb.shape[1] not in (1, N):
         raise ValueError(f"per-block conditions must cover all {N} blocks, got {cond_emb.shape[1]}")
 
-    base_scheduler = scheduler if scheduler is not None else default_sampling_scheduler(cfg)
+    if scheduler is None or isinstance(scheduler, str):
+        base_scheduler = sampling_scheduler(cfg, scheduler or DEFAULT_SAMPLER)
+    else:
+        base_scheduler = scheduler
     blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)
     if K:
         blocks[:, :K] = prefix.to(device, dtype)

@@ -191,11 +191,12 @@ class ACDiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     # -- model directories (config.json + model.safetensors) ---------------------------
-    def save_pretrained(self, directory, state_dict=None):
-        """Write ``config.json`` and ``model.safetensors`` (``state_dict`` overrides, e.g. EMA)."""
+    def save_pretrained(self, directory, state_dict=None, extra_config: dict | None = None):
+        """Write ``config.json`` and ``model.safetensors`` (``state_dict`` overrides, e.g. EMA).
+        ``extra_config``: ``_``-prefixed records beside the architecture, e.g. ``_sampling``, ``_data``."""
         from ardiff.models.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory, state_dict)
+        return save_pretrained(self, directory, state_dict, extra_config=extra_config)
 
     @classmethod
     def from_pretrained(cls, directory, device=None, dtype=None) -> "ACDiT":

@@ -70,9 +70,18 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
+    """Preview grids during training, and the sampling settings recorded with the exported model."""
+
     num_steps: int = 25
     cfg_scale: float = 1.5
     num_images: int = 16
+    sampler: str = "dpmsolver++"  # a key of ardiff.diffusion.SAMPLERS
+
+    def __post_init__(self):
+        from ardiff.diffusion.schedule import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sample.sampler={self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 @dataclass

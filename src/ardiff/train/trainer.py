@@ -10,6 +10,7 @@ uninterrupted one (tested).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -342,8 +343,11 @@ class Trainer:
         model = self.ema_model()
         if not self.is_main:
             return None
-        # The run's sampling settings travel with the model (`ardiff sample` / demo defaults).
-        extra = {"_sampling": {"cfg_scale": self.run.sample.cfg_scale, "num_steps": self.run.sample.num_steps}}
+        # The run's sampling settings travel with the model (`ardiff sample` / eval / demo defaults),
+        # and so does what it was trained on (eval draws its reference clips from the same data).
+        s = self.run.sample
+        extra = {"_sampling": {"cfg_scale": s.cfg_scale, "num_steps": s.num_steps, "sampler": s.sampler},
+                 "_data": dataclasses.asdict(self.run.data)}
         if self.vae_info:
             extra["_vae"] = self.vae_info
         return save_pretrained(model, self.out / "model", extra_config=extra)
@@ -370,7 +374,8 @@ class Trainer:
         cond = torch.arange(n) % self.run.model.num_classes if self.run.model.num_classes else None
         cfg_scale = self.run.sample.cfg_scale if cond is not None else 1.0
         out = sample(model, cond, num_steps=self.run.sample.num_steps, cfg_scale=cfg_scale,
-                     generator=make_generators(range(n), self.device), batch_size=n)
+                     scheduler=self.run.sample.sampler, generator=make_generators(range(n), self.device),
+                     batch_size=n)
         out = self.decode(out)
         path = self.out / "samples" / f"step_{self.step:08d}"
         path = save_media(out.cpu(), path)
