@@ -238,8 +238,9 @@ def encode_block(model, frames: torch.Tensor) -> torch.Tensor:
 
 
 def _recorded_cfg(directory: Path) -> float:
-    config = json.loads((Path(directory) / "config.json").read_text())
-    return float(config.get("_sampling", {}).get("cfg_scale", 1.0))
+    from ardiff.models.checkpoint import load_extras
+
+    return float(load_extras(directory).get("sampling", {}).get("cfg_scale", 1.0))
 
 
 # ---------------------------------------------------------------------------

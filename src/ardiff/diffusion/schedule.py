@@ -37,12 +37,17 @@ SAMPLERS = {
 DEFAULT_SAMPLER = "dpmsolver++"
 
 
+def check_sampler(sampler: str, what: str = "sampler") -> str:
+    """``sampler`` if it names one of :data:`SAMPLERS`, else an error naming ``what`` and the choices."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown {what} {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    return sampler
+
+
 def sampling_scheduler(model_config, sampler: str = DEFAULT_SAMPLER):
     """A diffusers scheduler for ``sampler`` (a key of :data:`SAMPLERS`) on the model's noise
     schedule, timesteps spaced ``linspace`` (999, 959, ..., 40 for 25 steps)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    cls, kwargs = SAMPLERS[sampler]
+    cls, kwargs = SAMPLERS[check_sampler(sampler)]
     return cls(**scheduler_config(model_config), timestep_spacing="linspace", **kwargs)
 
 

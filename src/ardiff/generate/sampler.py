@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ardiff.diffusion.schedule import DEFAULT_SAMPLER, SAMPLERS, sampling_scheduler
+from ardiff.diffusion.schedule import DEFAULT_SAMPLER, check_sampler, sampling_scheduler
 from ardiff.generate.cache import KVCache
 
 
@@ -51,8 +51,7 @@ class SamplingSettings:
     sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_sampler(self.sampler)
         if self.num_steps < 1:
             raise ValueError(f"num_steps={self.num_steps} must be >= 1")
 

@@ -78,10 +78,9 @@ class SampleConfig:
     sampler: str = "dpmsolver++"  # a key of ardiff.diffusion.SAMPLERS
 
     def __post_init__(self):
-        from ardiff.diffusion.schedule import SAMPLERS
+        from ardiff.diffusion.schedule import check_sampler
 
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sample.sampler={self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_sampler(self.sampler, "sample.sampler")
 
 
 @dataclass
