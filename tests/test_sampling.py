@@ -197,6 +197,9 @@ def test_sampling_settings_recorded_with_a_model(tmp_path):
     tuned = SamplingSettings.recorded(tmp_path / "tuned")
     assert tuned == SamplingSettings(cfg_scale=3.0, num_steps=25, sampler="sde-dpmsolver++")
     assert tuned.but(cfg_scale=None, num_steps=7, sampler=None) == SamplingSettings(3.0, 7, "sde-dpmsolver++")
+    save_pretrained(model, tmp_path / "clipped", extra_config={"_sampling": {"clip_denoised": True}})
+    assert SamplingSettings.recorded(tmp_path / "clipped").clip_denoised
+    assert not SamplingSettings.recorded(tmp_path / "clipped").but(clip_denoised=False).clip_denoised
     save_pretrained(model, tmp_path / "typo", extra_config={"_sampling": {"cfg": 3.0}})
     with pytest.raises(ValueError, match=r"unknown _sampling keys \['cfg'\]"):
         SamplingSettings.recorded(tmp_path / "typo")
@@ -209,3 +212,34 @@ def test_cli_sampler_choices_are_the_library_samplers():
     from ardiff.cli import SAMPLER_CHOICES
 
     assert SAMPLER_CHOICES == tuple(SAMPLERS)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_clip_denoised_keeps_samples_in_the_pixel_range(name):
+    model = tiny_model()
+    kw = dict(num_steps=4, cfg_scale=6.0, scheduler=name)
+    free = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
+    clipped = sample(model, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, **kw)
+    uncached = sample(model, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, use_cache=False, **kw)
+    # Unclipped (diffusers clips DDIM/DDPM by default; the named samplers must not), the guided
+    # predictions of a random model overshoot; clipped, only the last step's small noise term
+    # can leave [-1, 1].
+    assert free.abs().max() > 1.5
+    assert clipped.abs().max() < 1.05
+    assert (clipped - uncached).abs().max() < TOL
+
+
+def test_clip_denoised_needs_a_sampler_by_name():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="clip_denoised=True needs a sampler given by name"):
+        sample(model, labels(), num_steps=2, scheduler=DDIMScheduler(), clip_denoised=True)
+
+
+def test_sample_kwargs_carry_every_setting():
+    s = SamplingSettings(cfg_scale=3.0, num_steps=7, sampler="ddpm", clip_denoised=True)
+    assert s.sample_kwargs() == dict(num_steps=7, cfg_scale=3.0, scheduler="ddpm", clip_denoised=True)
+    model = tiny_model()
+    a = sample(model, labels(), generator=make_generators([1, 2, 3]), **s.sample_kwargs())
+    b = sample(model, labels(), generator=make_generators([1, 2, 3]), num_steps=7, cfg_scale=3.0,
+               scheduler=s.scheduler(model.config))
+    assert torch.equal(a, b)

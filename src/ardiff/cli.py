@@ -11,11 +11,18 @@ from pathlib import Path
 SAMPLER_CHOICES = ("dpmsolver++", "sde-dpmsolver++", "ddim", "ddpm")
 
 
+def _add_clip_flag(parser) -> None:
+    parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                        help="clip each step's predicted clean sample to [-1, 1] (pixel-space models; default: "
+                             "recorded with the model, else off)")
+
+
 def cmd_demo(args) -> int:
     from ardiff.demo import run_demo
 
     path = run_demo(Path(args.out), num_eval=args.num_eval, num_eval_videos=args.num_eval_videos, steps=args.steps,
-                    cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed, sampler=args.sampler)
+                    cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed, sampler=args.sampler,
+                    clip_denoised=args.clip_denoised)
     print(f"report: {path}")
     return 0
 
@@ -69,11 +76,15 @@ def cmd_sample(args) -> int:
     n = len(labels) if labels is not None else args.num
     extras = load_extras(args.model_dir)
     settings = SamplingSettings.recorded(args.model_dir).but(cfg_scale=args.cfg, num_steps=args.steps,
-                                                             sampler=args.sampler)
-    cfg_scale = settings.cfg_scale if labels is not None else 1.0
+                                                             sampler=args.sampler, clip_denoised=args.clip_denoised)
+    if labels is None:
+        settings = settings.but(cfg_scale=1.0)
     vae_info = extras.get("vae")
     if args.vae:
         vae_info = {**(vae_info or {"scaling_factor": 1.0, "shift_factor": 0.0}), "path": args.vae}
+    if vae_info and settings.clip_denoised:
+        raise SystemExit("--clip-denoised clips to the pixel range [-1, 1]; this model generates VAE latents: "
+                         "drop the flag (or pass --no-clip-denoised)")
     vae = None
     if vae_info and not args.no_decode:
         from ardiff.data.latents import load_vae
@@ -82,8 +93,7 @@ def cmd_sample(args) -> int:
             vae = load_vae(vae_info["path"], device)
         except FileNotFoundError as e:
             raise SystemExit(f"{e}\nThis model generates VAE latents: pass --vae DIR, or --no-decode") from None
-    out = sample(model, labels, num_steps=settings.num_steps, cfg_scale=cfg_scale, scheduler=settings.sampler,
-                 use_cache=not args.no_cache,
+    out = sample(model, labels, **settings.sample_kwargs(), use_cache=not args.no_cache,
                  generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
         from ardiff.data.latents import decode_latents
@@ -133,8 +143,10 @@ def cmd_eval(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ACDiT.from_pretrained(args.model_dir, device=device)
-    s = SamplingSettings.recorded(args.model_dir).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler)
+    s = SamplingSettings.recorded(args.model_dir).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
+                                                      clip_denoised=args.clip_denoised)
     result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
+                      clip_denoised=s.clip_denoised,
                       seed=args.seed, classifier_path=args.classifier, progress=True,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(args.model_dir).get("data"))
@@ -183,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="denoising steps per block (default: recorded with each model)")
     demo.add_argument("--sampler", choices=SAMPLER_CHOICES, help="sampler for both models (default: recorded with "
                                                                   "each model, as tuned)")
+    _add_clip_flag(demo)
     demo.add_argument("--num-eval-videos", type=int, default=40, help="clips scored against test clips")
     demo.add_argument("--cfg", type=float, help="image guidance scale (default: the value tuned for the model)")
     demo.add_argument("--video-cfg", type=float, help="video guidance scale (default: the value tuned for the model)")
@@ -211,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--steps", type=int, help="denoising steps per block (default: recorded with the model, else 25)")
     samp.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: recorded with the model, else dpmsolver++ "
                                                                   "(the deterministic ODE solver)")
+    _add_clip_flag(samp)
     samp.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     samp.add_argument("--out", default="samples", help="output path (.png for images, .gif/.mp4 for videos)")
     samp.add_argument("--format", choices=("gif", "mp4"), help="video format (default from --out, else gif)")
@@ -237,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cfg", type=float, help="guidance scale (default: the value recorded with the model, else 1.5)")
     ev.add_argument("--steps", type=int, help="denoising steps per block (default: recorded with the model, else 25)")
     ev.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: recorded with the model, else dpmsolver++")
+    _add_clip_flag(ev)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--classifier", help="feature network weights (default: the shipped Fashion-MNIST classifier)")
     ev.add_argument("--inception-weights", help="also score with Inception-V3: torch-fidelity's local weight file "

@@ -27,20 +27,23 @@ def builtin_model(name: str) -> Path:
     return path
 
 
-def _settings(model_dir: Path, cfg_scale: float | None, steps: int | None, sampler: str | None) -> SamplingSettings:
+def _settings(model_dir: Path, cfg_scale: float | None, steps: int | None, sampler: str | None,
+              clip_denoised: bool | None) -> SamplingSettings:
     """The sampling settings recorded with a shipped model (as tuned), with the caller's overrides."""
-    return SamplingSettings.recorded(model_dir).but(cfg_scale=cfg_scale, num_steps=steps, sampler=sampler)
+    return SamplingSettings.recorded(model_dir).but(cfg_scale=cfg_scale, num_steps=steps, sampler=sampler,
+                                                    clip_denoised=clip_denoised)
 
 
 def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: int | None = None,
              cfg_scale: float | None = None, video_cfg_scale: float | None = None, seed: int = 0,
-             sampler: str | None = None) -> Path:
+             sampler: str | None = None, clip_denoised: bool | None = None) -> Path:
     """Sample both shipped models, score them against the test split, write report.md/.json."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    image = _image_part(out, num_eval, _settings(builtin_model("fmnist"), cfg_scale, steps, sampler), seed)
-    video = _video_part(out, num_eval_videos, _settings(builtin_model("moving-fmnist"), video_cfg_scale, steps, sampler),
+    image = _image_part(out, num_eval, _settings(builtin_model("fmnist"), cfg_scale, steps, sampler, clip_denoised),
                         seed)
+    video = _video_part(out, num_eval_videos,
+                        _settings(builtin_model("moving-fmnist"), video_cfg_scale, steps, sampler, clip_denoised), seed)
     total = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps({"image_model": image, "video_model": video,
                                                  "total_seconds": total}, indent=2))
@@ -54,7 +57,8 @@ def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: i
 
 
 def _describe(s: SamplingSettings) -> str:
-    return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}"
+    clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
+    return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}{clip}"
 
 
 def _table(rows) -> list[str]:
@@ -75,22 +79,19 @@ def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
     per_class = 8  # one row per class
     labels = torch.arange(10).repeat_interleave(per_class)
     t0 = time.perf_counter()
-    grid = sample(model, labels, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
-                  generator=make_generators(range(seed, seed + len(labels))), progress=True)
+    grid = sample(model, labels, **s.sample_kwargs(), generator=make_generators(range(seed, seed + len(labels))), progress=True)
     grid_seconds = time.perf_counter() - t0
     save_image_grid(grid, out / "fmnist_classes.png", nrow=per_class)
 
     # Exactness on the real model: the KV-cached loop equals recomputing the context.
     few = labels[::per_class][:4]
-    cached = sample(model, few, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
-                    generator=make_generators(range(4)))
-    uncached = sample(model, few, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
-                      generator=make_generators(range(4)), use_cache=False)
+    cached = sample(model, few, **s.sample_kwargs(), generator=make_generators(range(4)))
+    uncached = sample(model, few, **s.sample_kwargs(), generator=make_generators(range(4)), use_cache=False)
     exact = (cached - uncached).abs().max().item()
 
     print(f"      scoring {num_eval} samples against the Fashion-MNIST test split")
     m = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                 seed=seed + 10_000, progress=True)
+                 clip_denoised=s.clip_denoised, seed=seed + 10_000, progress=True)
     rows = [("class accuracy (classifier reads the asked class)", f"{100 * m['class_accuracy']:.1f}%"),
             ("FID-FMNIST vs test split (classifier features)", f"{m['fid_fmnist']:.2f}"),
             ("KID-FMNIST", f"{m['kid_fmnist']:.4f}"),
@@ -120,15 +121,14 @@ def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
     print(f"[2/2] moving-fmnist video model: {model.num_parameters() / 1e6:.2f}M parameters, {frames} frames of "
           f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {_describe(s)}")
     labels = torch.arange(10)
-    clips = sample(model, labels, num_steps=s.num_steps, cfg_scale=s.cfg_scale, scheduler=s.sampler,
-                   generator=make_generators(range(seed, seed + 10)), progress=True)
+    clips = sample(model, labels, **s.sample_kwargs(), generator=make_generators(range(seed, seed + 10)), progress=True)
     save_video_grid(clips, out / "moving_fmnist.gif", fps=6, nrow=5)
     # A filmstrip for viewers that do not animate GIFs: one row per clip, frames left to right.
     save_image_grid(clips[:5].transpose(1, 2).flatten(0, 1), out / "moving_fmnist_frames.png", nrow=frames)
 
     print(f"      scoring {num_eval} clips against Moving Fashion-MNIST test clips")
     m = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                 seed=seed + 10_000, progress=True, data=data)
+                 clip_denoised=s.clip_denoised, seed=seed + 10_000, progress=True, data=data)
     rows = [("class accuracy of frames", f"{100 * m['class_accuracy_frames']:.1f}%"),
             ("frame consistency, generated / real clips",
              f"{m['frame_consistency']:.3f} / {m['frame_consistency_real']:.3f}"),

@@ -28,13 +28,17 @@ def scheduler_config(model_config) -> dict:
 # uncached runs, or a run and its continuation, can be compared bit for bit. The SDE
 # variants add fresh noise at every step, which corrects a weak model's errors on the
 # way down (measured: class accuracy of the shipped models, docs/models.md).
+# DDIM and DDPM are built with clip_sample=False: diffusers clips their predicted clean
+# sample by default, which would silently change results for latent-space models and make
+# them disagree with the DPM solvers. Clipping is an explicit choice (``clip_denoised``).
 SAMPLERS = {
     "dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2)),
     "sde-dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_order=2)),
-    "ddim": (DDIMScheduler, {}),
-    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, dict(clip_sample=False)),
+    "ddpm": (DDPMScheduler, dict(clip_sample=False)),
 }
 DEFAULT_SAMPLER = "dpmsolver++"
+PIXEL_RANGE = 1.0  # pixel-space data lives in [-1, 1]
 
 
 def check_sampler(sampler: str, what: str = "sampler") -> str:
@@ -44,10 +48,20 @@ def check_sampler(sampler: str, what: str = "sampler") -> str:
     return sampler
 
 
-def sampling_scheduler(model_config, sampler: str = DEFAULT_SAMPLER):
+def sampling_scheduler(model_config, sampler: str = DEFAULT_SAMPLER, clip_denoised: bool = False):
     """A diffusers scheduler for ``sampler`` (a key of :data:`SAMPLERS`) on the model's noise
-    schedule, timesteps spaced ``linspace`` (999, 959, ..., 40 for 25 steps)."""
+    schedule, timesteps spaced ``linspace`` (999, 959, ..., 40 for 25 steps).
+
+    clip_denoised: clip the clean sample predicted at every step to [-1, 1], the pixel data
+    range (for pixel-space models: it keeps guided predictions from overshooting the range
+    the model was trained on). Never for latent-space models, whose values are not bounded
+    by 1.
+    """
     cls, kwargs = SAMPLERS[check_sampler(sampler)]
+    if clip_denoised:
+        # DPM-Solver's thresholding with a maximum of 1 is a plain clip to [-1, 1].
+        kwargs = (dict(kwargs, thresholding=True, sample_max_value=PIXEL_RANGE) if cls is DPMSolverMultistepScheduler
+                  else dict(kwargs, clip_sample=True, clip_sample_range=PIXEL_RANGE))
     return cls(**scheduler_config(model_config), timestep_spacing="linspace", **kwargs)
 
 

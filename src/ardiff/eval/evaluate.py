@@ -34,7 +34,8 @@ from ardiff.generate.sampler import make_generators, sample
 
 
 def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, batch_size: int = 100,
-             progress: bool = False, sampler: str = DEFAULT_SAMPLER) -> tuple[torch.Tensor, torch.Tensor]:
+             progress: bool = False, sampler: str = DEFAULT_SAMPLER,
+             clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced samples (label i % K) and their labels."""
     K = model.config.num_classes
     labels = torch.arange(num) % K
@@ -47,7 +48,7 @@ def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, b
     for start in chunks:
         y = labels[start : start + batch_size]
         out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, scheduler=sampler,
-                          generator=make_generators(range(seed + start, seed + start + len(y)), model.device)).cpu())
+                          clip_denoised=clip_denoised, generator=make_generators(range(seed + start, seed + start + len(y)), model.device)).cpu())
     return torch.cat(out), labels
 
 
@@ -96,7 +97,7 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
 def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25, seed: int = 0,
              classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
              inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
-             data: dict | None = None) -> dict:
+             data: dict | None = None, clip_denoised: bool = False) -> dict:
     """Sample ``num`` class-balanced samples and score them (see module docstring).
 
     Always scored with the offline Fashion-MNIST network for 1-channel models; with
@@ -120,7 +121,8 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
     if real is None:  # before sampling: a model without a reference set fails in seconds, not after the run
         real = _default_real(cfg, data)
     t0 = time.perf_counter()
-    fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler)
+    fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler,
+                            clip_denoised=clip_denoised)
     seconds = time.perf_counter() - t0
     result = {}
     for i, network in enumerate(networks):

@@ -49,6 +49,7 @@ class SamplingSettings:
     cfg_scale: float = 1.5
     num_steps: int = 25
     sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
+    clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
 
     def __post_init__(self):
         check_sampler(self.sampler)
@@ -72,7 +73,12 @@ class SamplingSettings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def scheduler(self, model_config):
-        return sampling_scheduler(model_config, self.sampler)
+        return sampling_scheduler(model_config, self.sampler, self.clip_denoised)
+
+    def sample_kwargs(self) -> dict:
+        """These settings as keyword arguments of :func:`sample`."""
+        return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.sampler,
+                    clip_denoised=self.clip_denoised)
 
 
 def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
@@ -160,6 +166,7 @@ def sample(
     window: int | None = None,
     sink_blocks: int = 0,
     prefix: torch.Tensor | None = None,
+    clip_denoised: bool = False,
 ) -> torch.Tensor:
     """Generate samples block by block.
 
@@ -181,6 +188,9 @@ def sample(
         edited after they were made); generation starts at block K and they are returned as
         they are. Noise is drawn only for the new blocks, so passing the generators of an
         earlier call for blocks 0..K-1 continues its random stream exactly.
+    clip_denoised: clip the clean sample predicted at every step to [-1, 1] (pixel-space
+        models; see ``diffusion.schedule.sampling_scheduler``). Only with a sampler given by
+        name: a scheduler object carries its own clipping settings.
     """
     if context_pass not in ("ride", "separate"):
         raise ValueError(f"context_pass={context_pass!r}; use 'ride' or 'separate'")
@@ -212,7 +222,10 @@ def sample(
         raise ValueError(f"per-block conditions must cover all {N} blocks, got {cond_emb.shape[1]}")
 
     if scheduler is None or isinstance(scheduler, str):
-        base_scheduler = sampling_scheduler(cfg, scheduler or DEFAULT_SAMPLER)
+        base_scheduler = sampling_scheduler(cfg, scheduler or DEFAULT_SAMPLER, clip_denoised)
+    elif clip_denoised:
+        raise ValueError("clip_denoised=True needs a sampler given by name; set clipping on the scheduler "
+                         "object instead (thresholding / clip_sample in its config)")
     else:
         base_scheduler = scheduler
     blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)

@@ -76,6 +76,7 @@ class SampleConfig:
     cfg_scale: float = 1.5
     num_images: int = 16
     sampler: str = "dpmsolver++"  # a key of ardiff.diffusion.SAMPLERS
+    clip_denoised: bool = False  # clip predicted clean samples to [-1, 1]: pixel-space runs only
 
     def __post_init__(self):
         from ardiff.diffusion.schedule import check_sampler
@@ -190,6 +191,9 @@ def _validate(run: RunConfig) -> None:
         (t.precision in ("fp32", "bf16"), f"train.precision={t.precision!r}; use 'fp32' or 'bf16'"),
         (t.distributed in ("ddp", "fsdp"), f"train.distributed={t.distributed!r}; use 'ddp' or 'fsdp'"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every} must be > 0"),
+        (not (run.sample.clip_denoised and run.data.vae),
+         "sample.clip_denoised clips to the pixel range [-1, 1], but this run trains on VAE latents "
+         "(data.vae); set sample.clip_denoised: false"),
     ]
     for ok, msg in checks:
         if not ok:
