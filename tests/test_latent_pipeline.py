@@ -40,7 +40,7 @@ def test_latent_training_and_decoded_sampling(tmp_path, tiny_vae_dir, capsys):
           "--set", "model.block_size=4", "--set", "model.num_classes=2", "--set", "model.depth=1",
           "--set", "model.hidden_size=64", "--set", "model.num_heads=1", "--set", "train.steps=2",
           "--set", "train.batch_size=4", "--set", "train.tensorboard=false",
-          "--set", "sample.num_images=2", "--set", "sample.num_steps=2"])
+          "--set", "sample.num_images=2", "--set", "sample.num_steps=2", "--set", "sample.clip_denoised=false"])
     extras = load_extras(tmp_path / "run" / "model")
     assert extras["vae"]["path"] == str(tiny_vae_dir)
     # the training sample grid was decoded to 16x16 RGB images (2 images side by side, 2px padding)

@@ -171,6 +171,8 @@ def test_config_errors(tmp_path):
         load_run_config("fmnist", ["model.block_layout=raster", "model.block_size=50"])
     with pytest.raises(ValueError, match=r"sample.clip_denoised clips to the pixel range.*data.vae"):
         load_run_config("fmnist", ["sample.clip_denoised=true", "data.vae=/some/vae"])
+    with pytest.raises(ValueError, match=r"sample.clip_denoised clips to the pixel range.*data.name='latents'"):
+        load_run_config("fmnist", ["data.name=latents"])  # fmnist records clipping: latents must turn it off
     assert load_run_config("fmnist", ["sample.clip_denoised=true"]).sample.clip_denoised
     with pytest.raises(FileNotFoundError, match="run config nope.yaml not found"):
         load_run_config("nope.yaml")

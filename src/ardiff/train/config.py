@@ -191,9 +191,9 @@ def _validate(run: RunConfig) -> None:
         (t.precision in ("fp32", "bf16"), f"train.precision={t.precision!r}; use 'fp32' or 'bf16'"),
         (t.distributed in ("ddp", "fsdp"), f"train.distributed={t.distributed!r}; use 'ddp' or 'fsdp'"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every} must be > 0"),
-        (not (run.sample.clip_denoised and run.data.vae),
+        (not (run.sample.clip_denoised and (run.data.vae or run.data.name == "latents")),
          "sample.clip_denoised clips to the pixel range [-1, 1], but this run trains on VAE latents "
-         "(data.vae); set sample.clip_denoised: false"),
+         f"(data.name={run.data.name!r}, data.vae={run.data.vae!r}); set sample.clip_denoised=false"),
     ]
     for ok, msg in checks:
         if not ok:
