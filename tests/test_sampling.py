@@ -163,10 +163,11 @@ def test_flex_backend_matches_sdpa_forward_on_cpu():
 # Named samplers and the settings recorded with a model
 # ----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("clip_denoised", [False, True])
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_named_samplers_are_exact_and_batch_independent(name):
+def test_named_samplers_are_exact_and_batch_independent(name, clip_denoised):
     model = tiny_model()
-    kw = dict(num_steps=4, cfg_scale=2.0, scheduler=name)
+    kw = dict(num_steps=4, cfg_scale=2.0, scheduler=name, clip_denoised=clip_denoised)
     cached = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
     uncached = sample(model, labels(), generator=make_generators([1, 2, 3]), use_cache=False, **kw)
     alone = sample(model, labels()[1:2], generator=make_generators([2]), **kw)
@@ -220,13 +221,11 @@ def test_clip_denoised_keeps_samples_in_the_pixel_range(name):
     kw = dict(num_steps=4, cfg_scale=6.0, scheduler=name)
     free = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
     clipped = sample(model, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, **kw)
-    uncached = sample(model, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, use_cache=False, **kw)
     # Unclipped (diffusers clips DDIM/DDPM by default; the named samplers must not), the guided
     # predictions of a random model overshoot; clipped, only the last step's small noise term
     # can leave [-1, 1].
     assert free.abs().max() > 1.5
     assert clipped.abs().max() < 1.05
-    assert (clipped - uncached).abs().max() < TOL
 
 
 def test_clip_denoised_needs_a_sampler_by_name():

@@ -83,6 +83,13 @@ class SampleConfig:
 
         check_sampler(self.sampler, "sample.sampler")
 
+    def settings(self):
+        """The :class:`~ardiff.SamplingSettings` this section records with the exported model."""
+        from ardiff.generate.sampler import SamplingSettings
+
+        return SamplingSettings(cfg_scale=self.cfg_scale, num_steps=self.num_steps, sampler=self.sampler,
+                                clip_denoised=self.clip_denoised)
+
 
 @dataclass
 class RunConfig:

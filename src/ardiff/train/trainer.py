@@ -345,9 +345,7 @@ class Trainer:
             return None
         # The run's sampling settings travel with the model (`ardiff sample` / eval / demo defaults),
         # and so does what it was trained on (eval draws its reference clips from the same data).
-        s = self.run.sample
-        extra = {"_sampling": {"cfg_scale": s.cfg_scale, "num_steps": s.num_steps, "sampler": s.sampler,
-                               "clip_denoised": s.clip_denoised},
+        extra = {"_sampling": dataclasses.asdict(self.run.sample.settings()),
                  "_data": dataclasses.asdict(self.run.data)}
         if self.vae_info:
             extra["_vae"] = self.vae_info
@@ -373,9 +371,10 @@ class Trainer:
         model = self.ema_model().to(self.device)
         n = self.run.sample.num_images
         cond = torch.arange(n) % self.run.model.num_classes if self.run.model.num_classes else None
-        cfg_scale = self.run.sample.cfg_scale if cond is not None else 1.0
-        out = sample(model, cond, num_steps=self.run.sample.num_steps, cfg_scale=cfg_scale,
-                     scheduler=self.run.sample.sampler, clip_denoised=self.run.sample.clip_denoised, generator=make_generators(range(n), self.device),
+        settings = self.run.sample.settings()
+        if cond is None:
+            settings = settings.but(cfg_scale=1.0)
+        out = sample(model, cond, **settings.sample_kwargs(), generator=make_generators(range(n), self.device),
                      batch_size=n)
         out = self.decode(out)
         path = self.out / "samples" / f"step_{self.step:08d}"
