@@ -268,3 +268,54 @@ def test_ema_warmup(tmp_path):
     assert trainer.ema_decay(10**6) == 0.999
     constant = Trainer(run_config(tmp_path / "c", ema_decay=0.9), dataset=synthetic_dataset(), progress=False)
     assert constant.ema_decay(0) == 0.9
+
+
+class LabelledDataset(TensorDataset):
+    """A synthetic dataset that knows each example's class, as FashionMNIST does."""
+
+    def class_labels(self):
+        return self.tensors[1]
+
+
+def test_class_weights_draw_classes_in_proportion_and_resume_exactly(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 10
+    data = LabelledDataset(torch.rand(200, 1, 28, 28, generator=g) * 2 - 1, labels)
+    weights = [0, 1, 1, 1, 1, 1, 1, 1, 1, 3]
+    trainer = Trainer(run_config(tmp_path / "a", batch_size=64, class_weights=weights), dataset=data, progress=False)
+    drawn = labels[torch.cat([trainer.global_indices(s) for s in range(200)])]
+    counts = torch.bincount(drawn, minlength=10).double() / len(drawn)
+    assert counts[0] == 0  # weight 0: never drawn
+    assert abs(counts[9].item() - 3 / 11) < 0.01 and abs(counts[1].item() - 1 / 11) < 0.01
+    assert torch.equal(trainer.global_indices(7), trainer.global_indices(7))  # a pure function of the step
+    # Exact resume holds with weighted sampling too.
+    full = Trainer(run_config(tmp_path / "b", class_weights=weights), dataset=data, progress=False)
+    full.fit()
+    interrupted = Trainer(run_config(tmp_path / "c", class_weights=weights), dataset=data, progress=False)
+    interrupted.fit(max_steps=4)
+    resumed = Trainer(run_config(tmp_path / "c", class_weights=weights), dataset=data, resume=True, progress=False)
+    resumed.fit()
+    for (a, b) in zip(final_weights(full), final_weights(resumed)):
+        for n in a:
+            assert torch.equal(a[n], b[n]), n
+
+
+def test_class_weights_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"train.class_weights has 2 entries but model.num_classes=10"):
+        run_config(tmp_path, class_weights=[1, 2])
+    with pytest.raises(ValueError, match=r"must be >= 0 with a positive sum"):
+        run_config(tmp_path, class_weights=[1] * 9 + [-1])
+    with pytest.raises(ValueError, match=r"needs a dataset that knows each example's class.*TensorDataset"):
+        Trainer(run_config(tmp_path, class_weights=[1] * 10), dataset=synthetic_dataset(), progress=False)
+    only_zeros = LabelledDataset(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"gives every example of this dataset weight 0"):
+        Trainer(run_config(tmp_path, class_weights=[0] + [1] * 9), dataset=only_zeros, progress=False)
+
+
+def test_moving_fmnist_class_labels_match_items():
+    from ardiff.data import MovingFashionMNIST
+
+    if not HAVE_FMNIST:
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    data = MovingFashionMNIST("test", num_frames=2, canvas_size=32, num_videos=50)
+    assert torch.equal(data.class_labels(), torch.stack([torch.as_tensor(data[i][1]) for i in range(50)]))

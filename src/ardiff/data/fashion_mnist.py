@@ -133,5 +133,9 @@ class FashionMNIST(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def class_labels(self) -> torch.Tensor:
+        """The class of every image (for class-weighted sampling, ``train.class_weights``)."""
+        return self.labels
+
     def __getitem__(self, index: int):
         return self.images[index].float() / 127.5 - 1.0, self.labels[index]

@@ -64,6 +64,15 @@ class MovingFashionMNIST(Dataset):
             raise IndexError(f"video index {index} out of range for num_videos={self.num_videos}")
         return index % self.num_videos
 
+    def _draw_items(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(len(self.images), (self.num_items,), generator=generator)
+
+    def class_labels(self) -> torch.Tensor:
+        """The class of every video (that of its first item), without drawing any frame."""
+        key = SPLIT_KEYS[self.split]
+        first = [int(self._draw_items(seeded_generator(self.seed, key, i))[0]) for i in range(self.num_videos)]
+        return self.labels[torch.tensor(first)]
+
     def tracks(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Item indices (num_items,) into the split, and top-left pixel positions (num_frames, num_items, 2).
 
@@ -71,7 +80,7 @@ class MovingFashionMNIST(Dataset):
         analyses can check the dynamics against the frames.
         """
         g = seeded_generator(self.seed, SPLIT_KEYS[self.split], self._check_index(index))
-        items = torch.randint(len(self.images), (self.num_items,), generator=g)
+        items = self._draw_items(g)
         limit = float(self.canvas_size - ITEM_SIZE)  # largest top-left coordinate that keeps an item inside
         pos = torch.rand(self.num_items, 2, generator=g, dtype=torch.float64) * limit
         angle = torch.rand(self.num_items, generator=g, dtype=torch.float64) * (2 * math.pi)

@@ -53,6 +53,10 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup_steps: int = 0  # > 0: decay min(ema_decay, (1 + step) / (ema_warmup_steps + step)); 0: constant
     class_dropout: float = 0.1
+    # Per-class sampling weights (one per class): examples are drawn with replacement, class c
+    # with probability proportional to class_weights[c], to spend more steps on classes the
+    # model confuses. None: every epoch is a permutation of the dataset.
+    class_weights: tuple[float, ...] | None = None
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 0
     checkpoint_every: int = 500
@@ -198,6 +202,11 @@ def _validate(run: RunConfig) -> None:
         (t.precision in ("fp32", "bf16"), f"train.precision={t.precision!r}; use 'fp32' or 'bf16'"),
         (t.distributed in ("ddp", "fsdp"), f"train.distributed={t.distributed!r}; use 'ddp' or 'fsdp'"),
         (t.checkpoint_every > 0, f"train.checkpoint_every={t.checkpoint_every} must be > 0"),
+        (t.class_weights is None or len(t.class_weights) == run.model.num_classes,
+         f"train.class_weights has {len(t.class_weights or [])} entries but model.num_classes="
+         f"{run.model.num_classes}; give one weight per class"),
+        (t.class_weights is None or (all(w >= 0 for w in t.class_weights) and sum(t.class_weights) > 0),
+         f"train.class_weights={t.class_weights} must be >= 0 with a positive sum"),
         (not (run.sample.clip_denoised and (run.data.vae or run.data.name == "latents")),
          "sample.clip_denoised clips to the pixel range [-1, 1], but this run trains on VAE latents "
          f"(data.name={run.data.name!r}, data.vae={run.data.vae!r}); set sample.clip_denoised=false"),

@@ -102,6 +102,7 @@ class Trainer:
             dataset = build_dataset(run.data, run.model)
         self.dataset = dataset
         self._check_dataset()
+        self.example_weights = self._example_weights()
         # Latent datasets record their VAE: exported models and sample grids decode with it.
         meta = getattr(dataset, "meta", None)
         self.vae_info = ({"path": meta["vae_dir"], "scaling_factor": meta["scaling_factor"],
@@ -160,6 +161,21 @@ class Trainer:
             raise ValueError(f"dataset samples have shape {tuple(x.shape)} but the model expects {expected} "
                              f"(set model.input_size / model.in_channels or the data options to match)")
 
+    def _example_weights(self) -> torch.Tensor | None:
+        """Sampling weight of every example from ``train.class_weights`` (None: plain epochs)."""
+        if self.cfg.class_weights is None:
+            return None
+        if not hasattr(self.dataset, "class_labels"):
+            raise ValueError(f"train.class_weights needs a dataset that knows each example's class "
+                             f"(fashion_mnist, moving_fashion_mnist); {type(self.dataset).__name__} does not. "
+                             f"Remove train.class_weights.")
+        labels = torch.as_tensor(self.dataset.class_labels())
+        weights = torch.tensor(self.cfg.class_weights, dtype=torch.float64)[labels]
+        if weights.sum() <= 0:
+            raise ValueError(f"train.class_weights={self.cfg.class_weights} gives every example of this dataset "
+                             f"weight 0; give a positive weight to a class it holds")
+        return weights
+
     def _wrap(self, objective):
         if self.world == 1:
             return objective
@@ -178,6 +194,9 @@ class Trainer:
     # -- data order and randomness: pure functions of (seed, step) -----------------------------
     def global_indices(self, step: int) -> torch.Tensor:
         n, B = len(self.dataset), self.cfg.batch_size
+        if self.example_weights is not None:  # class-weighted: a with-replacement draw per step
+            g = torch.Generator().manual_seed(_seed_for(self.cfg.seed, 77, step))
+            return torch.multinomial(self.example_weights, B, replacement=True, generator=g)
         start, out = step * B, []
         while len(out) < B:
             epoch, offset = divmod(start + len(out), n)
