@@ -62,3 +62,9 @@ def test_demo_quick(tmp_path, capsys):
     for part, model in (("image_model", "fmnist"), ("video_model", "moving-fmnist")):
         assert report[part]["sampling"] == {**dataclasses.asdict(SamplingSettings.recorded(builtin_model(model))),
                                             "num_steps": 2}
+    # The class grid shows the scored samples: 4 per class here, one row per class.
+    from PIL import Image
+
+    assert Image.open(tmp_path / "fmnist_classes.png").size[1] > 2 * Image.open(tmp_path / "fmnist_classes.png").size[0]
+    with pytest.raises(ValueError, match="at least 10 images"):
+        main(["demo", "--out", str(tmp_path), "--num-eval", "5"])

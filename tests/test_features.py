@@ -48,7 +48,20 @@ def test_video_metrics_with_a_clip_network(tmp_path):
     m = video_metrics(fake, torch.arange(20) % 10, real, frames, i3d)
     assert m["fvd_i3d"] == pytest.approx(frechet_distance(i3d(real)[0], i3d(fake)[0]))
     assert "class_accuracy_frames" in m
+    by_frame = m["class_accuracy_by_frame"]
+    assert len(by_frame) == 4 and sum(by_frame) / 4 == pytest.approx(m["class_accuracy_frames"])
     assert video_metrics(real, torch.arange(20) % 10, real, frames, i3d)["fvd_i3d"] == pytest.approx(0, abs=1e-6)
+
+
+def test_class_accuracy_by_frame_reads_each_frame_index():
+    net = FMNISTFeatures.from_model(FashionMNISTClassifier().eval())
+    g = torch.Generator().manual_seed(0)
+    clips = torch.rand(12, 1, 3, 28, 28, generator=g) * 2 - 1
+    predicted = net(clips[:, :, 1])[1].argmax(-1)  # labels that frame 1 is read as
+    m = video_metrics(clips, predicted, clips, net)
+    assert m["class_accuracy_by_frame"][1] == 1.0
+    frame0 = (net(clips[:, :, 0])[1].argmax(-1) == predicted).float().mean().item()
+    assert m["class_accuracy_by_frame"][0] == pytest.approx(frame0)
 
 
 def test_frame_features_concatenate_frames():

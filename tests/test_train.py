@@ -319,3 +319,29 @@ def test_moving_fmnist_class_labels_match_items():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     data = MovingFashionMNIST("test", num_frames=2, canvas_size=32, num_videos=50)
     assert torch.equal(data.class_labels(), torch.stack([torch.as_tensor(data[i][1]) for i in range(50)]))
+
+
+def test_block_loss_weights_weigh_each_blocks_mse(tmp_path):
+    from ardiff.diffusion.schedule import draw_training_randomness, training_loss
+
+    torch.manual_seed(0)
+    model = ACDiT(run_config(tmp_path).model).eval()
+    x, y = synthetic_dataset(4)[:]
+    t, noise, drop = draw_training_randomness(model.config, 4, torch.Generator().manual_seed(1))
+    per_block = torch.stack([training_loss(model, x, y, t=t, noise=noise, drop=drop, block_weights=w)
+                             for w in torch.eye(4).tolist()])  # one-hot weights: that block's MSE alone
+    plain = training_loss(model, x, y, t=t, noise=noise, drop=drop)
+    assert torch.equal(training_loss(model, x, y, t=t, noise=noise, drop=drop, block_weights=[1, 1, 1, 1]), plain)
+    torch.testing.assert_close(per_block.mean(), plain)
+    weighted = training_loss(model, x, y, t=t, noise=noise, drop=drop, block_weights=[2, 1, 1, 1])
+    torch.testing.assert_close(weighted, (2 * per_block[0] + per_block[1:].sum()) / 5)
+    assert not torch.allclose(weighted, plain)
+    trainer = Trainer(run_config(tmp_path, block_loss_weights=[3, 1, 1, 1]), dataset=synthetic_dataset(),
+                      progress=False)
+    assert torch.equal(trainer.objective.block_weights, torch.tensor([2.0, 2 / 3, 2 / 3, 2 / 3]))
+    with pytest.raises(ValueError, match=r"train.block_loss_weights has 2 entries but the model has 4 blocks"):
+        run_config(tmp_path, block_loss_weights=[1, 2])
+    with pytest.raises(ValueError, match=r"train.block_loss_weights=.* must be >= 0 with a positive sum"):
+        run_config(tmp_path, block_loss_weights=[0, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"must be 4 numbers >= 0"):
+        training_loss(model, x, y, t=t, noise=noise, drop=drop, block_weights=[1, 1])

@@ -151,6 +151,8 @@ def cmd_eval(args) -> int:
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(args.model_dir).get("data"))
     for key, value in result.items():
+        if isinstance(value, list):
+            value = " ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
         print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

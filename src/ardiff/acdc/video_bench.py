@@ -57,7 +57,6 @@ class VideoBenchConfig(CorrectionSettings):
 def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, network) -> dict:
     """clips/real: (N, C, 2F, H, W). Metrics of frames 1..F, F+1..2F and all, plus per-frame accuracy."""
     from ardiff.eval.evaluate import video_metrics
-    from ardiff.eval.features import FrameFeatures
 
     F = clips.shape[2] // 2
     out = {}
@@ -65,8 +64,7 @@ def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
         m = video_metrics(clips[:, :, part], labels, real[:, :, part], network)
         out[name] = {"class_accuracy": m["class_accuracy_frames"], "consistency": m["frame_consistency"],
                      "fvd_proxy": m[f"fvd_proxy_{network.name}"], "fid_frames": m[f"fid_{network.name}_frames"]}
-    _, logits = FrameFeatures(network).per_frame(clips)
-    out["per_frame_accuracy"] = (logits.argmax(-1) == labels[:, None]).float().mean(0).tolist()
+    out["per_frame_accuracy"] = m["class_accuracy_by_frame"]
     return out
 
 

@@ -110,17 +110,29 @@ class DiffusionLoss(torch.nn.Module):
     Epsilon-prediction MSE over the noisy half; timesteps per sample and per block.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, block_weights=None):
         super().__init__()
         self.model = model
         self.schedule = NoiseSchedule.from_config(model.config)
+        self.block_weights = None
+        if block_weights is not None:
+            w = torch.as_tensor(block_weights, dtype=torch.float32)
+            if w.shape != (model.config.num_blocks,) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(
+                    f"block loss weights {list(block_weights)} must be {model.config.num_blocks} numbers >= 0 "
+                    f"with a positive sum, one per block of the model")
+            if not (w == w[0]).all():  # equal weights: the plain mean, bit for bit
+                self.block_weights = w / w.mean()
 
     def forward(self, x, cond, t, noise, drop=None):
         model = self.model
         x0 = model.to_blocks(x)
         x_t = model.from_blocks(self.schedule.add_noise(x0, noise.to(x0.dtype), t))
         pred = model(x_t, t, cond, x, drop_cond=drop)
-        return F.mse_loss(model.to_blocks(pred).float(), noise.float())
+        if self.block_weights is None:
+            return F.mse_loss(model.to_blocks(pred).float(), noise.float())
+        per_block = (model.to_blocks(pred).float() - noise.float()).square().mean(dim=(0, 2, 3))
+        return (per_block * self.block_weights.to(per_block.device)).mean()
 
 
 def training_loss(
@@ -133,14 +145,16 @@ def training_loss(
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     drop: torch.Tensor | None = None,
+    block_weights=None,
 ) -> torch.Tensor:
     """Epsilon-prediction MSE, timesteps drawn per sample and per block.
 
     ``cond_drop_prob`` replaces a sample's condition by the null condition (class dropout
     for classifier-free guidance). ``t``/``noise``/``drop`` may be given explicitly
-    (see :func:`draw_training_randomness`).
+    (see :func:`draw_training_randomness`). ``block_weights`` (one per block) weighs each
+    block's MSE; they are normalised to mean 1, so equal weights give the plain mean.
     """
     if t is None or noise is None:
         t, noise, drop = draw_training_randomness(model.config, x.shape[0], generator, x.device, x.dtype,
                                                   cond_drop_prob)
-    return DiffusionLoss(model)(x, cond, t, noise, drop)
+    return DiffusionLoss(model, block_weights)(x, cond, t, noise, drop)

@@ -89,6 +89,9 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
     }
     if frame_network.predicts_fmnist_classes:
         result["class_accuracy_frames"] = class_accuracy(fl.flatten(0, 1), labels.repeat_interleave(F))
+        # Per frame index: where along the clip the class is lost (the first block is drawn
+        # from the condition alone, later ones also from the frames before them).
+        result["class_accuracy_by_frame"] = [class_accuracy(fl[:, f], labels) for f in range(F)]
     if clip_network is not None:
         result[f"fvd_{clip_network.name}"] = frechet_distance(clip_network(real)[0], clip_network(fake)[0])
     return result
@@ -97,8 +100,11 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
 def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25, seed: int = 0,
              classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
              inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
-             data: dict | None = None, clip_denoised: bool = False) -> dict:
+             data: dict | None = None, clip_denoised: bool = False, return_samples: bool = False):
     """Sample ``num`` class-balanced samples and score them (see module docstring).
+
+    Returns the metrics dict, or with ``return_samples`` ``(metrics, samples, labels)``: sample
+    i has label ``i % num_classes`` and seed ``seed + i`` (so a caller can show what was scored).
 
     Always scored with the offline Fashion-MNIST network for 1-channel models; with
     ``inception_weights`` (images) and ``i3d_path`` (videos) also with Inception-V3 / I3D.
@@ -132,7 +138,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
             result.update(image_metrics(fake, labels, real, network))
     result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
                    "sampler": sampler, "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
-    return result
+    return (result, fake, labels) if return_samples else result
 
 
 def _default_real(cfg, data: dict | None = None) -> torch.Tensor:

@@ -57,6 +57,9 @@ class TrainConfig:
     # with probability proportional to class_weights[c], to spend more steps on classes the
     # model confuses. None: every epoch is a permutation of the dataset.
     class_weights: tuple[float, ...] | None = None
+    # Per-block loss weights (one per autoregressive block, normalised to mean 1): e.g. more
+    # weight on block 0, the only block drawn from the condition alone. None: plain mean.
+    block_loss_weights: tuple[float, ...] | None = None
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 0
     checkpoint_every: int = 500
@@ -207,6 +210,12 @@ def _validate(run: RunConfig) -> None:
          f"{run.model.num_classes}; give one weight per class"),
         (t.class_weights is None or (all(w >= 0 for w in t.class_weights) and sum(t.class_weights) > 0),
          f"train.class_weights={t.class_weights} must be >= 0 with a positive sum"),
+        (t.block_loss_weights is None or len(t.block_loss_weights) == run.model.num_blocks,
+         f"train.block_loss_weights has {len(t.block_loss_weights or [])} entries but the model has "
+         f"{run.model.num_blocks} blocks; give one weight per block"),
+        (t.block_loss_weights is None
+         or (all(w >= 0 for w in t.block_loss_weights) and sum(t.block_loss_weights) > 0),
+         f"train.block_loss_weights={t.block_loss_weights} must be >= 0 with a positive sum"),
         (not (run.sample.clip_denoised and (run.data.vae or run.data.name == "latents")),
          "sample.clip_denoised clips to the pixel range [-1, 1], but this run trains on VAE latents "
          f"(data.name={run.data.name!r}, data.vae={run.data.vae!r}); set sample.clip_denoised=false"),

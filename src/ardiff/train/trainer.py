@@ -116,7 +116,7 @@ class Trainer:
             initialise_from(self.model, self.cfg.init_from)
         if self.cfg.activation_checkpointing:
             self.model.gradient_checkpointing = True
-        self.objective = self._wrap(DiffusionLoss(self.model))  # FSDP2 swaps parameters for DTensors here
+        self.objective = self._wrap(DiffusionLoss(self.model, self.cfg.block_loss_weights))  # FSDP2 swaps parameters for DTensors here
         self.names = {p: n for n, p in self.model.named_parameters()}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
