@@ -64,7 +64,7 @@ def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
         m = video_metrics(clips[:, :, part], labels, real[:, :, part], network)
         out[name] = {"class_accuracy": m["class_accuracy_frames"], "consistency": m["frame_consistency"],
                      "fvd_proxy": m[f"fvd_proxy_{network.name}"], "fid_frames": m[f"fid_{network.name}_frames"]}
-    out["per_frame_accuracy"] = m["class_accuracy_by_frame"]
+    out["per_frame_accuracy"] = m["class_accuracy_by_frame"]  # m: the last part scored, all frames
     return out
 
 

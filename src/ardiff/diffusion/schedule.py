@@ -122,7 +122,7 @@ class DiffusionLoss(torch.nn.Module):
                     f"block loss weights {list(block_weights)} must be {model.config.num_blocks} numbers >= 0 "
                     f"with a positive sum, one per block of the model")
             if not (w == w[0]).all():  # equal weights: the plain mean, bit for bit
-                self.block_weights = w / w.mean()
+                self.block_weights = (w / w.mean()).to(model.device)  # on the model's device: no copy per step
 
     def forward(self, x, cond, t, noise, drop=None):
         model = self.model
