@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,10 @@ $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/ardiff demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check src tests
+
+test: setup lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 test-slow: setup

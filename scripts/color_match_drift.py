@@ -13,7 +13,7 @@ import torch
 from ardiff.acdc.native import FMNIST_PROMPT_NAMES, NativeCorrector
 from ardiff.acdc.pipeline import match_color
 from ardiff.data.fashion_mnist import FashionMNIST
-from ardiff.demo import builtin_model
+from ardiff.models.resolve import resolve_model_dir
 from ardiff.eval.features import FMNISTFeatures
 from ardiff.models.acdit import ACDiT
 
@@ -28,7 +28,7 @@ def main():
     x0 = data.images[: args.num].float().unsqueeze(1) / 127.5 - 1 if data.images.dim() == 3 else \
         data.images[: args.num].float() / 127.5 - 1
     labels = data.labels[: args.num]
-    corrector = NativeCorrector(ACDiT.from_pretrained(builtin_model("fmnist")), num_steps=25, cfg_scale=5.0)
+    corrector = NativeCorrector(ACDiT.from_pretrained(resolve_model_dir("fmnist")), num_steps=25, cfg_scale=5.0)
     classifier = FMNISTFeatures()
     result = {}
     for matched in (False, True):

@@ -1,30 +1,12 @@
 import os
 
+# Nothing in the tests may download: set before transformers / diffusers are imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import pytest
-import torch
+import pytest  # noqa: E402
 
-from ardiff import ACDiT, ACDiTConfig
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Give every parameter a non-trivial value (adaLN-Zero init makes outputs 0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model
-
-
-def tiny_model(dtype=torch.float64, seed=0, **overrides) -> ACDiT:
-    torch.manual_seed(seed)
-    model = ACDiT(ACDiTConfig.preset("tiny", **overrides))
-    return randomize(model, seed).to(dtype).eval()
+from helpers import tiny_model  # noqa: E402
 
 
 @pytest.fixture

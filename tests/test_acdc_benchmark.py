@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ardiff import ACDiT, ACDiTConfig
-from ardiff.acdc.benchmark import BenchmarkConfig, run_benchmark, score_frames
+from ardiff.experiments.story_benchmark import BenchmarkConfig, run_benchmark, score_frames
 from ardiff.worlds.reader import AttributeReader
 from ardiff.worlds.story import StoryWorld
-from conftest import randomize
+from helpers import randomize
 
 TINY = dict(in_channels=3, patch_size=8, block_layout="raster", block_size=16, num_classes=0, cond_dim=64,
             depth=1, hidden_size=32, num_heads=2)
@@ -100,7 +100,7 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     and both share the ARM's draws (same seeds)."""
     from safetensors.torch import load_file
 
-    from ardiff.acdc.video_bench import VideoBenchConfig, score_halves
+    from ardiff.experiments.video_table import VideoBenchConfig, score_halves
 
     video = dict(in_channels=1, patch_size=8, block_layout="raster", num_classes=10, depth=1, hidden_size=32,
                  num_heads=2, rope_axis_weights=(2, 1, 1))
@@ -132,5 +132,6 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     assert abs(same["first"]["fvd_proxy"]) < 1e-3 and abs(same["second"]["fid_frames"]) < 1e-3
     with pytest.raises(ValueError, match="full-sequence video model"):
         run_benchmark(BenchmarkConfig(out=str(tmp_path / "b2"), settings=("video_arm",),
-                                      video=VideoBenchConfig(arm=str(tmp_path / "arm"), corrector=str(tmp_path / "arm"))),
+                                      video=VideoBenchConfig(arm=str(tmp_path / "arm"),
+                                                             corrector=str(tmp_path / "arm"))),
                       log=lambda *_: None)

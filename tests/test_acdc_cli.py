@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from ardiff.cli import main
+from helpers import tiny_model
 
 
 @pytest.fixture

@@ -12,13 +12,19 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from diffusers import (AutoencoderKL, DDIMScheduler, MotionAdapter, PNDMScheduler,  # noqa: E402
-                       StableDiffusionImg2ImgPipeline, UNet2DConditionModel, UNetMotionModel)
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    DDIMScheduler,
+    MotionAdapter,
+    PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    UNet2DConditionModel,
+    UNetMotionModel,
+)
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from ardiff.acdc.correctors import (AnimateDiffCorrector, SDEditCorrector, ddim_step,  # noqa: E402
-                                    sdedit_schedule)
+from ardiff.acdc.correctors import AnimateDiffCorrector, SDEditCorrector, ddim_step, sdedit_schedule  # noqa: E402
 
 SIZE = 16  # frames are SIZE x SIZE; the tiny VAE has factor 2 -> 8 x 8 latents
 MAX_TOKENS = 12

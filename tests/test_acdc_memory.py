@@ -14,9 +14,20 @@ from types import SimpleNamespace
 import pytest
 
 from ardiff.acdc.base import IdentityMemory
-from ardiff.acdc.memory import (REFINER_TEMPLATE, LLMMemory, MemoryFallbackWarning, OpenAIMemory,
-                                RuleBasedMemory, TokenBudget, TransformersMemory, build_memory,
-                                find_story_subject, parse_numbered_lines, sanitize, smollm2_gguf_path)
+from ardiff.acdc.memory import (
+    REFINER_TEMPLATE,
+    LLMMemory,
+    MemoryFallbackWarning,
+    OpenAIMemory,
+    RuleBasedMemory,
+    TokenBudget,
+    TransformersMemory,
+    build_memory,
+    find_story_subject,
+    parse_numbered_lines,
+    sanitize,
+    smollm2_gguf_path,
+)
 
 assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest.py: nothing here may download
 
@@ -399,9 +410,9 @@ CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }
 @pytest.fixture(scope="module")
 def tiny_llm_dir(tmp_path_factory):
     pytest.importorskip("transformers")
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    import torch
 
     corpus = [REFINER_TEMPLATE, *STORIES["benny"][0], *STORIES["pip"][0], "system user assistant : 1. 2. 3."]
     backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -538,7 +549,7 @@ def test_rule_memory_stops_the_subject_at_a_verb_ending_in_s():
 # make-stories: the LLM story generator
 # ---------------------------------------------------------------------------------------
 def test_make_stories_validates_retries_and_records_failures(tmp_path):
-    from ardiff.acdc.stories import FEW_SHOT_STORIES, make_stories, parse_story, write_jsonl
+    from ardiff.experiments.story_generation import FEW_SHOT_STORIES, make_stories, parse_story, write_jsonl
 
     good = "\n".join(f"{i}. Sentence {i} about Tom the toad." for i in range(1, 7))
     short = "\n".join(f"{i}. Sentence {i}." for i in range(1, 6))

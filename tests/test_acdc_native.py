@@ -3,13 +3,13 @@ an ardiff DiT as the SDEdit corrector."""
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from ardiff.acdc.base import ARM, Correction, Corrector, Memory
 from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
 from ardiff.acdc.pipeline import ACDCPipeline, match_color, select_chunks
 from ardiff.acdc.sdedit import sdedit_schedule
 from ardiff.generate.sampler import sample
+from helpers import tiny_model
 
 
 def video_model(frames_per_block=1, **kw):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ardiff.analysis import main, timing_config
 from ardiff.data.fashion_mnist import DEBIAN_DIR
+from ardiff.experiments.analyses import main, timing_config
 
 pytest.importorskip("matplotlib")
 

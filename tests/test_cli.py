@@ -6,8 +6,8 @@ import pytest
 from ardiff import ACDiT, SamplingSettings
 from ardiff.cli import build_parser, main
 from ardiff.data.fashion_mnist import DEBIAN_DIR
-from ardiff.demo import builtin_model
 from ardiff.models.checkpoint import load_extras
+from ardiff.models.resolve import resolve_model_dir
 
 HAVE_FMNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
 
@@ -60,7 +60,7 @@ def test_demo_quick(tmp_path, capsys):
         assert (tmp_path / name).is_file(), name
     report = json.loads((tmp_path / "report.json").read_text())
     for part, model in (("image_model", "fmnist"), ("video_model", "moving-fmnist")):
-        assert report[part]["sampling"] == {**dataclasses.asdict(SamplingSettings.recorded(builtin_model(model))),
+        assert report[part]["sampling"] == {**dataclasses.asdict(SamplingSettings.recorded(resolve_model_dir(model))),
                                             "num_steps": 2}
     # The class grid shows the scored samples: 4 per class here, one row per class.
     from PIL import Image

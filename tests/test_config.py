@@ -82,7 +82,8 @@ def test_config_roundtrip_json():
 
 def test_bad_input_shape_and_labels(tiny):
     model = tiny()
-    with pytest.raises(ValueError, match=r"input of shape \(2, 3, 9, 8\) does not match the model: expected \(B, 3, 8, 8\)"):
+    with pytest.raises(ValueError,
+                       match=r"input of shape \(2, 3, 9, 8\) does not match the model: expected \(B, 3, 8, 8\)"):
         model.to_blocks(torch.zeros(2, 3, 9, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="class label 11 is out of range"):
         model.embed_condition(torch.tensor([11]))

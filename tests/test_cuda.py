@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ardiff import ACDiT, ACDiTConfig, make_generators, sample, training_loss
-from conftest import randomize
+from helpers import randomize
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import warnings
 
 import av
@@ -11,11 +12,18 @@ from safetensors.torch import load_file
 
 from ardiff import ACDiTConfig
 from ardiff.data import (
-    DATASETS, ImageFolder, LatentDataset, MovingFashionMNIST, VideoFolder, build_dataset, decode_latents,
-    encode_latent_cache, load_fashion_mnist, load_vae,
+    ImageFolder,
+    LatentDataset,
+    MovingFashionMNIST,
+    VideoFolder,
+    decode_latents,
+    encode_latent_cache,
+    load_fashion_mnist,
+    load_vae,
 )
 from ardiff.data.fashion_mnist import DEBIAN_DIR
 from ardiff.train.config import DataConfig
+from ardiff.train.datasets import DATASETS, build_dataset
 
 HAVE_FMNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
@@ -98,7 +106,7 @@ def test_image_folder_corrupt_files(tmp_path):
     good = tmp_path / "c" / "b_good.png"
     save_image(good, half_white())
     bad = tmp_path / "c" / "a_bad.png"
-    bad.write_bytes(os.urandom(300))
+    bad.write_bytes(random.Random(1).randbytes(300))
     truncated = tmp_path / "c" / "c_truncated.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:600])
@@ -212,7 +220,7 @@ def test_video_folder_flips_whole_clips(video_root):
 def test_video_folder_short_and_corrupt_videos(tmp_path):
     write_video(tmp_path / "c" / "b_short.mp4", 5)
     write_video(tmp_path / "c" / "c_ok.mp4", 12)
-    (tmp_path / "c" / "a_corrupt.mp4").write_bytes(os.urandom(2000))
+    (tmp_path / "c" / "a_corrupt.mp4").write_bytes(random.Random(0).randbytes(2000))  # fixed bytes: same error each run
     ds = VideoFolder(tmp_path, 8, num_frames=4, frame_stride=3)
     with pytest.raises(ValueError, match=r"cannot decode video .*a_corrupt\.mp4"):
         ds[0]

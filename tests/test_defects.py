@@ -5,8 +5,10 @@ import torch
 from ardiff.worlds.defects import components, detect_defect, foreground, repair_mask
 from ardiff.worlds.story import FrameState, StoryWorld, render_frame
 
+DEFAULT_STATE = FrameState("bag", "yellow", "teal", "small", 0, 0)
 
-def _frame(state=FrameState("bag", "yellow", "teal", "small", 0, 0)):
+
+def _frame(state=DEFAULT_STATE):
     world = StoryWorld("test")
     item = world.images[world.item_indices[0]]
     return render_frame(item, state), state

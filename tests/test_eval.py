@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from ardiff.data.fashion_mnist import DEBIAN_DIR, FashionMNIST
-from ardiff.demo import builtin_model
 from ardiff.eval.evaluate import evaluate, image_metrics, moving_fmnist_motion, moving_fmnist_test_clips, video_metrics
 from ardiff.eval.features import FMNISTFeatures
 from ardiff.eval.fmnist_classifier import ASSET, FashionMNISTClassifier, classify, to_classifier_input
 from ardiff.generate import SamplingSettings
 from ardiff.models.checkpoint import load_extras
+from ardiff.models.resolve import resolve_model_dir
 
 HAVE_FMNIST = (DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
@@ -62,7 +62,7 @@ def test_reference_clips_move_like_the_training_clips():
         moving_fmnist_motion(None)
     with pytest.raises(ValueError, match="trained on 'fashion_mnist'"):
         moving_fmnist_motion({"name": "fashion_mnist", "speed": 2.0})
-    motion = moving_fmnist_motion(load_extras(builtin_model("moving-fmnist"))["data"])
+    motion = moving_fmnist_motion(load_extras(resolve_model_dir("moving-fmnist"))["data"])
     assert motion == {"speed": 1.0, "num_items": 1}  # the shipped model's training clips
     slow, labels = moving_fmnist_test_clips(3, 6, 32, **motion)
     fast, same_labels = moving_fmnist_test_clips(3, 6, 32, speed=2.0)
@@ -72,14 +72,13 @@ def test_reference_clips_move_like_the_training_clips():
 
 def test_shipped_models_record_valid_sampling_settings_and_data():
     for name in ("fmnist", "moving-fmnist", "moving-fmnist-16", "moving-fmnist-16-dit"):
-        SamplingSettings.recorded(builtin_model(name))  # raises on an unknown key or sampler
-        assert load_extras(builtin_model(name))["data"]["name"] in ("fashion_mnist", "moving_fashion_mnist")
+        SamplingSettings.recorded(resolve_model_dir(name))  # raises on an unknown key or sampler
+        assert load_extras(resolve_model_dir(name))["data"]["name"] in ("fashion_mnist", "moving_fashion_mnist")
 
 
 def test_eval_of_a_video_model_without_recorded_data_fails_before_sampling(monkeypatch):
-    from conftest import tiny_model
-
     import ardiff.eval.evaluate as ev
+    from helpers import tiny_model
 
     def must_not_sample(*args, **kwargs):
         raise AssertionError("sampled before checking the reference clips")

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from ardiff import ACDiT, ACDiTConfig
 from ardiff.train.trainer import initialise_from
+from helpers import tiny_model
 
 
 def test_image_weights_start_a_video_model(tmp_path):

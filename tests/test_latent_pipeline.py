@@ -27,7 +27,8 @@ def test_latent_training_and_decoded_sampling(tmp_path, tiny_vae_dir, capsys):
     for cls in ("cats", "dogs"):
         (tmp_path / "images" / cls).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+            pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
     common = ["--set", "data.name=image_folder", "--set", f"data.root={tmp_path / 'images'}",
               "--set", "data.image_size=16"]
     main(["encode-latents", "fmnist", "--vae", str(tiny_vae_dir), "--out", str(tmp_path / "latents"),

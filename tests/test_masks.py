@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ardiff.nn.attention import Span, dense_scam_mask, flex_scam_mask, flex_attention_op
+from ardiff.nn.attention import Span, dense_scam_mask, flex_attention_op, flex_scam_mask
 
 
 def training_layout(T):

@@ -19,7 +19,7 @@ from ardiff.models.official import (
     official_config,
     registry_size,
 )
-from conftest import randomize
+from helpers import randomize
 
 IMAGE = dict(input_size=(8, 8), in_channels=4, patch_size=1, block_layout="tiles", block_size=16,
              depth=2, hidden_size=128, num_heads=2, num_classes=10, rope="official",

@@ -5,7 +5,7 @@ import torch
 
 from ardiff import make_generators, sample
 from ardiff.generate.sampler import context_schedule
-from conftest import tiny_model
+from helpers import tiny_model
 
 VIDEO = dict(input_size=(4, 4, 4), patch_size=2, block_layout="raster", block_size=4,
              rope_axis_weights=(2, 1, 1))  # 4 frames of 2x2 tokens, one frame per block: T = 4

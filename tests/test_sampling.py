@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from ardiff import SamplingSettings, make_generators, sample
 from ardiff.diffusion.schedule import SAMPLERS, scheduler_config
 from ardiff.models.checkpoint import save_pretrained
-from conftest import tiny_model
+from helpers import tiny_model
 
 TOL = 1e-9
 
@@ -194,7 +194,8 @@ def test_sampling_settings_recorded_with_a_model(tmp_path):
     model = tiny_model()
     save_pretrained(model, tmp_path / "plain")
     assert SamplingSettings.recorded(tmp_path / "plain") == SamplingSettings()
-    save_pretrained(model, tmp_path / "tuned", extra_config={"_sampling": {"cfg_scale": 3.0, "sampler": "sde-dpmsolver++"}})
+    tuned = {"_sampling": {"cfg_scale": 3.0, "sampler": "sde-dpmsolver++"}}
+    save_pretrained(model, tmp_path / "tuned", extra_config=tuned)
     tuned = SamplingSettings.recorded(tmp_path / "tuned")
     assert tuned == SamplingSettings(cfg_scale=3.0, num_steps=25, sampler="sde-dpmsolver++")
     assert tuned.but(cfg_scale=None, num_steps=7, sampler=None) == SamplingSettings(3.0, 7, "sde-dpmsolver++")

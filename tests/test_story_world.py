@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from ardiff.worlds.reader import AttributeReader, evaluate_reader, state_labels
-from ardiff.worlds.story import (BACKGROUNDS, ITEM_COLOURS, KIND_NAMES, SIZES, FrameState, StoryWorld,
-                                 item_offset, render_frame)
+from ardiff.worlds.story import (
+    BACKGROUNDS,
+    ITEM_COLOURS,
+    KIND_NAMES,
+    SIZES,
+    FrameState,
+    StoryWorld,
+    item_offset,
+    render_frame,
+)
 from ardiff.worlds.text import ATTRIBUTES, StoryTextEncoder, build_vocab, sentence_attributes
 
 
@@ -115,7 +123,7 @@ def test_shipped_reader_reads_held_out_renders():
 
 
 def test_datasets_give_frames_and_sentence_vectors():
-    from ardiff.data.story import StoryDataset, StoryFrameDataset
+    from ardiff.worlds.datasets import StoryDataset, StoryFrameDataset
 
     stories = StoryDataset("train", length=6, num_stories=10)
     x, c = stories[3]

@@ -179,7 +179,8 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="not divisible by processes"):
         Trainer(run_config(tmp_path, batch_size=6, grad_accum=4), dataset=synthetic_dataset(), progress=False)
     bad = TensorDataset(torch.zeros(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"dataset samples have shape \(3, 28, 28\) but the model expects \(1, 28, 28\)"):
+    with pytest.raises(ValueError,
+                       match=r"dataset samples have shape \(3, 28, 28\) but the model expects \(1, 28, 28\)"):
         Trainer(run_config(tmp_path), dataset=bad, progress=False)
 
 
@@ -190,15 +191,15 @@ def test_all_shipped_configs_parse():
 
 
 def test_activation_checkpointing_same_gradients():
-    from conftest import tiny_model
     from ardiff import training_loss
+    from helpers import tiny_model
 
     grads = []
     for ckpt_on in (False, True):
         model = tiny_model(dtype=torch.float64).train()
         model.gradient_checkpointing = ckpt_on
-        loss = training_loss(model, torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
-                             torch.tensor([1, 2]), generator=torch.Generator().manual_seed(1))
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        loss = training_loss(model, x, torch.tensor([1, 2]), generator=torch.Generator().manual_seed(1))
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):

@@ -11,8 +11,8 @@
 
 from ardiff.acdc.base import ARM, Correction, Corrector, IdentityMemory, Memory
 from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
-from ardiff.acdc.sdedit import SDEditSchedule, sdedit_schedule
 from ardiff.acdc.pipeline import ACDCPipeline, ACDCResult, ChunkRecord, match_color
+from ardiff.acdc.sdedit import SDEditSchedule, sdedit_schedule
 
 __all__ = [
     "ARM", "Correction", "Corrector", "IdentityMemory", "Memory",

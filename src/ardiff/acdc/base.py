@@ -12,8 +12,9 @@ re-encoded, and the corrected chunk is what the ARM continues from.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -25,8 +25,9 @@ SDXL-style UNets with added conditioning are refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

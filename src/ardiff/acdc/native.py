@@ -9,7 +9,8 @@ context (diffusion correction *inside* the ACDiT block loop).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -201,8 +202,9 @@ class NativeCorrector(Corrector):
                     else torch.as_tensor(cond, dtype=model.dtype, device=model.device).expand(F, -1))
         else:  # one prompt per frame: a batch of different frames corrected at once
             if len(prompt) != F:
-                raise ValueError(f"NativeCorrector: {len(prompt)} prompts for {F} {'clips' if c.is_video else 'frames'} "
-                                 f"(give one, or one per {'clip' if c.is_video else 'frame'})")
+                unit = "clip" if c.is_video else "frame"
+                raise ValueError(f"NativeCorrector: {len(prompt)} prompts for {F} {unit}s "
+                                 f"(give one, or one per {unit})")
             conds = [self.prompt_to_cond(p) for p in prompt]
             cond = (torch.tensor(conds, device=model.device) if isinstance(conds[0], int)
                     else torch.stack([torch.as_tensor(c, dtype=model.dtype) for c in conds]).to(model.device))

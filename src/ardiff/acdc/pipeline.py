@@ -9,8 +9,9 @@ ARM's context. Story mode: one prompt per frame. Video mode: one prompt; the fir
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

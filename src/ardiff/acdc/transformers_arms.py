@@ -29,8 +29,9 @@ uses [-1, 1] as is. Nothing is resized.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

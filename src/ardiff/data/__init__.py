@@ -1,55 +1,16 @@
-"""Datasets. :func:`build_dataset` maps a run's ``data`` section to a dataset."""
+"""Generic datasets: Fashion-MNIST, Moving Fashion-MNIST, image and video folders, latent caches.
+
+Datasets are built from a run's ``data`` section by :func:`ardiff.train.datasets.build_dataset`,
+which also knows the story world's datasets (:mod:`ardiff.worlds.datasets`).
+"""
 
 from ardiff.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist
 from ardiff.data.image_folder import ImageFolder
-from ardiff.data.latents import LatentDataset, decode_latents, encode_latent_cache, load_vae
+from ardiff.data.latents import LatentDataset, VAERecord, decode_latents, encode_latent_cache, load_vae
 from ardiff.data.moving_fmnist import MovingFashionMNIST
 from ardiff.data.video_folder import VideoFolder
 
-DATASETS = ("fashion_mnist", "moving_fashion_mnist", "stories", "story_frames", "image_folder", "video_folder",
-            "latents")
-
-
-def _image_size(data_config, model_config) -> int:
-    """``data.image_size``, else the model's spatial size (input_size is (H, W) or (F, H, W))."""
-    if data_config.image_size is not None:
-        return data_config.image_size
-    if model_config is None:
-        raise ValueError(f"data.image_size is required for data.name={data_config.name!r} "
-                         f"when no model config gives the input size")
-    return model_config.input_size[-1]
-
-
-def build_dataset(data_config, model_config=None):
-    name = data_config.name
-    if name == "fashion_mnist":
-        # image_size pads the 28x28 items onto a larger canvas (e.g. 32 for 4x4 patches)
-        return FashionMNIST(data_config.root, data_config.split, pad_to=data_config.image_size)
-    c = data_config
-    if name == "moving_fashion_mnist":
-        return MovingFashionMNIST(c.split, c.root, c.num_frames, c.canvas_size, c.num_items, c.speed,
-                                  c.num_videos, c.seed)
-    if name == "stories":
-        from ardiff.data.story import StoryDataset
-
-        return StoryDataset(c.split, c.root, c.num_frames, c.num_videos, c.text_encoder, c.seed)
-    if name == "story_frames":
-        from ardiff.data.story import StoryFrameDataset
-
-        return StoryFrameDataset(c.split, c.root, c.num_videos, c.text_encoder, c.seed)
-    if name not in DATASETS:
-        raise ValueError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(DATASETS)}")
-    if c.root is None:
-        raise ValueError(f"data.root is required for data.name={name}")
-    if name == "image_folder":
-        return ImageFolder(c.root, _image_size(c, model_config), c.hflip, c.skip_corrupt, c.seed)
-    if name == "video_folder":
-        return VideoFolder(c.root, _image_size(c, model_config), c.num_frames, c.frame_stride, c.hflip,
-                           c.skip_corrupt, c.seed)
-    return LatentDataset(c.root)
-
-
 __all__ = [
-    "DATASETS", "FASHION_MNIST_CLASSES", "FashionMNIST", "ImageFolder", "LatentDataset", "MovingFashionMNIST",
-    "VideoFolder", "build_dataset", "decode_latents", "encode_latent_cache", "load_fashion_mnist", "load_vae",
+    "FASHION_MNIST_CLASSES", "FashionMNIST", "ImageFolder", "LatentDataset", "MovingFashionMNIST", "VAERecord",
+    "VideoFolder", "decode_latents", "encode_latent_cache", "load_fashion_mnist", "load_vae",
 ]

@@ -17,19 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ardiff.utils.seeding import seeded_generator
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def seeded_generator(*keys: int) -> torch.Generator:
-    """A torch generator that is a pure function of ``keys`` (e.g. dataset seed and index).
-
-    Random choices made per sample (flip, clip start, moving items) come from such a
-    generator instead of the global RNG, so a sample is the same whichever worker loads it
-    and in whatever order: training runs and resumes reproduce. ``SeedSequence`` mixes the
-    keys, so neighbouring indices get unrelated streams.
-    """
-    state = np.random.SeedSequence([k % 2**64 for k in keys]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:

@@ -11,6 +11,7 @@ Videos (3, F, H, W) are encoded frame by frame into (C, F, h, w).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import os
 import struct
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
+
+from ardiff.utils.io import atomic_save_safetensors, atomic_write_json
 
 CACHE_FORMAT = "ardiff-latents"
 CACHE_VERSION = 1
@@ -44,11 +46,48 @@ def load_vae(vae_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     return AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``: readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+@dataclasses.dataclass(frozen=True)
+class VAERecord:
+    """The VAE that turns a latent model's samples into pixels, as recorded with the model
+    (``_vae`` in its config.json) and with a latent cache (``meta.json``)."""
+
+    path: str  # a local diffusers AutoencoderKL directory
+    scaling_factor: float
+    shift_factor: float = 0.0
+
+    @classmethod
+    def from_dict(cls, record: dict, source: str = "_vae") -> "VAERecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(record, dict) or "path" not in record or "scaling_factor" not in record \
+                or set(record) - known:
+            raise ValueError(f"{source}: a VAE record holds path, scaling_factor and optionally shift_factor; "
+                             f"got {record!r}")
+        return cls(str(record["path"]), float(record["scaling_factor"]), float(record.get("shift_factor", 0.0)))
+
+    @classmethod
+    def recorded(cls, model_dir: str | os.PathLike) -> "VAERecord | None":
+        """The VAE recorded with a model, or None for a pixel-space model."""
+        from ardiff.models.checkpoint import load_extras
+
+        record = load_extras(model_dir).get("vae")
+        return None if record is None else cls.from_dict(record, f"{model_dir}/config.json: _vae")
+
+    @classmethod
+    def from_cache_meta(cls, meta) -> "VAERecord | None":
+        """The VAE a latent cache was encoded with (None for a dataset that is not a cache)."""
+        if not isinstance(meta, dict) or "vae_dir" not in meta:
+            return None
+        return cls(str(meta["vae_dir"]), float(meta["scaling_factor"]), float(meta.get("shift_factor", 0.0)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load(self, device: str | torch.device = "cpu"):
+        return load_vae(self.path, device)
+
+    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """Model-space latents -> images/clips in [-1, 1]."""
+        return decode_latents(vae, latents, self.scaling_factor, self.shift_factor)
 
 
 def _encode(vae, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +132,7 @@ def encode_latent_cache(dataset: Dataset, vae_dir: str | os.PathLike, out_dir: s
 
     def write_shard(z: torch.Tensor, y: torch.Tensor) -> None:
         name = shard_name(len(shards))
-        _atomic_write(out_dir / name, lambda tmp: save_file({"latents": z.contiguous(), "labels": y.contiguous()}, tmp))
+        atomic_save_safetensors({"latents": z, "labels": y}, out_dir / name)
         shards.append({"file": name, "count": len(y)})
 
     for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -120,7 +159,7 @@ def encode_latent_cache(dataset: Dataset, vae_dir: str | os.PathLike, out_dir: s
         "num_classes": getattr(dataset, "num_classes", None),
         "shards": shards,
     }
-    _atomic_write(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    atomic_write_json(out_dir / "meta.json", meta, indent=2)
     return meta
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ardiff.data.fashion_mnist import FILES, load_fashion_mnist
-from ardiff.data.image_folder import seeded_generator
+from ardiff.utils.seeding import seeded_generator
 
 ITEM_SIZE = 28
 SPLIT_KEYS = {split: k for k, split in enumerate(FILES)}  # train: 0, test: 1

@@ -27,7 +27,7 @@ def count_frames(path: Path) -> int:
     """
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+            raise ValueError(f"cannot decode video {path}: it has no video stream")
         stream = container.streams.video[0]
         return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
 

@@ -48,7 +48,8 @@ def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, b
     for start in chunks:
         y = labels[start : start + batch_size]
         out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, scheduler=sampler,
-                          clip_denoised=clip_denoised, generator=make_generators(range(seed + start, seed + start + len(y)), model.device)).cpu())
+                          clip_denoised=clip_denoised,
+                          generator=make_generators(range(seed + start, seed + start + len(y)), model.device)).cpu())
     return torch.cat(out), labels
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ASSET = Path(__file__).resolve().parents[1] / "assets" / "fmnist_classifier.safetensors"
+from ardiff.models.resolve import ASSETS_DIR
+
+ASSET = ASSETS_DIR / "fmnist_classifier.safetensors"
 FEATURE_DIM = 128
 
 
@@ -68,7 +70,7 @@ def to_classifier_input(x: torch.Tensor) -> torch.Tensor:
     cx = (mass.sum(1) * torch.arange(w, device=x.device)).sum(1) / total
     top = (cy - 13.5).round().long().clamp(0, h - 28)
     left = (cx - 13.5).round().long().clamp(0, w - 28)
-    return torch.stack([x[i, :, t : t + 28, l : l + 28] for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+    return torch.stack([x[i, :, t : t + 28, s : s + 28] for i, (t, s) in enumerate(zip(top.tolist(), left.tolist()))])
 
 
 @torch.no_grad()

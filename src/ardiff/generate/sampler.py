@@ -9,21 +9,29 @@ step: the reference path.
 
 Classifier-free guidance runs the conditional and unconditional branches as two noisy
 groups of one sequence: the label-independent clean context is computed once for both.
+
+Layout: checks and preparation are named helpers below; the context step (ride, separate,
+rebuild after the window slid) lives in :mod:`ardiff.generate.context`; :func:`sample` is
+the block loop.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ardiff.diffusion.schedule import DEFAULT_SAMPLER, check_sampler, sampling_scheduler
+from ardiff.diffusion.schedule import DEFAULT_SAMPLER, sampling_scheduler
 from ardiff.generate.cache import KVCache
+from ardiff.generate.context import blocks_to_input, check_frame_blocks, context_schedule, update_context
+from ardiff.generate.settings import SamplingSettings
+from ardiff.utils.seeding import make_generators
+
+__all__ = ["BlockEvent", "BlockHook", "SamplingSettings", "blocks_to_input", "context_schedule", "make_generators",
+           "sample"]
 
 
 @dataclass
@@ -40,52 +48,9 @@ class BlockEvent:
 BlockHook = Callable[[BlockEvent], "torch.Tensor | None"]
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How a model is meant to be sampled: the settings its training run recorded with it
-    (``_sampling`` in config.json, as tuned), which the CLI, ``ardiff eval`` and the demo use
-    unless told otherwise."""
-
-    cfg_scale: float = 1.5
-    num_steps: int = 25
-    sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
-    clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
-
-    def __post_init__(self):
-        check_sampler(self.sampler)
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps={self.num_steps} must be >= 1")
-
-    @classmethod
-    def recorded(cls, model_dir: str | os.PathLike) -> "SamplingSettings":
-        """The settings recorded in ``model_dir``; defaults for what it does not record."""
-        from ardiff.models.checkpoint import load_extras
-
-        raw = load_extras(model_dir).get("sampling", {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{model_dir}/config.json: unknown _sampling keys {unknown}; known: {sorted(known)}")
-        return cls(**raw)
-
-    def but(self, **changes) -> "SamplingSettings":
-        """A copy with the given fields changed; ``None`` values keep the recorded ones."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def scheduler(self, model_config):
-        return sampling_scheduler(model_config, self.sampler, self.clip_denoised)
-
-    def sample_kwargs(self) -> dict:
-        """These settings as keyword arguments of :func:`sample`."""
-        return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.sampler,
-                    clip_denoised=self.clip_denoised)
-
-
-def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
-    """One generator per sample: sample i then does not depend on the rest of the batch."""
-    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-
+# ---------------------------------------------------------------------------
+#                       Checks and preparation
+# ---------------------------------------------------------------------------
 def _batch_size(cond, generator, batch_size) -> int:
     if cond is not None:
         return cond.shape[0]
@@ -96,78 +61,77 @@ def _batch_size(cond, generator, batch_size) -> int:
     return batch_size
 
 
-def context_schedule(num_blocks: int, trained_blocks: int, window: int | None = None,
-                     sink_blocks: int = 0) -> list[tuple[int, ...]]:
-    """The clean context of every block: all earlier blocks, or with a rolling ``window``
-    the first ``sink_blocks`` blocks plus the last ``window`` ones.
-
-    Positions are re-based: block i is denoised at position ``len(context)``, with its
-    context at positions 0.., so the model only ever sees positions it was trained on. While
-    nothing has been dropped this is the plain schedule, and sampling is unchanged.
-    """
-    if window is None:
-        if num_blocks > trained_blocks:
-            raise ValueError(f"num_blocks={num_blocks} is past the model's trained length of {trained_blocks} blocks; "
-                             f"pass window=W (and optionally sink_blocks) to roll the KV window")
-        return [tuple(range(i)) for i in range(num_blocks)]
-    if window < 1 or sink_blocks < 0:
-        raise ValueError(f"window={window} must be >= 1 and sink_blocks={sink_blocks} >= 0")
-    if sink_blocks + window > trained_blocks - 1:
-        raise ValueError(f"sink_blocks + window = {sink_blocks + window} context blocks put the new block at position "
-                         f"{sink_blocks + window}, past the trained positions 0..{trained_blocks - 1}; "
-                         f"use sink_blocks + window <= {trained_blocks - 1}")
-    out = []
-    for i in range(num_blocks):
-        if i <= sink_blocks + window:
-            out.append(tuple(range(i)))
-        else:
-            out.append(tuple(range(sink_blocks)) + tuple(range(i - window, i)))
-    return out
+def _check_arguments(cfg, B: int, N: int, generator, prefix, context_pass: str, output: str) -> int:
+    """Raise on inconsistent arguments; returns the number of prefix blocks."""
+    if context_pass not in ("ride", "separate"):
+        raise ValueError(f"context_pass={context_pass!r}; use 'ride' or 'separate'")
+    if N != cfg.num_blocks and output == "input":
+        check_frame_blocks(cfg)
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"got {len(generator)} generators for a batch of {B}")
+    K = 0 if prefix is None else prefix.shape[1]
+    S, P = cfg.block_size, cfg.patch_dim
+    if prefix is not None and (prefix.dim() != 4 or prefix.shape[0] != B or tuple(prefix.shape[2:]) != (S, P)
+                               or K > N):
+        raise ValueError(f"prefix must be (batch={B}, K<={N}, block_size={S}, patch_dim={P}) clean blocks; "
+                         f"got {tuple(prefix.shape)}")
+    return K
 
 
-def _check_frame_blocks(cfg) -> None:
-    if not (cfg.is_video and cfg.block_layout == "raster" and cfg.block_size % cfg.tokens_per_frame == 0):
-        raise ValueError("generating a number of blocks other than the model's needs a video model whose blocks "
-                         "are whole frames (block_layout='raster', block_size a multiple of a frame)")
+def _prepare_conditions(model, cond, B: int, N: int, guided: bool):
+    """The condition embeddings (B, 1 or N, D) and, under guidance, the null ones (B, 1, D)."""
+    cond_emb = model.embed_condition(cond)
+    if cond_emb is not None and cond_emb.shape[0] != B:
+        cond_emb = cond_emb.expand(B, -1, -1)
+    null_emb = None
+    if guided:
+        null_emb = model.null_condition(B)
+        if null_emb is None:
+            raise ValueError("cfg_scale != 1 needs a conditional model (num_classes or cond_dim > 0)")
+    if cond_emb is not None and cond_emb.shape[1] not in (1, N):
+        raise ValueError(f"per-block conditions must cover all {N} blocks, got {cond_emb.shape[1]}")
+    return cond_emb, null_emb
 
 
-def blocks_to_input(model, blocks: torch.Tensor) -> torch.Tensor:
-    """(B, N, S, P) -> (B, C, *input_size), also for N past the trained length of a video
-    model with whole-frame blocks (frames are concatenated)."""
-    cfg = model.config
-    T, N = cfg.num_blocks, blocks.shape[1]
-    if N == T:
-        return model.from_blocks(blocks)
-    _check_frame_blocks(cfg)
-    pad = (-N) % T
-    if pad:
-        blocks = torch.cat([blocks, blocks.new_zeros(blocks.shape[0], pad, *blocks.shape[2:])], dim=1)
-    chunks = [model.from_blocks(c) for c in blocks.split(T, dim=1)]
-    frames = (N * cfg.block_size) // cfg.tokens_per_frame
-    return torch.cat(chunks, dim=2)[:, :, :frames]
+def _prepare_scheduler(cfg, scheduler, clip_denoised: bool):
+    if scheduler is None or isinstance(scheduler, str):
+        return sampling_scheduler(cfg, scheduler or DEFAULT_SAMPLER, clip_denoised)
+    if clip_denoised:
+        raise ValueError("clip_denoised=True needs a sampler given by name; set clipping on the scheduler "
+                         "object instead (thresholding / clip_sample in its config)")
+    return scheduler
 
 
+def _group_conditions(cond_emb, null_emb, index: int) -> torch.Tensor | None:
+    """Block ``index``'s condition per noisy group: (B, 1, D), or (B, 2, D) with the null
+    condition as the second group under guidance."""
+    emb = None if cond_emb is None else cond_emb[:, index if cond_emb.shape[1] > 1 else 0]
+    if null_emb is not None:
+        return torch.stack([emb, null_emb[:, 0]], dim=1)
+    return emb[:, None] if emb is not None else None
+
+
+def _finish_block(on_block_end, index, x, blocks, cache, model) -> torch.Tensor:
+    """The finished block, or the replacement ``on_block_end`` returns for it."""
+    if on_block_end is None:
+        return x
+    replacement = on_block_end(BlockEvent(index, x, blocks[:, :index], cache, model))
+    if replacement is None:
+        return x
+    if replacement.shape != x.shape:
+        raise ValueError(f"on_block_end returned shape {tuple(replacement.shape)}, expected {tuple(x.shape)}")
+    return replacement.to(device=x.device, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------
+#                              The block loop
+# ---------------------------------------------------------------------------
 @torch.no_grad()
-def sample(
-    model,
-    cond: torch.Tensor | None = None,
-    *,
-    num_steps: int = 25,
-    cfg_scale: float = 1.0,
-    scheduler=None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    use_cache: bool = True,
-    context_pass: str = "ride",
-    on_block_end: BlockHook | None = None,
-    batch_size: int | None = None,
-    progress: bool = False,
-    output: str = "input",
-    num_blocks: int | None = None,
-    window: int | None = None,
-    sink_blocks: int = 0,
-    prefix: torch.Tensor | None = None,
-    clip_denoised: bool = False,
-) -> torch.Tensor:
+def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_scale: float = 1.0, scheduler=None,
+           generator: torch.Generator | list[torch.Generator] | None = None, use_cache: bool = True,
+           context_pass: str = "ride", on_block_end: BlockHook | None = None, batch_size: int | None = None,
+           progress: bool = False, output: str = "input", num_blocks: int | None = None, window: int | None = None,
+           sink_blocks: int = 0, prefix: torch.Tensor | None = None, clip_denoised: bool = False) -> torch.Tensor:
     """Generate samples block by block.
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
@@ -192,81 +156,41 @@ def sample(
         models; see ``diffusion.schedule.sampling_scheduler``). Only with a sampler given by
         name: a scheduler object carries its own clipping settings.
     """
-    if context_pass not in ("ride", "separate"):
-        raise ValueError(f"context_pass={context_pass!r}; use 'ride' or 'separate'")
-    cfg = model.config
-    device, dtype = model.device, model.dtype
+    cfg, device, dtype = model.config, model.device, model.dtype
     B = _batch_size(cond, generator, batch_size)
     T, S, P = cfg.num_blocks, cfg.block_size, cfg.patch_dim
     N = T if num_blocks is None else int(num_blocks)
     contexts = context_schedule(N, T, window, sink_blocks)
-    if N != T and output == "input":
-        _check_frame_blocks(cfg)
-    if isinstance(generator, (list, tuple)) and len(generator) != B:
-        raise ValueError(f"got {len(generator)} generators for a batch of {B}")
-    K = 0 if prefix is None else prefix.shape[1]
-    if prefix is not None and (prefix.dim() != 4 or prefix.shape[0] != B or tuple(prefix.shape[2:]) != (S, P)
-                               or K > N):
-        raise ValueError(f"prefix must be (batch={B}, K<={N}, block_size={S}, patch_dim={P}) clean blocks; "
-                         f"got {tuple(prefix.shape)}")
-
+    K = _check_arguments(cfg, B, N, generator, prefix, context_pass, output)
     guided = cfg_scale != 1.0
-    cond_emb = model.embed_condition(cond)
-    if cond_emb is not None and cond_emb.shape[0] != B:
-        cond_emb = cond_emb.expand(B, -1, -1)
-    if guided:
-        null_emb = model.null_condition(B)
-        if null_emb is None:
-            raise ValueError("cfg_scale != 1 needs a conditional model (num_classes or cond_dim > 0)")
-    if cond_emb is not None and cond_emb.shape[1] not in (1, N):
-        raise ValueError(f"per-block conditions must cover all {N} blocks, got {cond_emb.shape[1]}")
+    groups = 2 if guided else 1
+    cond_emb, null_emb = _prepare_conditions(model, cond, B, N, guided)
+    base_scheduler = _prepare_scheduler(cfg, scheduler, clip_denoised)
 
-    if scheduler is None or isinstance(scheduler, str):
-        base_scheduler = sampling_scheduler(cfg, scheduler or DEFAULT_SAMPLER, clip_denoised)
-    elif clip_denoised:
-        raise ValueError("clip_denoised=True needs a sampler given by name; set clipping on the scheduler "
-                         "object instead (thresholding / clip_sample in its config)")
-    else:
-        base_scheduler = scheduler
     blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)
     if K:
         blocks[:, :K] = prefix.to(device, dtype)
-    max_context = max(len(c) for c in contexts)
-    cache = (KVCache.allocate(model, B, max_context_blocks=max_context, max_groups=2 if guided else 1)
+    cache = (KVCache.allocate(model, B, max_context_blocks=max(len(c) for c in contexts), max_groups=groups)
              if use_cache else None)
     cached: tuple[int, ...] = ()  # blocks whose K/V the cache holds, in position order
-
     block_iter = range(K, N)
     if progress:
         from tqdm.auto import tqdm
 
         block_iter = tqdm(block_iter, desc="blocks", unit="block")
     for i in block_iter:
-        context = contexts[i]
-        position = len(context)
+        context, position = contexts[i], len(contexts[i])
         pending_clean = None  # the previous block, riding on this block's first step
-        if use_cache and context != cached:
-            if context[:-1] == cached and context[-1] == i - 1:  # the previous block joins the context
-                if context_pass == "ride":
-                    pending_clean = blocks[:, i - 1 : i]
-                else:
-                    model.run(clean=blocks[:, i - 1 : i], clean_first_block=position - 1, cache=cache)
-            else:  # the window slid: rebuild the cache from the kept blocks at re-based positions
-                cache.reset()
-                model.run(clean=blocks[:, list(context)], clean_first_block=0, cache=cache)
+        if use_cache:
+            pending_clean = update_context(model, cache, blocks, i, context, cached, context_pass)
             cached = context
         sched = copy.deepcopy(base_scheduler)
         sched.set_timesteps(num_steps, device=device)
         x = randn_tensor((B, S, P), generator=generator, device=device, dtype=dtype) * sched.init_noise_sigma
-        emb_i = None if cond_emb is None else cond_emb[:, i if cond_emb.shape[1] > 1 else 0]
-        group_emb = emb_i[:, None] if emb_i is not None else None
-        if guided:
-            group_emb = torch.stack([emb_i, null_emb[:, 0]], dim=1)
-        groups = 2 if guided else 1
+        group_emb = _group_conditions(cond_emb, null_emb, i)
         for t in sched.timesteps:
             x_in = sched.scale_model_input(x, t)
-            t_batch = torch.as_tensor(t, device=device).expand(B, groups)
-            c = model.condition_vectors(t_batch, group_emb)
+            c = model.condition_vectors(torch.as_tensor(t, device=device).expand(B, groups), group_emb)
             noisy = x_in[:, None].expand(B, groups, S, P)
             if use_cache:
                 eps = model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c,
@@ -277,13 +201,5 @@ def sample(
                                 clean=blocks[:, list(context)] if context else None)
             eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if guided else eps[:, 0]
             x = sched.step(eps, t, x, generator=generator).prev_sample
-        if on_block_end is not None:
-            replacement = on_block_end(BlockEvent(i, x, blocks[:, :i], cache, model))
-            if replacement is not None:
-                if replacement.shape != x.shape:
-                    raise ValueError(f"on_block_end returned shape {tuple(replacement.shape)}, expected {tuple(x.shape)}")
-                x = replacement.to(device=device, dtype=dtype)
-        blocks[:, i] = x
-    if output == "blocks":
-        return blocks
-    return blocks_to_input(model, blocks)
+        blocks[:, i] = _finish_block(on_block_end, i, x, blocks, cache, model)
+    return blocks if output == "blocks" else blocks_to_input(model, blocks)

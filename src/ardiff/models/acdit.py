@@ -222,7 +222,8 @@ class ACDiT(nn.Module):
         expected = (c.in_channels, *c.input_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"input of shape {tuple(x.shape)} does not match the model: expected (B, {', '.join(map(str, expected))})"
+                f"input of shape {tuple(x.shape)} does not match the model: "
+                f"expected (B, {', '.join(map(str, expected))})"
                 f" = (batch, channels, {'frames, ' if c.is_video else ''}height, width)"
             )
         B, p, n_lead = x.shape[0], c.patch_size, len(c.input_size) - 2

@@ -1,7 +1,7 @@
 """Model directories: ``config.json`` + ``model.safetensors`` (no pickles).
 
-Writes are atomic: every file is written under a temporary name and renamed into place,
-so an interrupted save never leaves a half-written model behind.
+Writes are atomic (:mod:`ardiff.utils.io`): an interrupted save never leaves a half-written
+model behind.
 """
 
 from __future__ import annotations
@@ -11,30 +11,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ardiff.models.config import ACDiTConfig
+from ardiff.utils.io import atomic_save_safetensors, atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "ardiff.acdit"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_pretrained(model, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,

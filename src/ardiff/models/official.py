@@ -20,15 +20,17 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from ardiff.models.acdit import ACDiT
-from ardiff.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_bytes
+from ardiff.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ardiff.models.config import PRESETS, ACDiTConfig
 from ardiff.nn.rope import OFFICIAL_HEAD_DIM
+from ardiff.utils.io import atomic_write_bytes
 
 ARGS_NAME = "official_args.json"
 SAFE_GLOBALS = [argparse.Namespace]  # everything else a pickle may hold is refused
@@ -129,7 +131,8 @@ def load_official_checkpoint(
         raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from None
 
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}; an official checkpoint is a dict with 'model' and 'args'")
+        raise ValueError(f"{path} holds a {type(ckpt).__name__}; an official checkpoint is a dict with 'model' "
+                         f"and 'args'")
     keys = sorted(map(str, ckpt))
     if use_ema and "ema" in ckpt:
         which = "ema"

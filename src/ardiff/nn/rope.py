@@ -18,7 +18,7 @@ in their tables and in the channel groups that rotate-half swaps:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -97,7 +97,8 @@ class RopeND:
                 exponent = torch.arange(half, dtype=torch.float64, device="cpu") * 2 / width
             else:
                 base = official_base(length)
-                exponent = torch.linspace(0, OFFICIAL_HEAD_DIM, half, dtype=torch.float64, device="cpu") / OFFICIAL_HEAD_DIM
+                exponent = (torch.linspace(0, OFFICIAL_HEAD_DIM, half, dtype=torch.float64, device="cpu")
+                            / OFFICIAL_HEAD_DIM)
             freqs.append(float(base) ** -exponent)
         return freqs
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ardiff.models.checkpoint import CONFIG_NAME, atomic_save_safetensors, atomic_write_bytes
+from ardiff.models.checkpoint import CONFIG_NAME
+from ardiff.utils.io import atomic_save_safetensors, atomic_write_bytes
 
 LATEST = "latest"
 

@@ -21,7 +21,8 @@ from ardiff.models.config import ACDiTConfig
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | moving_fashion_mnist | stories | story_frames | image_folder | video_folder | latents
+    # fashion_mnist | moving_fashion_mnist | stories | story_frames | image_folder | video_folder | latents
+    name: str = "fashion_mnist"
     root: str | None = None  # dataset directory (None: the dataset's default location)
     split: str = "train"
     image_size: int | None = None  # folders: centre crop + resize to this size; fashion_mnist: pad to it

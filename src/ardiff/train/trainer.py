@@ -21,10 +21,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ardiff.data.latents import VAERecord
 from ardiff.diffusion.schedule import DiffusionLoss, draw_training_randomness
 from ardiff.models.acdit import ACDiT
+from ardiff.models.resolve import resolve_model_dir
 from ardiff.train import checkpoint as ckpt
 from ardiff.train.config import RunConfig
+from ardiff.utils.seeding import EXAMPLE_DRAW_STREAM, TRAINING_NOISE_STREAM, hashed_seed
+from ardiff.utils.seeding import generator as seeded
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,13 +46,6 @@ def wsd_lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> 
     return 1.0
 
 
-def _seed_for(*parts: int) -> int:
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
-
-
 def initialise_from(model: ACDiT, directory: str) -> None:
     """Copy every weight of the model saved in ``directory`` into ``model`` (fine-tuning).
 
@@ -60,10 +57,10 @@ def initialise_from(model: ACDiT, directory: str) -> None:
     """
     from safetensors.torch import load_file
 
-    builtin = Path(__file__).resolve().parents[1] / "assets" / "models" / str(directory)
-    path = Path(directory) / "model.safetensors"
-    if not path.is_file() and (builtin / "model.safetensors").is_file():
-        path = builtin / "model.safetensors"  # a built-in model's name, e.g. "fmnist"
+    try:
+        path = resolve_model_dir(directory) / "model.safetensors"
+    except FileNotFoundError:
+        path = Path(directory) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"train.init_from={directory!r}: no model.safetensors there "
                                 f"(point it at a directory written by save_pretrained, e.g. runs/NAME/model)")
@@ -97,7 +94,7 @@ class Trainer:
         self.progress = progress and self.is_main
 
         if dataset is None:
-            from ardiff.data import build_dataset
+            from ardiff.train.datasets import build_dataset
 
             dataset = build_dataset(run.data, run.model)
         self.dataset = dataset
@@ -105,9 +102,7 @@ class Trainer:
         self.example_weights = self._example_weights()
         # Latent datasets record their VAE: exported models and sample grids decode with it.
         meta = getattr(dataset, "meta", None)
-        self.vae_info = ({"path": meta["vae_dir"], "scaling_factor": meta["scaling_factor"],
-                          "shift_factor": meta.get("shift_factor", 0.0)} if isinstance(meta, dict)
-                         and "vae_dir" in meta else None)
+        self.vae = VAERecord.from_cache_meta(meta)
         self._vae = None
 
         torch.manual_seed(self.cfg.seed)  # weight init
@@ -116,7 +111,8 @@ class Trainer:
             initialise_from(self.model, self.cfg.init_from)
         if self.cfg.activation_checkpointing:
             self.model.gradient_checkpointing = True
-        self.objective = self._wrap(DiffusionLoss(self.model, self.cfg.block_loss_weights))  # FSDP2 swaps parameters for DTensors here
+        # FSDP2 swaps parameters for DTensors here
+        self.objective = self._wrap(DiffusionLoss(self.model, self.cfg.block_loss_weights))
         self.names = {p: n for n, p in self.model.named_parameters()}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
@@ -195,12 +191,12 @@ class Trainer:
     def global_indices(self, step: int) -> torch.Tensor:
         n, B = len(self.dataset), self.cfg.batch_size
         if self.example_weights is not None:  # class-weighted: a with-replacement draw per step
-            g = torch.Generator().manual_seed(_seed_for(self.cfg.seed, 77, step))
+            g = seeded(hashed_seed(self.cfg.seed, EXAMPLE_DRAW_STREAM, step))
             return torch.multinomial(self.example_weights, B, replacement=True, generator=g)
         start, out = step * B, []
         while len(out) < B:
             epoch, offset = divmod(start + len(out), n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(self.cfg.seed, epoch)))
+            perm = torch.randperm(n, generator=seeded(hashed_seed(self.cfg.seed, epoch)))
             out.extend(perm[offset : offset + B - len(out)].tolist())
         return torch.tensor(out)
 
@@ -266,7 +262,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         indices = self.global_indices(self.step)
-        gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 1_000_003, self.step))
+        gen = seeded(hashed_seed(cfg.seed, TRAINING_NOISE_STREAM, self.step))
         t, noise, drop = draw_training_randomness(self.run.model, cfg.batch_size, gen, self.device,
                                                   cond_drop_prob=cfg.class_dropout)
         self.optimizer.zero_grad(set_to_none=True)
@@ -366,20 +362,18 @@ class Trainer:
         # and so does what it was trained on (eval draws its reference clips from the same data).
         extra = {"_sampling": dataclasses.asdict(self.run.sample.settings()),
                  "_data": dataclasses.asdict(self.run.data)}
-        if self.vae_info:
-            extra["_vae"] = self.vae_info
+        if self.vae:
+            extra["_vae"] = self.vae.to_dict()
         return save_pretrained(model, self.out / "model", extra_config=extra)
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Latents -> pixels with the dataset's VAE (identity in pixel space)."""
-        if self.vae_info is None:
+        if self.vae is None:
             return samples
-        from ardiff.data.latents import decode_latents, load_vae
-
         if self._vae is None:
-            self._vae = load_vae(self.vae_info["path"], self.device)
+            self._vae = self.vae.load(self.device)
         with torch.no_grad():
-            return decode_latents(self._vae, samples, self.vae_info["scaling_factor"], self.vae_info["shift_factor"])
+            return self.vae.decode(self._vae, samples)
 
     def sample_grid(self) -> Path | None:
         if not self.is_main or self.run.sample.num_images <= 0:

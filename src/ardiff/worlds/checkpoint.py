@@ -1,6 +1,6 @@
 """Model directories for the story world's small networks (config.json + model.safetensors).
 
-Written atomically with the project's checkpoint helpers; config keys starting with "_"
+Written atomically (:mod:`ardiff.utils.io`); config keys starting with "_"
 are records (the class, held-out accuracy), not constructor arguments.
 """
 
@@ -11,19 +11,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ardiff.models.checkpoint import atomic_save_safetensors, atomic_write_bytes
-
-
-def resolve_world_model(name_or_path) -> Path:
-    """A directory, or the name of a shipped model under ``ardiff/assets/models``."""
-    path = Path(name_or_path)
-    if (path / "config.json").is_file():
-        return path
-    builtin = Path(__file__).resolve().parents[1] / "assets" / "models" / str(name_or_path)
-    if (builtin / "config.json").is_file():
-        return builtin
-    raise FileNotFoundError(f"{name_or_path!r} is neither a model directory (config.json + model.safetensors) "
-                            f"nor a shipped model under {builtin.parent}")
+from ardiff.models.resolve import resolve_model_dir
+from ardiff.utils.io import atomic_save_safetensors, atomic_write_bytes
 
 
 def save_world_model(model: nn.Module, directory, config: dict) -> Path:
@@ -40,7 +29,7 @@ def load_world_model(cls, name_or_path):
     """``cls(**config)`` with the saved weights, in eval mode."""
     from safetensors.torch import load_file
 
-    directory = resolve_world_model(name_or_path)
+    directory = resolve_model_dir(name_or_path)
     config = json.loads((directory / "config.json").read_text())
     model = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
     model.load_state_dict(load_file(str(directory / "model.safetensors")))

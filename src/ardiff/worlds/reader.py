@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ardiff.worlds.story import BACKGROUNDS, ITEM_COLOURS, KIND_NAMES, SIZES, FrameState, StoryWorld
 from ardiff.worlds.checkpoint import load_world_model, save_world_model
+from ardiff.worlds.story import BACKGROUNDS, ITEM_COLOURS, KIND_NAMES, SIZES, FrameState, StoryWorld
 
 READ_ATTRIBUTES = {"kind": KIND_NAMES, "colour": tuple(ITEM_COLOURS), "background": tuple(BACKGROUNDS),
                    "size": tuple(SIZES), "row": (0, 1, 2), "col": (0, 1, 2)}

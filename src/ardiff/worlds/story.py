@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ardiff.data.fashion_mnist import load_fashion_mnist
-from ardiff.data.image_folder import seeded_generator
+from ardiff.utils.seeding import RANDOM_FRAME_STREAM, STORY_STREAM, seeded_generator
 
 CANVAS = 32
 # Fashion-MNIST label -> kind. Shirt, pullover and coat are left out: they are too often
@@ -189,7 +189,7 @@ class StoryWorld:
         self.images, self.labels = images, labels
 
     def story(self, index: int, length: int | None = None) -> Story:
-        g = seeded_generator(self.seed, 7919, 0 if self.split == "train" else 1, index)
+        g = seeded_generator(self.seed, STORY_STREAM, 0 if self.split == "train" else 1, index)
         item = int(self.item_indices[int(torch.randint(len(self.item_indices), (1,), generator=g))])
         return make_story(g, item, KINDS[int(self.labels[item])], length or self.length, self.split)
 
@@ -200,7 +200,7 @@ class StoryWorld:
 
     def random_frame(self, index: int) -> tuple[torch.Tensor, FrameState]:
         """One frame with every attribute uniform at random (reader and corrector training)."""
-        g = seeded_generator(self.seed, 104729, 0 if self.split == "train" else 1, index)
+        g = seeded_generator(self.seed, RANDOM_FRAME_STREAM, 0 if self.split == "train" else 1, index)
         item = int(self.item_indices[int(torch.randint(len(self.item_indices), (1,), generator=g))])
         state = FrameState(kind=KINDS[int(self.labels[item])], colour=_pick(tuple(ITEM_COLOURS), g),
                            background=_pick(tuple(BACKGROUNDS), g), size=_pick(tuple(SIZES), g),

@@ -21,8 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardiff.worlds.checkpoint import load_world_model, save_world_model
-from ardiff.worlds.story import (_ACTION_PHRASES, _INTRO, ACTIONS, BACKGROUNDS, ITEM_COLOURS, KIND_NAMES, NAMES,
-                                 SIZES, WHERE, StoryWorld)
+from ardiff.worlds.story import (
+    _ACTION_PHRASES,
+    _INTRO,
+    ACTIONS,
+    BACKGROUNDS,
+    ITEM_COLOURS,
+    KIND_NAMES,
+    NAMES,
+    SIZES,
+    WHERE,
+    StoryWorld,
+)
 
 WHERE_NAMES = tuple(w for row in WHERE for w in row)
 # Attribute -> its values; index len(values) means "the sentence does not say".
@@ -32,7 +42,8 @@ ATTRIBUTES = {
 }
 _TOKEN = re.compile(r"[a-z][a-z\-]*")
 _WHERE_RE = re.compile(r"\b(?:at|in) the (" + "|".join(sorted(WHERE_NAMES, key=len, reverse=True)) + r")\b")
-_ACTION_RES = {a: re.compile(r"\b(" + "|".join(map(re.escape, phrases)) + r")\b") for a, phrases in _ACTION_PHRASES.items()}
+_ACTION_RES = {a: re.compile(r"\b(" + "|".join(map(re.escape, phrases)) + r")\b")
+               for a, phrases in _ACTION_PHRASES.items()}
 
 
 def tokenize(text: str) -> list[str]:

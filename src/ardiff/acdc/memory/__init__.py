@@ -24,11 +24,26 @@ or a failing backend never raises out of :meth:`LLMMemory.rewrite`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ardiff.acdc.base import IdentityMemory, Memory
-from ardiff.acdc.memory.backends import SMOLLM2_INSTALL, SMOLLM2_PACKAGE, OpenAIMemory, TransformersMemory, smollm2_gguf_path
-from ardiff.acdc.memory.llm import REFINER_SYSTEM, REFINER_TEMPLATE, LLMMemory, MemoryFallbackWarning, Message, parse_numbered_lines, sanitize
+from ardiff.acdc.memory.backends import (
+    SMOLLM2_INSTALL,
+    SMOLLM2_PACKAGE,
+    OpenAIMemory,
+    TransformersMemory,
+    smollm2_gguf_path,
+)
+from ardiff.acdc.memory.llm import (
+    REFINER_SYSTEM,
+    REFINER_TEMPLATE,
+    LLMMemory,
+    MemoryFallbackWarning,
+    Message,
+    parse_numbered_lines,
+    sanitize,
+)
 from ardiff.acdc.memory.rules import RuleBasedMemory, StorySubject, TokenBudget, find_story_subject
 
 MEMORY_KINDS = ("none", "rule", "smollm2", "transformers", "openai")

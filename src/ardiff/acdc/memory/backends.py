@@ -169,7 +169,8 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 class OpenAIMemory(LLMMemory):
     """An OpenAI-compatible chat-completions server: ``POST {base_url}/chat/completions`` with
-    ``{model, messages, temperature}`` (0 by default: deterministic rewrites). Works with hosted APIs and local vLLM, llama.cpp
+    ``{model, messages, temperature}`` (0 by default: deterministic rewrites). Works with hosted APIs and local
+    vLLM, llama.cpp
     (``llama-server``) and Ollama (``base_url="http://localhost:11434/v1"``).
 
     The API key is read from the environment variable ``api_key_env`` at each request (unset ->

@@ -10,8 +10,9 @@ import tempfile
 import unicodedata
 import warnings
 from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ardiff.acdc.base import Memory
 from ardiff.acdc.memory.rules import RuleBasedMemory, TokenBudget
@@ -182,7 +183,8 @@ class LLMMemory(Memory):
         try:
             template.format(n=1, story="1. x")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"template must format with only {{n}} and {{story}} (double other braces): {e!r}")
+            raise ValueError(f"template must format with only {{n}} and {{story}} (double other braces): "
+                             f"{e!r}") from None
         self.template = template
         self.system_prompt = system_prompt
         self.budget = TokenBudget(tokenizer, max_tokens) if tokenizer is not None else None

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ardiff.acdc.memory.llm import number_lines, parse_numbered_lines, sanitize
+from ardiff.utils.seeding import chunk_seed
 
 STORY_LENGTH = 6
 FEW_SHOT_STORIES = (
@@ -82,7 +83,7 @@ def make_stories(llm, num: int, seed: int = 0, attempts: int = 3) -> Iterator[di
         record = {"id": index, "sentences": None, "attempts": 0, "examples": [], "ok": False}
         for attempt in range(attempts):
             chosen = rng.sample(range(len(FEW_SHOT_STORIES)), 3)
-            torch.manual_seed(seed * 1_000_003 + index * 101 + attempt)
+            torch.manual_seed(chunk_seed(seed, index * 101 + attempt))  # per story and attempt
             if hasattr(llm, "expected_lines"):
                 llm.expected_lines = STORY_LENGTH
             record["attempts"], record["examples"] = attempt + 1, chosen

@@ -2,7 +2,7 @@ import torch
 
 from ardiff import training_loss
 from ardiff.diffusion.schedule import NoiseSchedule
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 def test_training_forward_is_skip_causal():
@@ -29,17 +29,22 @@ def test_training_forward_is_skip_causal():
 
 
 def test_clean_stream_is_label_independent():
+    """The clean context's keys do not depend on the label, while the noisy block's output does."""
+    from ardiff import KVCache
+
     model = tiny_model()
     x0 = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    a = model.to_blocks(x0)[:, :3]
-    cache_outputs = []
-    for y in (torch.tensor([1, 1]), torch.tensor([7, 7])):
-        from ardiff import KVCache
-
+    clean = model.to_blocks(x0)[:, :3]
+    noisy = torch.randn(2, 1, *clean.shape[2:], dtype=torch.float64)
+    keys, outputs = [], []
+    for label in (1, 7):
+        cond = model.condition_vectors(torch.full((2, 1), 500), model.embed_condition(torch.tensor([label, label])))
         cache = KVCache.allocate(model, 2)
-        model.run(clean=a, cache=cache)
-        cache_outputs.append(cache.keys[:, :, :, : 3 * 4].clone())
-    assert torch.equal(cache_outputs[0], cache_outputs[1])
+        outputs.append(model.run(noisy=noisy, noisy_blocks=(3,), cond=cond, clean=clean, clean_first_block=0,
+                                 cache=cache))
+        keys.append(cache.keys[:, :, :, : 3 * 4].clone())
+    assert torch.equal(keys[0], keys[1])
+    assert not torch.allclose(outputs[0], outputs[1])
 
 
 def test_training_loss_backward_and_per_block_timesteps():

@@ -9,14 +9,16 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ardiff.data.image_folder import seeded_generator
+from ardiff.utils.seeding import STORY_FRAME_STREAM, seeded_generator
 from ardiff.worlds.story import StoryWorld
 
 
 def _encoder(text_encoder):
     from ardiff.worlds.text import StoryTextEncoder
 
-    return text_encoder if isinstance(text_encoder, StoryTextEncoder) else StoryTextEncoder.from_pretrained(text_encoder)
+    if isinstance(text_encoder, StoryTextEncoder):
+        return text_encoder
+    return StoryTextEncoder.from_pretrained(text_encoder)
 
 
 class StoryDataset(Dataset):
@@ -60,7 +62,7 @@ class StoryFrameDataset(Dataset):
     def caption(self, state, index: int) -> str:
         from ardiff.worlds.story import _ACTION_PHRASES, ACTIONS, NAMES
 
-        g = seeded_generator(self.seed, 31337, index)
+        g = seeded_generator(self.seed, STORY_FRAME_STREAM, index)
         u = float(torch.rand((), generator=g))
         if u < 0.5:
             return state.caption(with_layout=True)

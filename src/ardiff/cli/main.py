@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ def _add_clip_flag(parser) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ardiff.demo import run_demo
+    from ardiff.experiments.demo import run_demo
 
     path = run_demo(Path(args.out), num_eval=args.num_eval, num_eval_videos=args.num_eval_videos, steps=args.steps,
                     cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed, sampler=args.sampler,
@@ -60,7 +61,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from ardiff import ACDiT, SamplingSettings, make_generators, sample
-    from ardiff.models.checkpoint import load_extras
+    from ardiff.data.latents import VAERecord
     from ardiff.utils.media import save_media
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,37 +75,34 @@ def cmd_sample(args) -> int:
     else:
         labels = None
     n = len(labels) if labels is not None else args.num
-    extras = load_extras(args.model_dir)
     settings = SamplingSettings.recorded(args.model_dir).but(cfg_scale=args.cfg, num_steps=args.steps,
                                                              sampler=args.sampler, clip_denoised=args.clip_denoised)
     if labels is None:
         settings = settings.but(cfg_scale=1.0)
-    vae_info = extras.get("vae")
+    vae_record = VAERecord.recorded(args.model_dir)
     if args.vae:
-        vae_info = {**(vae_info or {"scaling_factor": 1.0, "shift_factor": 0.0}), "path": args.vae}
-    if vae_info and settings.clip_denoised:
+        vae_record = (dataclasses.replace(vae_record, path=args.vae) if vae_record
+                      else VAERecord(args.vae, scaling_factor=1.0))
+    if vae_record and settings.clip_denoised:
         raise SystemExit("--clip-denoised clips to the pixel range [-1, 1]; this model generates VAE latents: "
                          "drop the flag (or pass --no-clip-denoised)")
     vae = None
-    if vae_info and not args.no_decode:
-        from ardiff.data.latents import load_vae
-
+    if vae_record and not args.no_decode:
         try:
-            vae = load_vae(vae_info["path"], device)
+            vae = vae_record.load(device)
         except FileNotFoundError as e:
             raise SystemExit(f"{e}\nThis model generates VAE latents: pass --vae DIR, or --no-decode") from None
     out = sample(model, labels, **settings.sample_kwargs(), use_cache=not args.no_cache,
                  generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
-        from ardiff.data.latents import decode_latents
-
         with torch.no_grad():
-            out = decode_latents(vae, out, vae_info["scaling_factor"], vae_info.get("shift_factor", 0.0))
-    elif vae_info:
+            out = vae_record.decode(vae, out)
+    elif vae_record:
         out = out[:, :3].clamp(-4, 4) / 4  # raw latents, squashed into the image range
     stem = Path(args.out)
     path = save_media(out.cpu(), stem.with_suffix("") if stem.suffix else stem,
-                      video_format=args.format or (stem.suffix.lstrip(".") if stem.suffix in (".gif", ".mp4") else "gif"))
+                      video_format=args.format or (stem.suffix.lstrip(".") if stem.suffix in (".gif", ".mp4")
+                                                   else "gif"))
     print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path}")
     return 0
 
@@ -118,9 +116,9 @@ def cmd_convert_official(args) -> int:
 
 
 def cmd_encode_latents(args) -> int:
-    from ardiff.data import build_dataset
     from ardiff.data.latents import encode_latent_cache
     from ardiff.train import load_run_config
+    from ardiff.train.datasets import build_dataset
 
     run = load_run_config(args.config, list(args.set or []))
     if run.data.name == "latents":
@@ -162,7 +160,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from ardiff import analysis
+    from ardiff.experiments import analyses
 
     kwargs = {}
     if args.which == "block-size":
@@ -174,14 +172,14 @@ def cmd_analyze(args) -> int:
             kwargs["overrides"] = list(args.set)
     elif args.ar_lengths:
         kwargs["ar_lengths"] = tuple(int(t) for t in args.ar_lengths.split(","))
-    analysis.main(args.which, Path(args.out), quick=args.quick, **kwargs)
+    analyses.main(args.which, Path(args.out), quick=args.quick, **kwargs)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from ardiff import bench
+    from ardiff.experiments import speed_bench
 
-    result = bench.main(as_json=args.json, quick=args.quick)
+    result = speed_bench.main(as_json=args.json, quick=args.quick)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
@@ -207,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an ACDiT from a run config (works under torchrun)",
                            description="Train from a YAML run config (a path or a name in configs/, e.g. fmnist). "
                                        "Multi-GPU: torchrun --nproc_per_node N -m ardiff.cli train CONFIG.")
-    train.add_argument("config", help="YAML run config path or built-in name (fmnist, moving-fmnist, imagenet256-B, ...)")
+    train.add_argument("config", help="YAML run config path or built-in name (fmnist, moving-fmnist, "
+                                      "imagenet256-B, ...)")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
@@ -257,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--classifier", help="feature network weights (default: the shipped Fashion-MNIST classifier)")
     ev.add_argument("--inception-weights", help="also score with Inception-V3: torch-fidelity's local weight file "
-                                                "pt_inception-2015-12-05-6726825d.pth (FID/KID/IS comparable to papers)")
+                                                "pt_inception-2015-12-05-6726825d.pth (FID/KID/IS comparable to "
+                                                "papers)")
     ev.add_argument("--i3d", help="videos: also compute FVD with the TorchScript i3d_torchscript.pt at this local path")
     ev.add_argument("--out", help="write the metrics as JSON")
     ev.add_argument("--device")
@@ -277,10 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline end to end")
     ana.set_defaults(func=cmd_analyze)
 
-    from ardiff.acdc.cli import add_parser as add_acdc_parser
+    from ardiff.cli.acdc import add_parser as add_acdc_parser
 
     add_acdc_parser(sub)
-    from ardiff.worlds.cli import add_parser as add_world_parser
+    from ardiff.cli.world import add_parser as add_world_parser
 
     add_world_parser(sub)
 

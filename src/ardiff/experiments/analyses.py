@@ -85,7 +85,8 @@ def inference_time_vs_ar_length(seq_lengths=(64, 256, 1024), ar_lengths=(1, 2, 4
                       flush=True)
     probe = timing_config(seq_lengths[0], 1, **(model_kwargs or {}))
     return {"settings": {"batch_size": batch_size, "num_steps": num_steps, "cfg_scale": cfg_scale,
-                         "model": {"depth": probe.depth, "hidden_size": probe.hidden_size, "num_heads": probe.num_heads},
+                         "model": {"depth": probe.depth, "hidden_size": probe.hidden_size,
+                                   "num_heads": probe.num_heads},
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
             "rows": rows}
 
@@ -166,7 +167,8 @@ def block_size_tradeoff(out_dir: Path, ar_lengths=(1, 2, 4, 8, 16, 64), steps: i
                   f"train {train_seconds:.0f} s", flush=True)
         (out_dir / "block_size.partial.json").write_text(json.dumps(rows, indent=2))
     return {"settings": {"steps": steps, "batch_size": batch_size, "num_eval": num_eval, "cfg_scale": cfg_scale,
-                         "eval_steps": eval_steps, "model": "fmnist recipe, depth 4, hidden 128, 2 heads, raster blocks",
+                         "eval_steps": eval_steps,
+                         "model": "fmnist recipe, depth 4, hidden 128, 2 heads, raster blocks",
                          "overrides": list(overrides), "threads": torch.get_num_threads()},
             "rows": rows}
 

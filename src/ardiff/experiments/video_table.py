@@ -21,28 +21,19 @@ real test clips' halves), and the frame-wise FID-FMNIST.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
+from ardiff.utils.seeding import generator, item_seed, make_generators
 
 VIDEO_SETTINGS = ("video_arm", "video_acdc")
 VIDEO_LABELS = {"video_arm": "ARM alone", "video_acdc": "ARM + ACDC (first half corrected)",
                 "real": "real test clips"}
-
-
-@dataclass
-class CorrectionSettings:
-    """What the story and the video benchmarks share."""
-
-    window: int = 4  # rolling KV window past the trained length (blocks), plus sink_blocks from the start
-    sink_blocks: int = 1
-    t_prime: float = 0.5
-    arm_steps: int = 25
-    arm_cfg: float | None = None  # None: the model's recorded setting
-    corrector_steps: int = 25
-    corrector_cfg: float | None = None
-    seed: int = 0
 
 
 @dataclass
@@ -73,12 +64,10 @@ class VideoBench:
         from ardiff.acdc.native import FMNIST_PROMPT_NAMES, NativeCorrector
         from ardiff.models.acdit import ACDiT
         from ardiff.models.checkpoint import load_extras
-        from ardiff.worlds.checkpoint import resolve_world_model
-
-        from ardiff.acdc.benchmark import _recorded_cfg
+        from ardiff.models.resolve import resolve_model_dir
 
         self.config, self.device = config, device
-        arm_dir, corrector_dir = resolve_world_model(config.arm), resolve_world_model(config.corrector)
+        arm_dir, corrector_dir = resolve_model_dir(config.arm), resolve_model_dir(config.corrector)
         self.arm = ACDiT.from_pretrained(arm_dir, device=device).eval()
         self.arm_data = load_extras(arm_dir).get("data")  # what it was trained on: the reference clips match it
         corrector = ACDiT.from_pretrained(corrector_dir, device=device)
@@ -89,8 +78,10 @@ class VideoBench:
             raise ValueError(f"video_corrector={config.corrector!r} must be a full-sequence video model (one block) "
                              f"of the ARM's clip size {tuple(a.input_size)}; got input_size={tuple(c.input_size)} "
                              f"with {c.num_blocks} blocks")
-        self.arm_cfg = config.arm_cfg if config.arm_cfg is not None else _recorded_cfg(arm_dir)
-        self.corrector_cfg = config.corrector_cfg if config.corrector_cfg is not None else _recorded_cfg(corrector_dir)
+        # The models' recorded sampling settings, with the configured overrides.
+        self.arm_settings = recorded_settings(arm_dir, config.arm_cfg, config.arm_steps)
+        self.arm_cfg = self.arm_settings.cfg_scale
+        self.corrector_cfg = recorded_settings(corrector_dir, config.corrector_cfg).cfg_scale
         self.corrector = NativeCorrector(corrector, num_steps=config.corrector_steps, cfg_scale=self.corrector_cfg)
         self.trained_frames = a.input_size[0]
         self.labels = torch.arange(config.clips) % a.num_classes
@@ -101,23 +92,23 @@ class VideoBench:
         """(N, C, 2F, H, W) clips and seconds per clip."""
         from tqdm.auto import tqdm
 
-        from ardiff.generate.sampler import blocks_to_input, make_generators, sample
+        from ardiff.generate.sampler import blocks_to_input, sample
 
         c, model = self.config, self.arm
         T = model.config.num_blocks
-        seeds = [c.seed * 100_003 + k for k in range(c.clips)]
+        seeds = [item_seed(c.seed, k) for k in range(c.clips)]
         labels = self.labels.to(self.device)
         t0 = time.perf_counter()
         out = []
         for start in tqdm(range(0, c.clips, 50), desc="video_acdc" if corrected else "video_arm", unit="batch"):
             batch = slice(start, start + 50)
             generators = make_generators(seeds[batch], self.device)
-            kw = dict(num_steps=c.arm_steps, cfg_scale=self.arm_cfg, generator=generators, output="blocks")
+            kw = dict(**self.arm_settings.sample_kwargs(), generator=generators, output="blocks")
             head = sample(model, labels[batch], num_blocks=T, **kw)
             if corrected:
                 clips = model.from_blocks(head).transpose(1, 2).clamp(-1, 1)  # (B, F, C, H, W)
                 fixed = self.corrector.correct(clips, self.prompts[batch], c.t_prime,
-                                               [torch.Generator().manual_seed(s) for s in seeds[batch]]).frames
+                                               [generator(s) for s in seeds[batch]]).frames
                 head = model.to_blocks(fixed.transpose(1, 2).to(model.device, model.dtype))
             blocks = sample(model, labels[batch], num_blocks=2 * T, window=c.window, sink_blocks=c.sink_blocks,
                             prefix=head, **kw)
@@ -143,11 +134,7 @@ def write_video_table(results: dict, trained: int) -> list[str]:
 
 
 def plot_video_accuracy(results: dict, trained: int, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for name, style in (("video_arm", "o-"), ("video_acdc", "s-"), ("real", "k:")):
         if name in results:
@@ -167,12 +154,8 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
                        rescore: bool = False) -> dict:
     """Run (or load, or rescore) the video settings; results by name, plus the ``real`` row.
     Clips are saved to ``<directory>/<name>.safetensors`` and metrics to ``<name>.json``."""
-    import json
-    from pathlib import Path
-
     from safetensors.torch import load_file, save_file
 
-    from ardiff.acdc.benchmark import _write_json
     from ardiff.eval.evaluate import moving_fmnist_motion, moving_fmnist_test_clips
     from ardiff.eval.features import FMNISTFeatures
 
@@ -198,9 +181,10 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
         metrics.update(setting=name, label=VIDEO_LABELS[name], s_per_clip=seconds, num_clips=len(clips),
                        trained_frames=F, t_prime=config.t_prime, arm_cfg=bench.arm_cfg,
                        corrector_cfg=bench.corrector_cfg, window=config.window, sink_blocks=config.sink_blocks)
-        _write_json(path, metrics)
+        write_json(path, metrics)
         results[name] = metrics
-        log(f"{name}: class accuracy {metrics['first']['class_accuracy']:.3f} / {metrics['second']['class_accuracy']:.3f}"
+        first, second = metrics["first"], metrics["second"]
+        log(f"{name}: class accuracy {first['class_accuracy']:.3f} / {second['class_accuracy']:.3f}"
             f" (frames 1-{F} / {F + 1}-{2 * F}), FVD proxy {metrics['first']['fvd_proxy']:.0f} / "
             f"{metrics['second']['fvd_proxy']:.0f}, {seconds:.2f} s/clip")
     # Real clips that are not in the reference set: what a perfect generator would score.
@@ -213,8 +197,6 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
 
 def write_video_strips(directory, out, trained: int, count: int = 3) -> None:
     """Per clip: a PNG with one row per setting (ARM alone, then ARM + ACDC), all frames."""
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     from ardiff.utils.media import save_image_grid
@@ -224,7 +206,7 @@ def write_video_strips(directory, out, trained: int, count: int = 3) -> None:
             if (directory / f"{n}.safetensors").is_file()}
     if not rows:
         return
-    for k in range(count):
+    for k in range(min(count, *(len(clips) for clips in rows.values()))):
         frames = torch.cat([clips[k].transpose(0, 1) for clips in rows.values()])  # (rows * 2F, C, H, W)
         save_image_grid(frames.float(), Path(out) / f"strip_video_{k}.png", nrow=2 * trained)
         (Path(out) / f"strip_video_{k}.txt").write_text("rows: " + ", ".join(rows) + "\n")

@@ -34,11 +34,14 @@ def build_arm(spec: str, steps: int, cfg: float, device: str):
     kind, arg = _split(spec, "arm")
     if kind in ("builtin", "acdit"):
         from ardiff.acdc.native import ACDiTARM
-        from ardiff.demo import builtin_model
+        from ardiff.generate.settings import SamplingSettings
         from ardiff.models.acdit import ACDiT
+        from ardiff.models.resolve import resolve_model_dir
 
-        path = builtin_model("moving-fmnist") if kind == "builtin" else Path(_need(arg, spec, "arm"))
-        return ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=steps, cfg_scale=cfg)
+        path = resolve_model_dir("moving-fmnist" if kind == "builtin" else _need(arg, spec, "arm"))
+        settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
+        return ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
+                        cfg_scale=settings.cfg_scale)
     if kind in ("emu3", "janus"):
         from ardiff.acdc import transformers_arms
 
@@ -53,12 +56,14 @@ def build_corrector(spec: str, steps: int, cfg: float | None, device: str):
         return None
     if kind in ("builtin", "native"):
         from ardiff.acdc.native import NativeCorrector
-        from ardiff.demo import builtin_model
+        from ardiff.generate.settings import SamplingSettings
         from ardiff.models.acdit import ACDiT
+        from ardiff.models.resolve import resolve_model_dir
 
-        path = builtin_model("fmnist") if kind == "builtin" else Path(_need(arg, spec, "corrector"))
-        return NativeCorrector(ACDiT.from_pretrained(path, device=device), num_steps=steps,
-                               cfg_scale=4.0 if cfg is None else cfg)
+        path = resolve_model_dir("fmnist" if kind == "builtin" else _need(arg, spec, "corrector"))
+        settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
+        return NativeCorrector(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
+                               cfg_scale=settings.cfg_scale)
     if kind in ("sd", "animatediff"):
         from ardiff.acdc import correctors
 
@@ -166,8 +171,8 @@ DEFAULT_STORY = [
 
 
 def cmd_benchmark(args) -> int:
-    from ardiff.acdc.benchmark import ALL_SETTINGS, BenchmarkConfig, run_benchmark
-    from ardiff.acdc.video_bench import VideoBenchConfig
+    from ardiff.experiments.story_benchmark import ALL_SETTINGS, BenchmarkConfig, run_benchmark
+    from ardiff.experiments.video_table import VideoBenchConfig
 
     settings = tuple(s.strip() for s in args.settings.split(",")) if args.settings else ALL_SETTINGS
     video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
@@ -183,7 +188,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_make_stories(args) -> int:
-    from ardiff.acdc.stories import build_story_llm, make_stories, write_jsonl
+    from ardiff.experiments.story_generation import build_story_llm, make_stories, write_jsonl
 
     llm = build_story_llm(args.llm)
     valid, total = write_jsonl(make_stories(llm, args.num, seed=args.seed, attempts=args.attempts), args.out)
@@ -242,9 +247,10 @@ def add_parser(sub) -> None:
         p.add_argument("--correct", type=int, help="correct only the first K chunks (ACDC #K); default: all "
                                                    "(story) or 1 (video)")
         p.add_argument("--steps", type=int, default=25, help="corrector denoising steps over the full schedule")
-        p.add_argument("--cfg", type=float, help="corrector guidance scale (default: 4 native, 7.5 Stable Diffusion)")
+        p.add_argument("--cfg", type=float, help="corrector guidance scale (default: recorded with a native model, "
+                                                 "7.5 Stable Diffusion)")
         p.add_argument("--arm-steps", type=int, default=25, help="ACDiT ARM denoising steps per block")
-        p.add_argument("--arm-cfg", type=float, default=4.0, help="ACDiT ARM guidance scale")
+        p.add_argument("--arm-cfg", type=float, help="ACDiT ARM guidance scale (default: recorded with the model)")
         p.add_argument("--color-match", action="store_true", help="match corrected colours to the ARM's chunk")
         p.add_argument("--mask", action="append", metavar="IDX:PNG", help="user constraint: only white pixels of "
                                                                           "chunk IDX may change (repeatable)")

@@ -29,7 +29,7 @@ length, generated with a rolling KV window (see ``generate.sampler.sample``).
 
 Video table (``video_arm``, ``video_acdc``; the paper's Table 3): clips of twice the video
 ARM's trained length, uncorrected vs the first half corrected by a full-sequence video
-diffusion model; see :mod:`ardiff.acdc.video_bench`.
+diffusion model; see :mod:`ardiff.experiments.video_table`.
 
 Every setting writes ``<out>/settings/<name>.json`` and its frames; a rerun skips the
 settings already there, so settings can be run in separate processes (``--settings``).
@@ -44,20 +44,48 @@ from pathlib import Path
 
 import torch
 
-from ardiff.acdc.video_bench import (VIDEO_SETTINGS, CorrectionSettings, VideoBenchConfig, plot_video_accuracy,
-                                     run_video_settings, write_video_strips, write_video_table)
+from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
+from ardiff.experiments.video_table import (
+    VIDEO_SETTINGS,
+    VideoBenchConfig,
+    plot_video_accuracy,
+    run_video_settings,
+    write_video_strips,
+    write_video_table,
+)
+from ardiff.utils.seeding import chunk_seed, generator, item_seed, make_generators
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
 from ardiff.worlds.story import Story, StoryWorld
 
-STORY_SETTINGS = ("dm_alone", "arm", "acdc_rule", "acdc_smollm2", "acdc_raw", "acdc2_rule")
-LONG_SETTINGS = ("long_arm", "long_acdc_rule")
+
+@dataclass(frozen=True)
+class StorySetting:
+    """One row of the story table: how its frames are made."""
+
+    name: str
+    label: str
+    memory: str | None = None  # None: no correction; "rule", "smollm2" or "none" (the raw sentences)
+    corrected_frames: int | None = None  # ACDC #k: correct only the first k frames (None: all)
+    long: bool = False  # stories of ``long_length`` frames, past the trained length (rolling window)
+    corrector_alone: bool = False  # the corrector draws every frame from noise (no ARM)
+    story_limit: str | None = None  # a BenchmarkConfig field that caps the number of stories
+
+
+SETTINGS_TABLE = (
+    StorySetting("dm_alone", "Diffusion model alone (per frame)", memory="rule", corrector_alone=True),
+    StorySetting("arm", "ARM alone"),
+    StorySetting("acdc_rule", "ARM + ACDC (rule memory)", memory="rule"),
+    StorySetting("acdc_smollm2", "ARM + ACDC (SmolLM2 memory)", memory="smollm2", story_limit="smollm2_stories"),
+    StorySetting("acdc_raw", "ARM + ACDC (no memory: raw sentences)", memory="none"),
+    StorySetting("acdc2_rule", "ACDC #2 (first two frames, rule memory)", memory="rule", corrected_frames=2),
+    StorySetting("long_arm", "ARM alone, 12 frames", long=True),
+    StorySetting("long_acdc_rule", "ARM + ACDC (rule memory), 12 frames", memory="rule", long=True),
+)
+STORY_TABLE = {s.name: s for s in SETTINGS_TABLE}
+STORY_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if not s.long)
+LONG_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if s.long)
 ALL_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + ("inpaint",) + VIDEO_SETTINGS
-LABELS = {
-    "dm_alone": "Diffusion model alone (per frame)", "arm": "ARM alone", "acdc_rule": "ARM + ACDC (rule memory)",
-    "acdc_smollm2": "ARM + ACDC (SmolLM2 memory)", "acdc_raw": "ARM + ACDC (no memory: raw sentences)",
-    "acdc2_rule": "ACDC #2 (first two frames, rule memory)",
-    "long_arm": "ARM alone, 12 frames", "long_acdc_rule": "ARM + ACDC (rule memory), 12 frames",
-}
+LABELS = {s.name: s.label for s in SETTINGS_TABLE}
 
 
 @dataclass
@@ -114,34 +142,32 @@ def score_frames(frames: torch.Tensor, stories: list[Story], world: StoryWorld, 
 # ---------------------------------------------------------------------------
 class StoryBench:
     def __init__(self, config: BenchmarkConfig, device: str = "cpu"):
-        from ardiff.acdc.native import ACDiTARM, NativeCorrector
+        from ardiff.acdc.native import NativeCorrector
         from ardiff.models.acdit import ACDiT
-        from ardiff.worlds.checkpoint import resolve_world_model
+        from ardiff.models.resolve import resolve_model_dir
         from ardiff.worlds.text import StoryTextEncoder
 
         self.config, self.device = config, device
         self.encoder = StoryTextEncoder.from_pretrained(config.text_encoder)
         self.reader = AttributeReader.from_pretrained(config.reader)
-        arm_dir, corrector_dir = resolve_world_model(config.arm), resolve_world_model(config.corrector)
+        arm_dir, corrector_dir = resolve_model_dir(config.arm), resolve_model_dir(config.corrector)
         self.arm_model = ACDiT.from_pretrained(arm_dir, device=device)
         self.corrector_model = ACDiT.from_pretrained(corrector_dir, device=device)
-        arm_cfg = config.arm_cfg if config.arm_cfg is not None else _recorded_cfg(arm_dir)
-        corrector_cfg = config.corrector_cfg if config.corrector_cfg is not None else _recorded_cfg(corrector_dir)
-        self.arm_cfg, self.corrector_cfg = arm_cfg, corrector_cfg
-        encode = self.encoder.encode
-        self.arm = ACDiTARM(self.arm_model, encode, num_steps=config.arm_steps, cfg_scale=arm_cfg)
-        self.long_arm = ACDiTARM(self.arm_model, encode, num_steps=config.arm_steps, cfg_scale=arm_cfg,
-                                 window=config.window, sink_blocks=config.sink_blocks)
-        self.corrector = NativeCorrector(self.corrector_model, encode, num_steps=config.corrector_steps,
-                                         cfg_scale=corrector_cfg)
+        # The models' recorded sampling settings, with the configured overrides.
+        self.arm_settings = recorded_settings(arm_dir, config.arm_cfg, config.arm_steps)
+        self.corrector_settings = recorded_settings(corrector_dir, config.corrector_cfg, config.corrector_steps)
+        self.arm_cfg, self.corrector_cfg = self.arm_settings.cfg_scale, self.corrector_settings.cfg_scale
+        self.corrector = NativeCorrector(self.corrector_model, self.encoder.encode, num_steps=config.corrector_steps,
+                                         cfg_scale=self.corrector_cfg)
         self.world = StoryWorld("test", length=self.arm_model.config.num_blocks, seed=config.seed)
         self._memories = {}
 
     def stories(self, long: bool, setting: str | None = None) -> list[Story]:
         c = self.config
         n = c.long_stories if long else c.num_stories
-        if setting == "acdc_smollm2":
-            n = min(n, c.smollm2_stories)
+        limit = STORY_TABLE[setting].story_limit if setting in STORY_TABLE else None
+        if limit is not None:
+            n = min(n, getattr(c, limit))
         return [self.world.story(i, c.long_length if long else None) for i in range(n)]
 
     def memory(self, name: str):
@@ -155,16 +181,15 @@ class StoryBench:
 
     def run_setting(self, name: str) -> tuple[torch.Tensor, list[list[str]], float]:
         """Frames (N, F, 3, 32, 32), the corrector prompts, seconds per story."""
-        long = name.startswith("long_")
-        stories = self.stories(long, name)
-        if name == "dm_alone":
+        setting = STORY_TABLE[name]
+        stories = self.stories(setting.long, name)
+        if setting.corrector_alone:
             return self._dm_alone(stories)
-        if name in ("arm", "long_arm"):
-            memory, corrected = None, set()
-        else:
-            memory = self.memory("smollm2" if name == "acdc_smollm2" else "none" if name == "acdc_raw" else "rule")
-            corrected = {0, 1} if name == "acdc2_rule" else set(range(len(stories[0])))
-        return self._joined(stories, memory, corrected, long, name)
+        memory = None if setting.memory is None else self.memory(setting.memory)
+        length = len(stories[0])
+        corrected = (set() if setting.memory is None else
+                     set(range(min(length, setting.corrected_frames or length))))
+        return self._joined(stories, memory, corrected, setting.long, name)
 
     @torch.no_grad()
     def _joined(self, stories, memory, corrected: set[int], long: bool, name: str):
@@ -174,16 +199,16 @@ class StoryBench:
         from (seed, k, f), so a story's frames do not depend on the batch."""
         from tqdm.auto import tqdm
 
-        from ardiff.generate.sampler import make_generators, sample
+        from ardiff.generate.sampler import sample
 
         t0 = time.perf_counter()
         prompts = [s.sentences for s in stories]
         if memory is not None:
-            prompts = [memory.rewrite(p) for p in tqdm(prompts, desc=f"{name} memory", unit="story",
-                                                        disable=len(prompts) < 20 or name != "acdc_smollm2")]
+            quiet = len(prompts) < 20 or STORY_TABLE[name].memory != "smollm2"  # only the LLM is slow
+            prompts = [memory.rewrite(p) for p in tqdm(prompts, desc=f"{name} memory", unit="story", disable=quiet)]
         model, n, F = self.arm_model, len(stories), len(stories[0])
         cond = torch.stack([self.encoder.encode(s.sentences) for s in stories]).to(self.device)
-        seeds = [self.config.seed * 100_003 + k for k in range(n)]
+        seeds = [item_seed(self.config.seed, k) for k in range(n)]
         bar = tqdm(total=F, desc=name, unit="frame", dynamic_ncols=True)
 
         def hook(event):
@@ -191,12 +216,12 @@ class StoryBench:
             if event.index not in corrected:
                 return None
             frames = decode_block(model, event.block)
-            generators = [torch.Generator().manual_seed(seed * 1_000_003 + event.index) for seed in seeds]
+            generators = [generator(chunk_seed(seed, event.index)) for seed in seeds]
             fixed = self.corrector.correct(frames, [p[event.index] for p in prompts], self.config.t_prime,
                                            generators).frames
             return encode_block(model, fixed)
 
-        blocks = sample(model, cond, num_steps=self.config.arm_steps, cfg_scale=self.arm_cfg,
+        blocks = sample(model, cond, **self.arm_settings.sample_kwargs(),
                         generator=make_generators(seeds, self.device), on_block_end=hook, num_blocks=F,
                         window=self.config.window if long else None,
                         sink_blocks=self.config.sink_blocks if long else 0, output="blocks")
@@ -206,9 +231,9 @@ class StoryBench:
 
     @torch.no_grad()
     def _dm_alone(self, stories: list[Story]) -> tuple[torch.Tensor, list[list[str]], float]:
-        from ardiff.generate.sampler import make_generators, sample
+        from ardiff.generate.sampler import sample
 
-        memory = self.memory("rule")
+        memory = self.memory(STORY_TABLE["dm_alone"].memory)
         prompts = [memory.rewrite(s.sentences) for s in stories]
         flat = [p for ps in prompts for p in ps]
         t0 = time.perf_counter()
@@ -216,8 +241,7 @@ class StoryBench:
         for start in range(0, len(flat), 64):
             chunk = flat[start:start + 64]
             cond = self.encoder.encode(chunk).to(self.device)
-            out.append(sample(self.corrector_model, cond, num_steps=self.config.corrector_steps,
-                              cfg_scale=self.corrector_cfg,
+            out.append(sample(self.corrector_model, cond, **self.corrector_settings.sample_kwargs(),
                               generator=make_generators(range(start, start + len(chunk)), self.device)).cpu())
         frames = torch.cat(out).clamp(-1, 1).view(len(stories), len(stories[0]), 3, 32, 32)
         return frames, prompts, (time.perf_counter() - t0) / len(stories)
@@ -237,21 +261,9 @@ def encode_block(model, frames: torch.Tensor) -> torch.Tensor:
     return frames_to_block(model, frames[:, None].to(model.device, model.dtype))
 
 
-def _recorded_cfg(directory: Path) -> float:
-    from ardiff.models.checkpoint import load_extras
-
-    return float(load_extras(directory).get("sampling", {}).get("cfg_scale", 1.0))
-
-
 # ---------------------------------------------------------------------------
 #                                  The run
 # ---------------------------------------------------------------------------
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)  # atomic
-
-
 def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, rescore: bool = False) -> dict:
     """Run (or resume) the benchmark. ``rescore``: recompute every metric from the saved frames
     (after a new reader), generating nothing."""
@@ -278,11 +290,12 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         if frames_path.is_file() and name != "inpaint":  # generated before: score the saved frames again
             old = json.loads(path.read_text()) if path.is_file() else {}
             if old.get("s_per_story") is not None:
-                stories = bench.stories(name.startswith("long_"), name)
+                stories = bench.stories(STORY_TABLE[name].long, name)
                 frames = load_file(str(frames_path))["frames"]
                 metrics = score_frames(frames, stories, bench.world, bench.reader)
-                metrics.update({k: old[k] for k in ("setting", "label", "s_per_story", "num_stories", "example_prompts")})
-                _write_json(path, metrics)
+                kept = ("setting", "label", "s_per_story", "num_stories", "example_prompts")
+                metrics.update({k: old[k] for k in kept})
+                write_json(path, metrics)
                 results[name] = metrics
                 log(f"{name}: rescored from {frames_path}")
                 continue
@@ -293,12 +306,12 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
                 f"{results[name]['defect_rate_after']:.3f} (true renders: {results[name]['defect_rate_truth']:.3f})")
             continue
         frames, prompts, seconds = bench.run_setting(name)
-        stories = bench.stories(name.startswith("long_"), name)
+        stories = bench.stories(STORY_TABLE[name].long, name)
         metrics = score_frames(frames, stories, bench.world, bench.reader)
         metrics.update(setting=name, label=LABELS[name], s_per_story=seconds, num_stories=len(stories),
                        example_prompts=prompts[0])
         save_file({"frames": frames.float().contiguous()}, str(frames_path))
-        _write_json(path, metrics)  # written last: a present .json means the setting is complete
+        write_json(path, metrics)  # written last: a present .json means the setting is complete
         results[name] = metrics
         log(f"{name}: faithfulness {metrics['faithfulness']:.3f} identity {metrics['identity']:.3f} "
             f"consistency {metrics['consistency']:.3f} FID-reader {metrics['fid_reader']:.1f} "
@@ -334,7 +347,8 @@ def write_report(summary: dict, out: Path) -> Path:
                          f"| {r['fid_reader']:.1f} | {r['s_per_story']:.2f} |")
     if "inpaint" in results:
         r = results["inpaint"]
-        lines += ["", "| user constraint (inpainting) | frames | defect rate | missing | duplicate |", "|---|---|---|---|---|"]
+        lines += ["", "| user constraint (inpainting) | frames | defect rate | missing | duplicate |",
+                  "|---|---|---|---|---|"]
         for tag in ("truth", "before", "after"):
             counts = r[f"counts_{tag}"]
             lines.append(f"| {dict(truth='true renders', before='ARM alone', after='ARM, defects inpainted')[tag]} "
@@ -370,7 +384,7 @@ def inpaint_defects(bench: StoryBench, arm_frames: torch.Tensor, directory: Path
                 continue
             mask = repair_mask(arm_frames[k, f], defect, state)
             result = bench.corrector.correct(arm_frames[k, f][None], prompts[f], bench.config.inpaint_t_prime,
-                                             torch.Generator().manual_seed(k * 1000 + f), mask=mask)
+                                             generator(k * 1000 + f), mask=mask)
             repaired[k, f] = result.frames[0]
             fixed_masks += 1
     after = [detect_defect(x) for x in repaired.flatten(0, 1)]
@@ -383,16 +397,12 @@ def inpaint_defects(bench: StoryBench, arm_frames: torch.Tensor, directory: Path
               "defect_rate_after": sum(d is not None for d in after) / n,
               "counts_truth": count(truth), "counts_before": count(before), "counts_after": count(after),
               "t_prime": bench.config.inpaint_t_prime, "seconds": time.perf_counter() - t0}
-    _write_json(directory / "inpaint.json", result)
+    write_json(directory / "inpaint.json", result)
     return result
 
 
 def plot_error_accumulation(results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, style in (("long_arm", "o-"), ("long_acdc_rule", "s-")):
         if name not in results:
@@ -419,7 +429,7 @@ def write_strips(frames_by_setting: dict, bench: StoryBench, out: Path, count: i
     from ardiff.utils.media import save_image_grid
 
     for long in (False, True):
-        names = [n for n in frames_by_setting if n.startswith("long_") == long]
+        names = [n for n in frames_by_setting if STORY_TABLE[n].long == long]
         if not names:
             continue
         stories = bench.stories(long)[:count]

@@ -10,21 +10,11 @@ from pathlib import Path
 import torch
 
 from ardiff.data.fashion_mnist import FASHION_MNIST_CLASSES
+from ardiff.experiments.common import describe_settings, markdown_table
 from ardiff.generate.sampler import SamplingSettings, make_generators, sample
 from ardiff.models.acdit import ACDiT
 from ardiff.models.checkpoint import load_extras
-
-MODELS = Path(__file__).resolve().parent / "assets" / "models"
-SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
-                 "ddpm": "DDPM"}
-
-
-def builtin_model(name: str) -> Path:
-    path = MODELS / name
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"built-in model {name!r} not found in {MODELS}; it ships with the repository "
-                                f"(train it again with `ardiff train {name}`)")
-    return path
+from ardiff.models.resolve import resolve_model_dir
 
 
 def _settings(model_dir: Path, cfg_scale: float | None, steps: int | None, sampler: str | None,
@@ -46,10 +36,10 @@ def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: i
                          f"num_eval={num_eval}, num_eval_videos={num_eval_videos}")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    image = _image_part(out, num_eval, _settings(builtin_model("fmnist"), cfg_scale, steps, sampler, clip_denoised),
-                        seed)
-    video = _video_part(out, num_eval_videos,
-                        _settings(builtin_model("moving-fmnist"), video_cfg_scale, steps, sampler, clip_denoised), seed)
+    image_settings = _settings(resolve_model_dir("fmnist"), cfg_scale, steps, sampler, clip_denoised)
+    video_settings = _settings(resolve_model_dir("moving-fmnist"), video_cfg_scale, steps, sampler, clip_denoised)
+    image = _image_part(out, num_eval, image_settings, seed)
+    video = _video_part(out, num_eval_videos, video_settings, seed)
     total = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps({"image_model": image, "video_model": video,
                                                  "total_seconds": total}, indent=2))
@@ -62,25 +52,16 @@ def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: i
     return path
 
 
-def _describe(s: SamplingSettings) -> str:
-    clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
-    return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}{clip}"
-
-
-def _table(rows) -> list[str]:
-    return ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
-
-
 def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid
 
-    model_dir = builtin_model("fmnist")
+    model_dir = resolve_model_dir("fmnist")
     model = ACDiT.from_pretrained(model_dir)
     s = settings
     c = model.config
     print(f"[1/2] fmnist image model: {model.num_parameters() / 1e6:.2f}M parameters, {c.num_blocks} blocks of "
-          f"{c.block_size} tokens, {_describe(s)}")
+          f"{c.block_size} tokens, {describe_settings(s)}")
 
     # Exactness on the real model: the KV-cached loop equals recomputing the context.
     few = torch.arange(4)
@@ -105,9 +86,10 @@ def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
             ("max abs diff, KV-cached vs recomputed context", f"{exact:.1e}")]
     md = ["## Images: class-conditional ACDiT on Fashion-MNIST", "",
           f"{c.num_blocks} autoregressive blocks of {c.tile_side}x{c.tile_side} tokens, "
-          f"{model.num_parameters() / 1e6:.2f}M parameters, {_describe(s)}. "
+          f"{model.num_parameters() / 1e6:.2f}M parameters, {describe_settings(s)}. "
           "Rows, top to bottom: " + ", ".join(FASHION_MNIST_CLASSES) + ".", "",
-          "![class grid](fmnist_classes.png)", "", f"{num_eval} class-balanced samples:", "", *_table(rows)]
+          "![class grid](fmnist_classes.png)", "", f"{num_eval} class-balanced samples:", "",
+          *markdown_table(["metric", "value"], rows)]
     return {"metrics": m, "sampling": dataclasses.asdict(s), "class_grid": "fmnist_classes.png",
             "max_abs_diff_cached_vs_uncached": exact, "markdown": md}
 
@@ -116,14 +98,14 @@ def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid, save_video_grid
 
-    model_dir = builtin_model("moving-fmnist")
+    model_dir = resolve_model_dir("moving-fmnist")
     model = ACDiT.from_pretrained(model_dir)
     data = load_extras(model_dir).get("data")
     s = settings
     c = model.config
     frames, h, w = c.input_size
     print(f"[2/2] moving-fmnist video model: {model.num_parameters() / 1e6:.2f}M parameters, {frames} frames of "
-          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {_describe(s)}")
+          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {describe_settings(s)}")
     print(f"      sampling and scoring {num_eval} clips against Moving Fashion-MNIST test clips")
     m, clips, _ = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
                            clip_denoised=s.clip_denoised, seed=seed + 10_000, progress=True, data=data,
@@ -140,7 +122,7 @@ def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
             ("sampling time per clip", f"{m['seconds_per_sample']:.2f} s")]
     md = ["## Video: class-conditional ACDiT on Moving Fashion-MNIST", "",
           f"{frames} frames of {h}x{w}, generated {c.block_size / c.tokens_per_frame:g} frames per autoregressive "
-          f"block, {model.num_parameters() / 1e6:.2f}M parameters, {_describe(s)}. One clip per class.", "",
+          f"block, {model.num_parameters() / 1e6:.2f}M parameters, {describe_settings(s)}. One clip per class.", "",
           "![clips](moving_fmnist.gif)", "", "![frames](moving_fmnist_frames.png)", "",
-          f"{num_eval} class-balanced clips:", "", *_table(rows)]
+          f"{num_eval} class-balanced clips:", "", *markdown_table(["metric", "value"], rows)]
     return {"metrics": m, "sampling": dataclasses.asdict(s), "clips": "moving_fmnist.gif", "markdown": md}

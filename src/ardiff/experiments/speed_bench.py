@@ -175,7 +175,8 @@ def _print_table(r: dict) -> None:
     print("   T  cached ms  uncached ms  speedup  FLOP-predicted  ratio")
     for row in r["block_latency_b8_5steps_cfg1.5"]:
         print(f"  {row['T']:2d}  {row['cached_ms_per_block']:9.1f}  {row['uncached_ms_per_block']:11.1f}  "
-              f"{row['measured_speedup']:7.2f}  {row['flop_predicted_speedup']:14.2f}  {row['speedup_vs_prediction']:5.2f}")
+              f"{row['measured_speedup']:7.2f}  {row['flop_predicted_speedup']:14.2f}  "
+              f"{row['speedup_vs_prediction']:5.2f}")
     if "context_pass_8x4blocks_25steps" in r:
         c = r["context_pass_8x4blocks_25steps"]
         print(f"context pass: ride {c['ride_seconds']:.2f} s, separate {c['separate_seconds']:.2f} s")

@@ -1,0 +1,7 @@
+"""``python -m ardiff.cli`` (e.g. under torchrun): the ``ardiff`` command."""
+
+import sys
+
+from ardiff.cli.main import main
+
+sys.exit(main())

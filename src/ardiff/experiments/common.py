@@ -1,0 +1,60 @@
+"""What the experiment drivers share: the settings the story and video tables run with,
+recorded sampling settings in words, markdown tables, atomic JSON and plot set-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ardiff.utils.io import atomic_write_json
+
+SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
+                 "ddpm": "DDPM"}
+
+
+@dataclass
+class CorrectionSettings:
+    """What the story benchmark and the video table share: the rolling window, t', the ARM's
+    and the corrector's steps and guidance, the seed."""
+
+    window: int = 4  # rolling KV window past the trained length (blocks), plus sink_blocks from the start
+    sink_blocks: int = 1
+    t_prime: float = 0.5
+    arm_steps: int = 25
+    arm_cfg: float | None = None  # None: the model's recorded setting
+    corrector_steps: int = 25
+    corrector_cfg: float | None = None
+    seed: int = 0
+
+
+def recorded_settings(model_dir: str | os.PathLike, cfg_scale: float | None = None, num_steps: int | None = None):
+    """A model's recorded :class:`~ardiff.generate.SamplingSettings`, with the given overrides."""
+    from ardiff.generate.settings import SamplingSettings
+
+    return SamplingSettings.recorded(model_dir).but(cfg_scale=cfg_scale, num_steps=num_steps)
+
+
+def describe_settings(s) -> str:
+    """SamplingSettings in words, for reports."""
+    clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
+    return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}{clip}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Results are written atomically: a present JSON file is a complete one."""
+    atomic_write_json(path, data, indent=1)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (the ``plots`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

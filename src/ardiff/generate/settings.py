@@ -1,0 +1,50 @@
+"""How a model is meant to be sampled: the settings recorded with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from ardiff.diffusion.schedule import DEFAULT_SAMPLER, check_sampler, sampling_scheduler
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The settings a model's training run recorded with it (``_sampling`` in config.json, as
+    tuned), which the CLI, ``ardiff eval``, the demo and the benchmarks use unless told
+    otherwise: ``SamplingSettings.recorded(model_dir).but(cfg_scale=...)``."""
+
+    cfg_scale: float = 1.5
+    num_steps: int = 25
+    sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
+    clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
+
+    def __post_init__(self):
+        check_sampler(self.sampler)
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps} must be >= 1")
+
+    @classmethod
+    def recorded(cls, model_dir: str | os.PathLike) -> "SamplingSettings":
+        """The settings recorded in ``model_dir``; defaults for what it does not record."""
+        from ardiff.models.checkpoint import load_extras
+
+        raw = load_extras(model_dir).get("sampling", {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{model_dir}/config.json: unknown _sampling keys {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def but(self, **changes) -> "SamplingSettings":
+        """A copy with the given fields changed; ``None`` values keep the recorded ones."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def scheduler(self, model_config):
+        return sampling_scheduler(model_config, self.sampler, self.clip_denoised)
+
+    def sample_kwargs(self) -> dict:
+        """These settings as keyword arguments of :func:`ardiff.generate.sample`."""
+        return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.sampler,
+                    clip_denoised=self.clip_denoised)
