@@ -1,6 +1,7 @@
 """Fingerprints of sampled tensors with fixed seeds: the demo's image and video samples, a
 4-story benchmark run and a short training run. Written before and after a change that
-must not change behaviour; the two JSON files must be identical.
+must not change behaviour; the two JSON files must be identical (wall-clock timings are left
+out of the metrics' hash).
 
     python scripts/fingerprints.py OUT.json [--workdir DIR]
 """
@@ -41,6 +42,15 @@ def demo_samples() -> dict:
     return out
 
 
+def _without_timings(value):
+    """Results without wall-clock keys (seconds, s_per_story), which differ run to run."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "second" not in k and not k.startswith("s_per")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
 def story_benchmark(workdir: Path) -> dict:
     try:
         from ardiff.experiments.story_benchmark import BenchmarkConfig, run_benchmark
@@ -58,7 +68,8 @@ def story_benchmark(workdir: Path) -> dict:
     out = {}
     for path in sorted((workdir / "bench" / "settings").glob("*.safetensors")):
         out[path.stem] = {k: digest(v) for k, v in sorted(load_file(str(path)).items())}
-    out["metrics"] = hashlib.sha256(json.dumps(summary["results"], sort_keys=True).encode()).hexdigest()[:16]
+    out["metrics"] = hashlib.sha256(json.dumps(_without_timings(summary["results"]), sort_keys=True).encode()
+                                    ).hexdigest()[:16]
     return out
 
 

@@ -32,17 +32,50 @@ def test_story_with_rule_memory(saved_models, tmp_path, capsys):
     record = json.loads((out / "record.json").read_text())
     assert [c["corrected"] for c in record["chunks"]] == [True, True, False, False]
     assert record["rewritten_prompts"][1] != "It slides left."  # the memory named the subject
-    assert (out / "strip.png").is_file() and (out / "uncorrected_vs_corrected.gif").is_file()
+    for name in ("strip.png", "arm_vs_acdc.gif", "index.html"):
+        assert (out / name).is_file(), name
+    # record.json is enough to run it again: components, memory, settings, seed, versions.
+    assert record["arm"]["spec"] == f"acdit:{video}" and record["corrector"]["spec"] == f"native:{image}"
+    assert record["memory"] == {"spec": "rule", "class": "RuleBasedMemory", "fell_back": False,
+                                "fallback_reasons": []}
+    assert record["arguments"]["arm_steps"] == 2 and record["seed"] == 0 and record["t_prime"] == 0.5
+    assert set(record["versions"]) >= {"ardiff", "torch", "diffusers"}
+    page = (out / "index.html").read_text()
+    assert "It slides left." in page and record["rewritten_prompts"][1] in page
 
 
-def test_video_mode_and_bad_specs(saved_models, tmp_path):
+def test_strip_has_a_true_arm_alone_row(saved_models, tmp_path):
+    """The top row is the ARM alone with the same seed: where ACDC corrected chunk 1, the
+    later chunks differ from the ARM alone; with nothing corrected the two rows are equal."""
+    from PIL import Image
+
+    video, image = saved_models
+    runs = {}
+    for correct in ("0", "1"):
+        out = tmp_path / f"c{correct}"
+        assert main(["acdc", "story", "--arm", f"acdit:{video}", "--corrector", f"native:{image}", "--steps", "4",
+                     "--arm-steps", "2", "--correct", correct, "--t-prime", "0.9", "--out", str(out)]) == 0
+        runs[correct] = out
+    strip0, strip1 = (Image.open(runs[c] / "strip.png") for c in ("0", "1"))
+    assert strip0.size == strip1.size and strip0.size[0] > 4 * 2 * 8 * 8  # labelled, 8x8 frames scaled up
+    from safetensors.torch import load_file
+
+    f0, f1 = (load_file(str(runs[c] / "frames.safetensors")) for c in ("0", "1"))
+    assert torch.equal(f0["arm_alone"], f1["arm_alone"])  # the same seed: the same ARM-alone row
+    assert torch.equal(f0["arm_alone"], f0["acdc"])  # nothing corrected: the rows agree
+    assert not torch.equal(f1["arm_alone"][1:], f1["acdc"][1:])  # chunk 1 corrected: later chunks change too
+
+
+def test_video_mode_and_bad_specs(saved_models, tmp_path, capsys):
     video, image = saved_models
     out = tmp_path / "v"
     main(["acdc", "video", "--arm", f"acdit:{video}", "--corrector", f"native:{image}", "--prompt", "a bag",
           "--chunks", "4", "--steps", "4", "--arm-steps", "2", "--out", str(out)])
     record = json.loads((out / "record.json").read_text())
     assert [c["corrected"] for c in record["chunks"]] == [True, False, False, False]
-    with pytest.raises(ValueError, match="--corrector 'magic'"):
+    with pytest.raises(SystemExit):
         main(["acdc", "video", "--arm", f"acdit:{video}", "--corrector", "magic", "--out", str(out)])
-    with pytest.raises(ValueError, match="needs a path"):
+    assert "--corrector: 'magic': use builtin" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main(["acdc", "video", "--arm", "acdit", "--out", str(out)])
+    assert "needs a path" in capsys.readouterr().err

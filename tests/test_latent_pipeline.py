@@ -48,7 +48,8 @@ def test_latent_training_and_decoded_sampling(tmp_path, tiny_vae_dir, capsys):
     grid = Image.open(tmp_path / "run" / "samples" / "step_00000002.png")
     assert grid.mode == "RGB" and grid.size == (2 * 18 + 2, 18 + 2)
 
-    main(["sample", str(tmp_path / "run" / "model"), "--num", "3", "--steps", "2", "--out", str(tmp_path / "s.png")])
+    assert main(["sample", str(tmp_path / "run" / "model"), "--num", "3", "--steps", "2", "--scale", "1",
+                 "--no-labels", "--out", str(tmp_path / "s.png")]) == 0
     img = Image.open(tmp_path / "s.png")
     assert img.mode == "RGB" and img.size == (2 * 18 + 2, 2 * 18 + 2)  # 3 images on a 2x2 grid
     model = ACDiT.from_pretrained(tmp_path / "run" / "model")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ardiff.acdc.base import ARM, Corrector, IdentityMemory, Memory, check_frames
+from ardiff.utils.seeding import chunk_seed
 
 
 @dataclass
@@ -116,12 +117,13 @@ class ACDCPipeline:
         before: list[torch.Tensor] = []
         after: list[torch.Tensor] = []
         bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(prompts), desc="ACDC chunks", unit="chunk", dynamic_ncols=True)
 
         def on_chunk(index: int, chunk: Any):
+            nonlocal bar
+            if self.progress and bar is None:  # opened by the first chunk: an ARM that refuses prints no bar
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(prompts), desc="ACDC chunks", unit="chunk", dynamic_ncols=True)
             t0 = time.perf_counter()
             frames = check_frames(self.arm.decode(chunk), f"{type(self.arm).__name__}.decode")
             record = ChunkRecord(index=index, arm_prompt=prompts[index], corrector_prompt=rewritten[index],
@@ -129,7 +131,7 @@ class ACDCPipeline:
             before.append(frames.detach().cpu())
             replacement = None
             if record.corrected:
-                record.seed = seed * 1_000_003 + index  # per-chunk stream: chunk i's noise ignores the others
+                record.seed = chunk_seed(seed, index)  # per-chunk stream: chunk i's noise ignores the others
                 t0 = time.perf_counter()
                 result = self.corrector.correct(frames, rewritten[index], self.t_prime,
                                                 torch.Generator().manual_seed(record.seed), mask=masks.get(index))

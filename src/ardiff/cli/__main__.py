@@ -2,6 +2,6 @@
 
 import sys
 
-from ardiff.cli.main import main
+from ardiff.cli.commands import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
-"""`ardiff acdc story|video`: run ACDC with components chosen on the command line.
+"""`ardiff acdc story|video|benchmark|make-stories`: run ACDC with components chosen on the
+command line.
 
 Component specs (every model from a local path; nothing is downloaded):
 
@@ -8,6 +9,11 @@ Component specs (every model from a local path; nothing is downloaded):
                animatediff:SD_DIR,motion=ADAPTER_DIR | none
   --memory     rule | none | smollm2 | transformers:PATH (directory or .gguf file) |
                openai:MODEL@BASE_URL (key from $OPENAI_API_KEY)
+
+Every run writes, into --out: strip.png (labelled rows: the ARM alone with the same seed,
+and ARM + ACDC; chunk borders; corrected chunks marked), index.html (the strip with every
+chunk's prompt as given and as the memory rewrote it), a side-by-side GIF, and record.json
+(everything needed to run it again).
 """
 
 from __future__ import annotations
@@ -16,151 +22,185 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
+from ardiff.cli.common import (
+    CommandError,
+    existing_file,
+    guidance_scale,
+    nonnegative_int,
+    output_dir,
+    positive_int,
+    t_prime,
+)
+
+ARM_KINDS = ("builtin", "acdit", "emu3", "janus")
+CORRECTOR_KINDS = ("builtin", "native", "sd", "animatediff", "none")
+MEMORY_KINDS = ("rule", "none", "smollm2", "transformers", "openai")
+# Library argument names in error messages, as this command's flags.
+FLAG_NAMES = {"window=W": "--window W", "window=": "--window", "sink_blocks": "--sink-blocks",
+              "num_inference_steps": "--steps", "guidance_scale": "--cfg", "t_prime": "--t-prime",
+              "num_chunks": "--chunks", "correct=": "--correct"}
 
 
-def _split(spec: str, what: str) -> tuple[str, str | None]:
+# ---------------------------------------------------------------------------
+#                  Component specs (checked when the arguments are parsed)
+# ---------------------------------------------------------------------------
+def _split(spec: str) -> tuple[str, str | None]:
     kind, _, arg = spec.partition(":")
     return kind.strip().lower(), (arg or None)
 
 
-def _need(arg, spec, what):
-    if not arg:
-        raise ValueError(f"--{what} {spec!r} needs a path: {spec.split(':')[0]}:PATH")
-    return arg
+def _spec_type(flag: str, kinds: tuple[str, ...], needs_path: tuple[str, ...], usage: str):
+    def check(text: str) -> str:
+        kind, arg = _split(text)
+        if kind not in kinds:
+            raise argparse.ArgumentTypeError(f"{text!r}: use {usage}")
+        if kind in needs_path:
+            if not arg:
+                raise argparse.ArgumentTypeError(f"{text!r} needs a path: {kind}:PATH")
+            path = arg.partition(",motion=")[0] if kind == "animatediff" else arg
+            if kind != "openai" and not Path(path).exists():
+                raise argparse.ArgumentTypeError(f"{text!r}: {path} does not exist")
+        return text
+
+    check.__name__ = f"{flag} spec"
+    return check
 
 
-def build_arm(spec: str, steps: int, cfg: float, device: str):
-    kind, arg = _split(spec, "arm")
+arm_spec = _spec_type("--arm", ARM_KINDS, ("acdit", "emu3", "janus"), "builtin, acdit:DIR, emu3:DIR or janus:DIR")
+corrector_spec = _spec_type("--corrector", CORRECTOR_KINDS, ("native", "sd", "animatediff"),
+                            "builtin, native:DIR, sd:DIR, animatediff:DIR[,motion=DIR] or none")
+
+
+def memory_spec(text: str) -> str:
+    kind, arg = _split(text)
+    if kind not in MEMORY_KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use rule, none, smollm2, transformers:PATH or "
+                                         f"openai:MODEL@BASE_URL")
+    if kind == "transformers" and (not arg or not Path(arg).exists()):
+        raise argparse.ArgumentTypeError(f"{text!r}: transformers:PATH needs an existing directory or .gguf file")
+    if kind == "openai":
+        model, _, base_url = (arg or "").partition("@")
+        if not model or not base_url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(f"{text!r}: use openai:MODEL@BASE_URL "
+                                             f"(e.g. openai:gpt-4o-mini@https://api.openai.com/v1)")
+    return text
+
+
+def mask_spec(text: str) -> str:
+    index, _, path = text.partition(":")
+    if not index.isdigit() or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK_INDEX:MASK.png (white = may change)")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: {path} does not exist")
+    return text
+
+
+# ---------------------------------------------------------------------------
+#                               Building components
+# ---------------------------------------------------------------------------
+def build_arm(spec: str, steps: int | None, cfg: float | None, device: str):
+    """The ARM and a record of it (what record.json says of the ARM)."""
+    kind, arg = _split(spec)
     if kind in ("builtin", "acdit"):
         from ardiff.acdc.native import ACDiTARM
         from ardiff.generate.settings import SamplingSettings
         from ardiff.models.acdit import ACDiT
         from ardiff.models.resolve import resolve_model_dir
 
-        path = resolve_model_dir("moving-fmnist" if kind == "builtin" else _need(arg, spec, "arm"))
+        path = resolve_model_dir("moving-fmnist" if kind == "builtin" else arg)
         settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
-        return ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
-                        cfg_scale=settings.cfg_scale)
-    if kind in ("emu3", "janus"):
-        from ardiff.acdc import transformers_arms
+        arm = ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
+                       cfg_scale=settings.cfg_scale)
+        return arm, {"spec": spec, "path": str(path), "num_steps": settings.num_steps,
+                     "cfg_scale": settings.cfg_scale, "sampler": "dpmsolver++"}
+    from ardiff.acdc import transformers_arms
 
-        cls = transformers_arms.Emu3ARM if kind == "emu3" else transformers_arms.JanusARM
-        return cls.from_pretrained(_need(arg, spec, "arm"), device=device)
-    raise ValueError(f"--arm {spec!r}: use builtin, acdit:DIR, emu3:DIR or janus:DIR")
+    cls = transformers_arms.Emu3ARM if kind == "emu3" else transformers_arms.JanusARM
+    return cls.from_pretrained(arg, device=device), {"spec": spec, "path": arg}
 
 
 def build_corrector(spec: str, steps: int, cfg: float | None, device: str):
-    kind, arg = _split(spec, "corrector")
+    """The corrector (None for ``none``) and its record."""
+    kind, arg = _split(spec)
     if kind == "none":
-        return None
+        return None, {"spec": spec}
     if kind in ("builtin", "native"):
         from ardiff.acdc.native import NativeCorrector
         from ardiff.generate.settings import SamplingSettings
         from ardiff.models.acdit import ACDiT
         from ardiff.models.resolve import resolve_model_dir
 
-        path = resolve_model_dir("fmnist" if kind == "builtin" else _need(arg, spec, "corrector"))
+        path = resolve_model_dir("fmnist" if kind == "builtin" else arg)
         settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
-        return NativeCorrector(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
-                               cfg_scale=settings.cfg_scale)
-    if kind in ("sd", "animatediff"):
-        from ardiff.acdc import correctors
+        corrector = NativeCorrector(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
+                                    cfg_scale=settings.cfg_scale)
+        return corrector, {"spec": spec, "path": str(path), "num_steps": settings.num_steps,
+                           "cfg_scale": settings.cfg_scale, "sampler": "dpmsolver++ (SDEdit from t')"}
+    from ardiff.acdc import correctors
 
-        cls = correctors.SDEditCorrector if kind == "sd" else correctors.AnimateDiffCorrector
-        kwargs = {"num_inference_steps": steps, "device": device}
-        arg, _, adapter = (arg or "").partition(",motion=")
-        if adapter:  # a Stable Diffusion directory plus a MotionAdapter directory
-            kwargs["motion_adapter"] = adapter
-        if cfg is not None:
-            kwargs["guidance_scale"] = cfg
-        return cls.from_pretrained(_need(arg, spec, "corrector"), **kwargs)
-    raise ValueError(f"--corrector {spec!r}: use builtin, native:DIR, sd:DIR, animatediff:DIR or none")
+    cls = correctors.SDEditCorrector if kind == "sd" else correctors.AnimateDiffCorrector
+    kwargs = {"num_inference_steps": steps, "device": device}
+    arg, _, adapter = arg.partition(",motion=")
+    if adapter:  # a Stable Diffusion directory plus a MotionAdapter directory
+        kwargs["motion_adapter"] = adapter
+    if cfg is not None:
+        kwargs["guidance_scale"] = cfg
+    record = {"spec": spec, "path": arg, "num_steps": steps, "cfg_scale": cfg if cfg is not None else "default"}
+    return cls.from_pretrained(arg, **kwargs), record
 
 
 def build_memory_from_spec(spec: str):
     from ardiff.acdc.memory import build_memory
 
-    kind, arg = _split(spec, "memory")
+    kind, arg = _split(spec)
     if kind in ("rule", "none", "smollm2"):
         return build_memory(kind)
     if kind == "transformers":
-        return build_memory("transformers", path=_need(arg, spec, "memory"))
-    if kind == "openai":
-        model, _, base_url = (arg or "").partition("@")
-        if not model or not base_url:
-            raise ValueError(f"--memory {spec!r}: use openai:MODEL@BASE_URL (e.g. openai:gpt-4o-mini@https://api.openai.com/v1)")
-        return build_memory("openai", model=model, base_url=base_url)
-    raise ValueError(f"--memory {spec!r}: use rule, none, smollm2, transformers:PATH or openai:MODEL@BASE_URL")
+        return build_memory("transformers", path=arg)
+    model, _, base_url = arg.partition("@")
+    return build_memory("openai", model=model, base_url=base_url)
 
 
 def read_prompts(path: str) -> list[str]:
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--prompts {path}: no such file (one prompt per line, or a JSON list of strings)")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise CommandError(f"--prompts {path}: not a text file (one prompt per line, or a JSON list)") from None
     if p.suffix == ".json":
-        prompts = json.loads(text)
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CommandError(f"--prompts {path}: not valid JSON ({e})") from None
         if not isinstance(prompts, list) or not all(isinstance(s, str) for s in prompts):
-            raise ValueError(f"--prompts {path}: a .json file must hold a list of strings")
-        return prompts
-    return [line.strip() for line in text.splitlines() if line.strip()]
+            raise CommandError(f"--prompts {path}: a .json file must hold a list of strings")
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CommandError(f"--prompts {path} holds no prompt; give one prompt per line")
+    return prompts
 
 
-def read_masks(specs: list[str] | None) -> dict[int, torch.Tensor]:
+def read_masks(specs: list[str] | None) -> dict:
     """``IDX:PNG`` -> chunk index -> (1, 1, H, W) mask, white = may change."""
     import numpy as np
-    from PIL import Image
+    import torch
+    from PIL import Image, UnidentifiedImageError
 
     masks = {}
     for spec in specs or []:
         index, _, path = spec.partition(":")
-        if not index.isdigit() or not Path(path).is_file():
-            raise ValueError(f"--mask {spec!r}: use CHUNK_INDEX:MASK.png (an existing image; white = may change)")
-        array = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+        try:
+            array = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+        except UnidentifiedImageError:
+            raise CommandError(f"--mask {spec}: {path} is not an image") from None
         masks[int(index)] = torch.from_numpy((array > 0.5).astype(np.float32))[None, None]
     return masks
 
 
-def write_outputs(result, out: Path) -> dict:
-    from ardiff.utils.media import save_image_grid, save_video_grid
-
-    out.mkdir(parents=True, exist_ok=True)
-    before, after = result.frames(corrected=False), result.frames(corrected=True)
-    n = before.shape[0]
-    save_image_grid(torch.cat([before, after]).float(), out / "strip.png", nrow=n)  # top: ARM alone, bottom: ACDC
-    pair = torch.stack([before, after]).transpose(1, 2).float()  # (2, C, F, H, W)
-    save_video_grid(pair, out / "uncorrected_vs_corrected.gif", fps=4, nrow=2)
-    record = result.to_dict()
-    (out / "record.json").write_text(json.dumps(record, indent=2))
-    return record
-
-
-def cmd_acdc(args) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    arm = build_arm(args.arm, args.arm_steps, args.arm_cfg, device)
-    corrector = build_corrector(args.corrector, args.steps, args.cfg, device)
-    from ardiff.acdc.pipeline import ACDCPipeline
-
-    if args.mode == "story":
-        memory = build_memory_from_spec(args.memory)
-        prompts = read_prompts(args.prompts) if args.prompts else DEFAULT_STORY
-        pipe = ACDCPipeline(arm, corrector, memory, t_prime=args.t_prime, color_match=args.color_match)
-        result = pipe.story(prompts, seed=args.seed, correct=args.correct, masks=read_masks(args.mask))
-    else:
-        pipe = ACDCPipeline(arm, corrector, None, t_prime=args.t_prime, color_match=args.color_match)
-        result = pipe.video(args.prompt, num_chunks=args.chunks, seed=args.seed,
-                            correct=1 if args.correct is None else args.correct, masks=read_masks(args.mask))
-    out = Path(args.out)
-    record = write_outputs(result, out)
-    for chunk in record["chunks"]:
-        flag = f"corrected at t'={chunk['t_prime']:.3f}" if chunk["corrected"] else "kept"
-        print(f"chunk {chunk['index']}: {flag:<24} {chunk['corrector_prompt']}")
-    print(f"wrote {out / 'strip.png'} (top: ARM alone, bottom: with ACDC), "
-          f"{out / 'uncorrected_vs_corrected.gif'}, {out / 'record.json'}")
-    return 0
-
-
+# ---------------------------------------------------------------------------
+#                                   story | video
+# ---------------------------------------------------------------------------
 # Four chunks for the shipped video ARM (4 blocks of 2 frames); later sentences refer by pronoun.
 DEFAULT_STORY = [
     "A sneaker glides across the dark floor.",
@@ -170,11 +210,68 @@ DEFAULT_STORY = [
 ]
 
 
+def cmd_acdc(args) -> int:
+    import warnings
+
+    import torch
+
+    from ardiff.acdc.pipeline import ACDCPipeline
+    from ardiff.experiments.acdc_report import run_record, write_report
+
+    prompts = (read_prompts(args.prompts) if args.prompts else DEFAULT_STORY) if args.mode == "story" else None
+    masks = read_masks(args.mask)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    arm, arm_record = build_arm(args.arm, args.arm_steps, args.arm_cfg, device)
+    if getattr(args, "window", None) is not None and hasattr(arm, "window"):
+        arm.window, arm.sink_blocks = args.window, args.sink_blocks
+    corrector, corrector_record = build_corrector(args.corrector, args.steps, args.cfg, device)
+    memory = build_memory_from_spec(args.memory) if args.mode == "story" else None
+
+    def run(with_corrector: bool):
+        pipe = ACDCPipeline(arm, corrector if with_corrector else None, memory, t_prime=args.t_prime,
+                            color_match=args.color_match)
+        if args.mode == "story":
+            return pipe.story(prompts, seed=args.seed, correct=args.correct, masks=masks)
+        return pipe.video(args.prompt, num_chunks=args.chunks, seed=args.seed,
+                          correct=1 if args.correct is None else args.correct, masks=masks)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(with_corrector=True)
+    fallbacks = [str(w.message) for w in caught if type(w.message).__name__ == "MemoryFallbackWarning"]
+    baseline = run(with_corrector=False) if corrector is not None else result  # the same seed, no correction
+    record = run_record(args, result, arm_record, corrector_record, memory, fallbacks)
+    out = Path(args.out)
+    write_report(result, baseline, record, out)
+    for chunk in record["chunks"]:
+        flag = f"corrected at t'={chunk['t_prime']:.3f}" if chunk["corrected"] else "kept"
+        print(f"chunk {chunk['index']}: {flag:<24} {chunk['corrector_prompt']}")
+    for reason in fallbacks:
+        print(f"memory fell back: {reason}")
+    print(f"wrote {out / 'strip.png'} (rows: ARM alone with the same seed, ARM + ACDC), {out / 'index.html'}, "
+          f"{out / 'arm_vs_acdc.gif'}, {out / 'record.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+#                           benchmark | make-stories
+# ---------------------------------------------------------------------------
+def _settings_list(text: str) -> tuple[str, ...]:
+    from ardiff.experiments.benchmark_settings import ALL_SETTINGS
+
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [n for n in names if n not in ALL_SETTINGS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown setting(s) {unknown or [text]}; choose from "
+                                         f"{', '.join(ALL_SETTINGS)}")
+    return names
+
+
 def cmd_benchmark(args) -> int:
     from ardiff.experiments.story_benchmark import ALL_SETTINGS, BenchmarkConfig, run_benchmark
     from ardiff.experiments.video_table import VideoBenchConfig
 
-    settings = tuple(s.strip() for s in args.settings.split(",")) if args.settings else ALL_SETTINGS
+    settings = args.settings or ALL_SETTINGS
     video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
                              t_prime=args.video_t_prime, window=args.video_window, seed=args.seed)
     config = BenchmarkConfig(out=args.out, arm=args.arm, corrector=args.corrector, num_stories=args.num_stories,
@@ -184,7 +281,7 @@ def cmd_benchmark(args) -> int:
     summary = run_benchmark(config, device=args.device or "cpu", rescore=args.rescore)
     print((Path(args.out) / "story_table.md").read_text())
     print(f"wrote {args.out}/benchmark.json, story_table.md, error_accumulation.png and strip_*.png")
-    return 0 if summary["results"] else 1
+    return 0 if summary["results"] or summary["video"] else 1
 
 
 def cmd_make_stories(args) -> int:
@@ -196,65 +293,92 @@ def cmd_make_stories(args) -> int:
     return 0 if valid == total else 1
 
 
+# ---------------------------------------------------------------------------
+#                                   The parser
+# ---------------------------------------------------------------------------
 def add_parser(sub) -> None:
+    from ardiff.experiments.benchmark_settings import BENCHMARK_HELP
+
     acdc = sub.add_parser("acdc", help="ACDC: diffusion correction of an autoregressive generator",
-                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    modes = acdc.add_subparsers(dest="mode", required=True)
-    b = modes.add_parser("benchmark", help="the story-world benchmark: story table, error accumulation, "
-                                                 "video table, strips")
-    b.add_argument("--out", default="out/acdc-benchmark")
+                          description=__doc__)
+    modes = acdc.add_subparsers(dest="mode", required=True, metavar="MODE")
+    b = modes.add_parser("benchmark", help="the story-world benchmark: story table, error accumulation, video "
+                                           "table, strips (hours on a CPU with the defaults; see --help)",
+                         description=BENCHMARK_HELP)
+    b.add_argument("--out", type=output_dir, default="out/acdc-benchmark", help="output directory")
     b.add_argument("--arm", default="story-arm", help="story ARM (shipped name or directory)")
     b.add_argument("--corrector", default="story-corrector", help="single-frame corrector (name or directory)")
-    b.add_argument("--num-stories", type=int, default=200)
-    b.add_argument("--long-stories", type=int, default=100, help="12-frame stories for the error-accumulation plot")
-    b.add_argument("--smollm2-stories", type=int, default=200, help="stories for the SmolLM2 row (it is slow on CPU)")
-    b.add_argument("--window", type=int, default=4, help="rolling KV window (blocks) past the trained length")
-    b.add_argument("--sink-blocks", type=int, default=1, help="blocks kept from the start in the rolling window")
-    b.add_argument("--t-prime", type=float, default=0.5)
+    b.add_argument("--num-stories", type=positive_int, default=200, help="6-frame test stories per setting")
+    b.add_argument("--long-stories", type=positive_int, default=100,
+                   help="12-frame stories for the error-accumulation plot")
+    b.add_argument("--smollm2-stories", type=positive_int, default=200,
+                   help="stories for the SmolLM2 row (about 10 s per story on a CPU)")
+    b.add_argument("--window", type=positive_int, default=4, help="rolling KV window (blocks) past the trained "
+                                                                  "length")
+    b.add_argument("--sink-blocks", type=nonnegative_int, default=1,
+                   help="blocks kept from the start in the rolling window")
+    b.add_argument("--t-prime", type=t_prime, default=0.5, help="SDEdit noise level of the corrections")
     b.add_argument("--video-arm", default="moving-fmnist-16", help="video ACDiT with whole-frame blocks (video table)")
     b.add_argument("--video-corrector", default="moving-fmnist-16-dit",
                    help="full-sequence video model of the ARM's clip size (one block)")
-    b.add_argument("--video-clips", type=int, default=100, help="clips of twice the trained length (class-balanced)")
-    b.add_argument("--video-t-prime", type=float, default=0.5)
-    b.add_argument("--video-window", type=int, default=6, help="rolling KV window of the video ARM (blocks), "
-                                                               "plus one sink block")
-    b.add_argument("--settings", help="comma-separated subset (default: all); finished settings are skipped")
+    b.add_argument("--video-clips", type=positive_int, default=100,
+                   help="clips of twice the trained length (class-balanced)")
+    b.add_argument("--video-t-prime", type=t_prime, default=0.5, help="SDEdit noise level of the video correction")
+    b.add_argument("--video-window", type=positive_int, default=6,
+                   help="rolling KV window of the video ARM (blocks), plus one sink block")
+    b.add_argument("--settings", type=_settings_list, help="comma-separated subset (default: all); finished "
+                                                           "settings are skipped")
     b.add_argument("--rescore", action="store_true", help="recompute the metrics from the saved frames only")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device")
+    b.add_argument("--seed", type=nonnegative_int, default=0)
+    b.add_argument("--device", help="cpu, cuda, ...")
     b.set_defaults(func=cmd_benchmark)
-    m = modes.add_parser("make-stories", help="an LLM writes 6-sentence animal stories (the paper's benchmark), JSONL")
-    m.add_argument("--llm", default="smollm2", help="smollm2 | transformers:PATH | openai:MODEL@BASE_URL")
-    m.add_argument("--num", type=int, default=10)
-    m.add_argument("--attempts", type=int, default=3, help="tries per story before it is recorded as failed")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", default="out/stories.jsonl")
+
+    m = modes.add_parser("make-stories", help="an LLM writes 6-sentence animal stories (the paper's benchmark), "
+                                              "JSONL",
+                         description="Algorithm 1: an LLM writes six-sentence animal stories from three few-shot "
+                                     "examples; invalid answers are retried, failures recorded. Exit status 1 "
+                                     "when a story failed every attempt.")
+    m.add_argument("--llm", default="smollm2", type=memory_spec,
+                   help="smollm2 | transformers:PATH | openai:MODEL@BASE_URL")
+    m.add_argument("--num", type=positive_int, default=10, help="stories to write")
+    m.add_argument("--attempts", type=positive_int, default=3, help="tries per story before it is recorded as failed")
+    m.add_argument("--seed", type=nonnegative_int, default=0)
+    m.add_argument("--out", default="out/stories.jsonl", help="JSONL file to write")
     m.set_defaults(func=cmd_make_stories)
+
     for mode in ("story", "video"):
-        p = modes.add_parser(mode, help="one prompt per chunk" if mode == "story" else
+        p = modes.add_parser(mode, help="one prompt per chunk, corrected chunk by chunk" if mode == "story" else
                              "one prompt; the first chunk corrected, then generation continues",
-                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                             description=__doc__)
         if mode == "story":
-            p.add_argument("--prompts", help="text file, one prompt per chunk (or a .json list); "
-                                             "default: a 4-sentence built-in story")
-            p.add_argument("--memory", default="rule", help="memory backend (default: rule)")
+            p.add_argument("--prompts", type=existing_file, help="text file, one prompt per chunk (or a .json "
+                                                                 "list); default: a 4-sentence built-in story")
+            p.add_argument("--memory", type=memory_spec, default="rule", help="memory backend")
+            p.add_argument("--window", type=positive_int,
+                           help="ACDiT ARM: a rolling KV window of this many blocks, to tell stories longer than "
+                                "the trained length")
+            p.add_argument("--sink-blocks", type=nonnegative_int, default=0,
+                           help="with --window: blocks kept from the start")
         else:
             p.add_argument("--prompt", default="a sneaker", help="the prompt for every chunk")
-            p.add_argument("--chunks", type=int, default=4, help="chunks to generate")
-        p.add_argument("--arm", default="builtin", help="autoregressive generator (default: builtin)")
-        p.add_argument("--corrector", default="builtin", help="SDEdit corrector (default: builtin)")
-        p.add_argument("--t-prime", type=float, default=0.5, help="SDEdit noise level in (0, 1] (paper: 0.4-0.6)")
-        p.add_argument("--correct", type=int, help="correct only the first K chunks (ACDC #K); default: all "
-                                                   "(story) or 1 (video)")
-        p.add_argument("--steps", type=int, default=25, help="corrector denoising steps over the full schedule")
-        p.add_argument("--cfg", type=float, help="corrector guidance scale (default: recorded with a native model, "
-                                                 "7.5 Stable Diffusion)")
-        p.add_argument("--arm-steps", type=int, default=25, help="ACDiT ARM denoising steps per block")
-        p.add_argument("--arm-cfg", type=float, help="ACDiT ARM guidance scale (default: recorded with the model)")
+            p.add_argument("--chunks", type=positive_int, default=4, help="chunks to generate")
+        p.add_argument("--arm", type=arm_spec, default="builtin", help="autoregressive generator")
+        p.add_argument("--corrector", type=corrector_spec, default="builtin", help="SDEdit corrector")
+        p.add_argument("--t-prime", type=t_prime, default=0.5, help="SDEdit noise level in (0, 1] (paper: 0.4-0.6)")
+        p.add_argument("--correct", type=nonnegative_int,
+                       help="correct only the first K chunks (ACDC #K); default: all (story) or 1 (video)")
+        p.add_argument("--steps", type=positive_int, default=25, help="corrector denoising steps over the full "
+                                                                      "schedule")
+        p.add_argument("--cfg", type=guidance_scale, help="corrector guidance scale (default: recorded with a native "
+                                                          "model, 7.5 Stable Diffusion)")
+        p.add_argument("--arm-steps", type=positive_int, help="ACDiT ARM denoising steps per block (default: "
+                                                              "recorded with the model)")
+        p.add_argument("--arm-cfg", type=guidance_scale, help="ACDiT ARM guidance scale (default: recorded with the "
+                                                              "model)")
         p.add_argument("--color-match", action="store_true", help="match corrected colours to the ARM's chunk")
-        p.add_argument("--mask", action="append", metavar="IDX:PNG", help="user constraint: only white pixels of "
-                                                                          "chunk IDX may change (repeatable)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device")
-        p.add_argument("--out", default=f"out/acdc-{mode}", help="output directory")
-        p.set_defaults(func=cmd_acdc)
+        p.add_argument("--mask", action="append", type=mask_spec, metavar="IDX:PNG",
+                       help="user constraint: only white pixels of chunk IDX may change (repeatable)")
+        p.add_argument("--seed", type=nonnegative_int, default=0)
+        p.add_argument("--device", help="cpu, cuda, ...")
+        p.add_argument("--out", type=output_dir, default=f"out/acdc-{mode}", help="output directory")
+        p.set_defaults(func=cmd_acdc, flag_names=FLAG_NAMES)

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from ardiff.cli.common import nonnegative_int, output_dir, positive_float, positive_int
+
 
 def cmd_render(args) -> int:
     import torch
@@ -54,27 +56,37 @@ def cmd_train_text(args) -> int:
 
 
 def add_parser(sub) -> None:
-    world = sub.add_parser("world", help="the story world: render stories, train its reader and text encoder")
-    cmds = world.add_subparsers(dest="world_cmd", required=True)
-    r = cmds.add_parser("render", help="render stories to a PNG (one story per row) and JSONL")
-    r.add_argument("--num", type=int, default=4)
-    r.add_argument("--length", type=int, default=6, help="sentences per story")
-    r.add_argument("--split", default="test", choices=("train", "test"))
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default="out/world")
+    world = sub.add_parser("world", help="the story world: render stories, train its reader and text encoder",
+                           description="The story world: a synthetic world of six-sentence stories about one "
+                                       "Fashion-MNIST item (kind, colour, background, size, position), rendered "
+                                       "exactly, so every generated frame has a truth. Render stories, and train "
+                                       "the networks that read and encode them.")
+    cmds = world.add_subparsers(dest="world_cmd", required=True, metavar="COMMAND")
+    r = cmds.add_parser("render", help="render stories to a PNG (one story per row) and JSONL",
+                        description="Render stories of the world to stories.png (one story per row) and "
+                                    "stories.jsonl (their sentences and frame states).")
+    r.add_argument("--num", type=positive_int, default=4, help="stories")
+    r.add_argument("--length", type=positive_int, default=6, help="sentences per story")
+    r.add_argument("--split", default="test", choices=("train", "test"), help="which items the stories use")
+    r.add_argument("--seed", type=nonnegative_int, default=0)
+    r.add_argument("--out", type=output_dir, default="out/world", help="output directory")
     r.set_defaults(func=cmd_render)
-    t = cmds.add_parser("train-reader", help="train the attribute reader (held-out accuracy printed and saved)")
-    t.add_argument("--steps", type=int, default=900)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    t = cmds.add_parser("train-reader", help="train the attribute reader (held-out accuracy printed and saved)",
+                        description="Train the attribute reader, the network that reads a frame's six attributes "
+                                    "(it scores the story benchmark).")
+    t.add_argument("--steps", type=positive_int, default=900, help="training steps")
+    t.add_argument("--batch-size", type=positive_int, default=128, help="frames per step")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     t.add_argument("--init-from", help="a saved reader to continue from (a second stage)")
-    t.add_argument("--first-frame", type=int, help="index of the first training render (default 0, or 10M with "
-                                                   "--init-from: a later stage sees new renders)")
-    t.add_argument("--out", default="runs/world/story-reader")
+    t.add_argument("--first-frame", type=nonnegative_int,
+                   help="index of the first training render (default 0, or 10M with --init-from: a later stage "
+                        "sees new renders)")
+    t.add_argument("--out", type=output_dir, default="runs/world/story-reader", help="model directory to write")
     t.set_defaults(func=cmd_train_reader)
-    e = cmds.add_parser("train-text-encoder", help="train the story text encoder")
-    e.add_argument("--steps", type=int, default=1500)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", default="runs/world/story-text")
+    e = cmds.add_parser("train-text-encoder", help="train the story text encoder",
+                        description="Train the story text encoder (sentences -> 64-d condition vectors).")
+    e.add_argument("--steps", type=positive_int, default=1500, help="training steps")
+    e.add_argument("--seed", type=nonnegative_int, default=0)
+    e.add_argument("--out", type=output_dir, default="runs/world/story-text", help="model directory to write")
     e.set_defaults(func=cmd_train_text)

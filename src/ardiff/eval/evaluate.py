@@ -101,7 +101,8 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
 def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25, seed: int = 0,
              classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
              inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
-             data: dict | None = None, clip_denoised: bool = False, return_samples: bool = False):
+             data: dict | None = None, clip_denoised: bool = False, return_samples: bool = False,
+             real_floor: bool = True):
     """Sample ``num`` class-balanced samples and score them (see module docstring).
 
     Returns the metrics dict, or with ``return_samples`` ``(metrics, samples, labels)``: sample
@@ -111,6 +112,9 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
     ``inception_weights`` (images) and ``i3d_path`` (videos) also with Inception-V3 / I3D.
     ``data``: the data section the model was trained on (``_data`` in its config.json):
     Moving Fashion-MNIST reference clips then move at the same speed as the training clips.
+    ``real_floor``: with the built-in reference data, also score ``num`` real samples that are
+    not in the reference set (training images; held-out test clips) the same way: the
+    ``*_floor`` keys, what a perfect generator would get at this N.
     """
     cfg = model.config
     device = model.device
@@ -125,21 +129,76 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
                          f"(Inception-V3 weight file) to score them")
     if clip_network is not None and not cfg.is_video:
         raise ValueError("i3d_path scores videos; this model makes images (use inception_weights)")
+    floor_samples = None
     if real is None:  # before sampling: a model without a reference set fails in seconds, not after the run
         real = _default_real(cfg, data)
+        if real_floor:
+            floor_samples = _real_floor_samples(cfg, data, num)
     t0 = time.perf_counter()
     fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler,
                             clip_denoised=clip_denoised)
     seconds = time.perf_counter() - t0
     result = {}
-    for i, network in enumerate(networks):
+    stages = [(False, i, n) for i, n in enumerate(networks)]
+    if floor_samples is not None:
+        stages += [(True, i, n) for i, n in enumerate(networks)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        stages = tqdm(stages, desc="scoring", unit="pass")
+    for is_floor, i, network in stages:
+        samples, sample_labels = floor_samples if is_floor else (fake, labels)
         if cfg.is_video:
-            result.update(video_metrics(fake, labels, real, network, clip_network if i == 0 else None))
+            scores = video_metrics(samples, sample_labels, real, network, clip_network if i == 0 else None)
         else:
-            result.update(image_metrics(fake, labels, real, network))
+            scores = image_metrics(samples, sample_labels, real, network)
+        if is_floor:
+            scores = {f"{k}_floor": v for k, v in scores.items() if k.startswith(("fid_", "fvd_"))}
+        result.update(scores)
     result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
                    "sampler": sampler, "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
     return (result, fake, labels) if return_samples else result
+
+
+def _real_floor_samples(cfg, data: dict | None, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num`` real samples outside the reference set, class-balanced like the generated ones."""
+    if cfg.is_video:
+        frames, h, _ = cfg.input_size
+        return moving_fmnist_test_clips(num, frames, h, first=1000, **moving_fmnist_motion(data))
+    from ardiff.data.fashion_mnist import FashionMNIST
+
+    train = FashionMNIST(split="train")
+    wanted = torch.arange(num) % cfg.num_classes if cfg.num_classes else None
+    if wanted is None:
+        return train.images[:num].float() / 127.5 - 1, train.labels[:num]
+    by_class = {int(c): torch.nonzero(train.labels == c).flatten() for c in wanted.unique()}
+    index = torch.stack([by_class[int(c)][k // cfg.num_classes] for k, c in enumerate(wanted)])
+    return train.images[index].float() / 127.5 - 1, wanted
+
+
+def reliability_notes(result: dict, num: int) -> dict[str, str]:
+    """A warning for each metric that means little at the N used, keyed like ``result``."""
+    notes = {}
+    for key, value in result.items():
+        if not isinstance(value, float) or key.endswith("_floor"):
+            continue
+        if key.startswith(("fid_", "fvd_")):
+            floor = result.get(f"{key}_floor")
+            floor_text = f"real-data floor at this N: {floor:.2f}" if floor is not None else "no real-data floor"
+            bias = f"N={num} is small: biased upwards, compare only at equal N; " if num < 1000 else ""
+            notes[key] = f"{bias}{floor_text}"
+        elif key.startswith("kid_") and not key.endswith("_std"):
+            std = result.get(f"{key}_std", 0.0)
+            if std > abs(value) / 2:
+                notes[key] = f"spread {std:.4f} is more than half the value: not significant at N={num}"
+        elif key.startswith(("precision_", "recall_")) and num < 500:
+            notes[key] = f"nearest-neighbour estimate over N={num} < 500: unreliable"
+        elif key.startswith("is_") and num < 1000:
+            notes[key] = f"N={num} < 1000: rough"
+        elif key.startswith("class_accuracy") and num < 400:
+            half_width = 1.96 * (max(value * (1 - value), 0.0) / num) ** 0.5
+            notes[key] = f"+-{half_width:.3f} (95% interval at N={num})"
+    return notes
 
 
 def _default_real(cfg, data: dict | None = None) -> torch.Tensor:

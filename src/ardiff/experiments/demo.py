@@ -52,6 +52,12 @@ def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: i
     return path
 
 
+def _with_floor(metrics: dict, key: str) -> str:
+    """A Frechet distance beside its real-data floor at the same N (real samples scored the same way)."""
+    floor = metrics.get(f"{key}_floor")
+    return f"{metrics[key]:.2f}" + (f" (real-data floor at this N: {floor:.2f})" if floor is not None else "")
+
+
 def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid
@@ -78,7 +84,7 @@ def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
     grid = samples[: 10 * per_class].unflatten(0, (per_class, 10)).transpose(0, 1).flatten(0, 1)
     save_image_grid(grid, out / "fmnist_classes.png", nrow=per_class)
     rows = [("class accuracy (classifier reads the asked class)", f"{100 * m['class_accuracy']:.1f}%"),
-            ("FID-FMNIST vs test split (classifier features)", f"{m['fid_fmnist']:.2f}"),
+            ("FID-FMNIST vs test split (classifier features)", _with_floor(m, "fid_fmnist")),
             ("KID-FMNIST", f"{m['kid_fmnist']:.4f}"),
             ("precision / recall", f"{m['precision_fmnist']:.3f} / {m['recall_fmnist']:.3f}"),
             ("IS-FMNIST (classifier logits)", f"{m['is_fmnist']:.2f}"),
@@ -117,8 +123,8 @@ def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
     rows = [("class accuracy of frames", f"{100 * m['class_accuracy_frames']:.1f}%"),
             ("frame consistency, generated / real clips",
              f"{m['frame_consistency']:.3f} / {m['frame_consistency_real']:.3f}"),
-            ("FID-FMNIST of frames", f"{m['fid_fmnist_frames']:.2f}"),
-            ("FVD proxy (concatenated frame features)", f"{m['fvd_proxy_fmnist']:.2f}"),
+            ("FID-FMNIST of frames", _with_floor(m, "fid_fmnist_frames")),
+            ("FVD proxy (concatenated frame features)", _with_floor(m, "fvd_proxy_fmnist")),
             ("sampling time per clip", f"{m['seconds_per_sample']:.2f} s")]
     md = ["## Video: class-conditional ACDiT on Moving Fashion-MNIST", "",
           f"{frames} frames of {h}x{w}, generated {c.block_size / c.tokens_per_frame:g} frames per autoregressive "

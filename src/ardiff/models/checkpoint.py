@@ -68,6 +68,13 @@ def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{weights} is not a readable safetensors file: {e}") from None
     model = cls(config)
+    expected = model.state_dict()
+    mismatched = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} by the config"
+                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if mismatched:
+        raise ValueError(f"{weights} does not match the architecture in {directory / CONFIG_NAME}: "
+                         f"{'; '.join(mismatched[:3])}{' ...' if len(mismatched) > 3 else ''} "
+                         f"(the weights belong to another config: export the model again)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -127,8 +127,10 @@ def load_official_checkpoint(
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise _unpickling_error(path, e) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from None
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError) as e:
+        # A text file or a truncated download fails deep inside the unpickler (e.g. KeyError: 101).
+        raise ValueError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e}); the official "
+                         f"release files are ACDiT-{{XL,H}}-{{img,vid}}.pt") from None
 
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{path} holds a {type(ckpt).__name__}; an official checkpoint is a dict with 'model' "

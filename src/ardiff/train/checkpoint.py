@@ -109,6 +109,22 @@ def read_checkpoint(path: Path) -> dict:
             out[key] = load_file(str(file))
         except Exception as e:
             raise ValueError(f"checkpoint file {file} is unreadable: {e}") from None
-    out["trainer_state"] = json.loads((path / "trainer_state.json").read_text())
-    out["config"] = json.loads((path / CONFIG_NAME).read_text())
+    for key, name in (("trainer_state", "trainer_state.json"), ("config", CONFIG_NAME)):
+        try:
+            out[key] = json.loads((path / name).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"checkpoint file {path / name} is unreadable: {e}") from None
     return out
+
+
+def newest_readable_checkpoint(root: Path, older_than: Path) -> Path | None:
+    """The newest complete checkpoint before ``older_than`` whose files all read back."""
+    candidates = sorted((p for p in root.glob("step_*") if (p / "trainer_state.json").is_file()
+                         and p.name < older_than.name), reverse=True)
+    for path in candidates:
+        try:
+            read_checkpoint(path)
+        except ValueError:
+            continue
+        return path
+    return None

@@ -178,6 +178,10 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     unknown = sorted(set(raw) - {"model", *SECTIONS})
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; valid sections: model, data, train, sample")
+    for name, section in raw.items():
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"section {name!r} holds a {type(section).__name__}; each section is a mapping of "
+                             f"keys to values (e.g. {name}:\n  key: value)")
     model_raw = dict(raw.get("model") or {})
     preset = model_raw.pop("preset", None)
     hints = typing.get_type_hints(ACDiTConfig)
@@ -250,6 +254,11 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{path} is not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a text file; a run config is YAML") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} holds a YAML {type(raw).__name__}; a run config is a mapping with the "
+                             f"sections model, data, train, sample (see configs/fmnist.yaml)")
     for text in overrides:
         (section, key), value = parse_override(text)
         if section not in ("model", *SECTIONS):

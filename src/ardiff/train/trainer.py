@@ -332,7 +332,14 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.ckpt_root)
         if path is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {self.ckpt_root}")
-        data = ckpt.read_checkpoint(path)
+        try:
+            data = ckpt.read_checkpoint(path)
+        except ValueError as error:
+            good = ckpt.newest_readable_checkpoint(self.ckpt_root, older_than=path)
+            fix = (f"the newest good checkpoint is {good}: move the damaged one out of {self.ckpt_root} "
+                   f"(e.g. mv {path} {self.out / ('damaged_' + path.name)}) and run --resume again" if good else
+                   "no older checkpoint reads back either: start the run again without --resume")
+            raise ValueError(f"--resume: the newest checkpoint is damaged ({error}); {fix}") from None
         if data["config"] != self.run.model.to_dict():
             raise ValueError(f"--resume: the model config in {path} differs from this run's model config")
         with torch.no_grad():
@@ -390,7 +397,7 @@ class Trainer:
         out = sample(model, cond, **settings.sample_kwargs(), generator=make_generators(range(n), self.device),
                      batch_size=n)
         out = self.decode(out)
-        path = self.out / "samples" / f"step_{self.step:08d}"
+        path = self.out / "samples" / f"step_{self.step:08d}{'.gif' if out.dim() == 5 else '.png'}"
         path = save_media(out.cpu(), path)
         if self.tb is not None and out.dim() == 4:
             from ardiff.utils.media import image_grid

@@ -1,4 +1,5 @@
-"""Writing samples: PNG grids for images, GIF (or MP4 with imageio) for videos."""
+"""Writing samples: PNG grids for images, GIF or MP4 (PyAV) for videos, optionally scaled up
+and captioned."""
 
 from __future__ import annotations
 
@@ -34,31 +35,101 @@ def _pil(array: np.ndarray):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+def font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def captioned_grid(images: torch.Tensor, nrow: int | None = None, scale: int = 1,
+                   captions: list[str] | None = None, pad: int = 2) -> np.ndarray:
+    """Like :func:`image_grid`, each image scaled up ``scale`` times (nearest neighbour) and,
+    with ``captions``, a caption under each image. Returns (H, W, 3) uint8 when captioned."""
+    grid = image_grid(images, nrow, pad=0)
+    n, _, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    h, w = h * scale, w * scale
+    if not captions:
+        out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, grid.shape[-1]), dtype=np.uint8)
+        for i in range(n):
+            r, c = divmod(i, nrow)
+            out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = \
+                grid[r * h:(r + 1) * h, c * w:(c + 1) * w]
+        return out
+    from PIL import Image, ImageDraw
+
+    caption_font = font(max(9, min(14, w // 6)))
+    text_h = caption_font.getbbox("Ag")[3] + 4
+    canvas = Image.new("RGB", (nrow * (w + pad) + pad, rows * (h + text_h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    tiles = grid if grid.shape[-1] == 3 else np.repeat(grid, 3, axis=-1)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        left, top = pad + c * (w + pad), pad + r * (h + text_h + pad)
+        canvas.paste(Image.fromarray(tiles[r * h:(r + 1) * h, c * w:(c + 1) * w]), (left, top))
+        text = captions[i] if i < len(captions) else ""
+        while text and draw.textlength(text, font=caption_font) > w:
+            text = text[:-1]
+        draw.text((left + (w - draw.textlength(text, font=caption_font)) / 2, top + h + 1), text, fill=(0, 0, 0),
+                  font=caption_font)
+    return np.asarray(canvas)
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1,
+                    captions: list[str] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _pil(image_grid(images, nrow)).save(path)
+    grid = image_grid(images, nrow) if scale == 1 and not captions else captioned_grid(images, nrow, scale, captions)
+    _pil(grid).save(path)
     return path
 
 
-def save_video_grid(videos: torch.Tensor, path: str | Path, fps: int = 8, nrow: int | None = None) -> Path:
-    """(N, C, F, H, W) -> animated GIF (``.gif``) or MP4 (``.mp4``, needs imageio + ffmpeg)."""
+def save_video_grid(videos: torch.Tensor, path: str | Path, fps: int = 8, nrow: int | None = None, scale: int = 1,
+                    captions: list[str] | None = None) -> Path:
+    """(N, C, F, H, W) -> animated GIF (``.gif``) or H.264 MP4 (``.mp4``, PyAV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [image_grid(videos[:, :, f], nrow) for f in range(videos.shape[2])]
+    if scale == 1 and not captions:
+        frames = [image_grid(videos[:, :, f], nrow) for f in range(videos.shape[2])]
+    else:
+        frames = [captioned_grid(videos[:, :, f], nrow, scale, captions) for f in range(videos.shape[2])]
     if path.suffix == ".mp4":
-        import imageio.v3 as iio
-
-        iio.imwrite(path, np.stack([f if f.shape[-1] == 3 else np.repeat(f, 3, -1) for f in frames]), fps=fps)
+        _write_mp4(path, [f if f.shape[-1] == 3 else np.repeat(f, 3, -1) for f in frames], fps)
     else:
         images = [_pil(f) for f in frames]
         images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
 
 
-def save_media(samples: torch.Tensor, stem: str | Path, video_format: str = "gif") -> Path:
-    """Images (N, C, H, W) -> ``stem.png``; videos (N, C, F, H, W) -> ``stem.gif``/``.mp4``."""
-    stem = Path(stem)
+def _write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import av
+
+    h, w = frames[0].shape[:2]
+    frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0))) for f in frames]  # yuv420p needs even sizes
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def save_media(samples: torch.Tensor, path: str | Path, scale: int = 1, captions: list[str] | None = None,
+               nrow: int | None = None, fps: int = 6) -> Path:
+    """Images (N, C, H, W) -> a PNG grid; videos (N, C, F, H, W) -> a GIF or MP4 grid, or with a
+    ``.png`` path a filmstrip (one clip per row, frames left to right). ``path`` is used as given."""
+    path = Path(path)
     if samples.dim() == 4:
-        return save_image_grid(samples, stem.with_suffix(".png"))
-    return save_video_grid(samples, stem.with_suffix(f".{video_format}"))
+        return save_image_grid(samples, path, nrow=nrow, scale=scale, captions=captions)
+    if path.suffix.lower() == ".png":
+        n, _, frames = samples.shape[:3]
+        strip_captions = None if not captions else [c if f == 0 else "" for c in captions for f in range(frames)]
+        return save_image_grid(samples.transpose(1, 2).flatten(0, 1), path, nrow=frames, scale=scale,
+                               captions=strip_captions)
+    return save_video_grid(samples, path, fps=fps, nrow=nrow, scale=scale, captions=captions)

@@ -1,0 +1,415 @@
+"""`ardiff` command line: argparse only; each command imports the library when it runs.
+
+Expected failures (bad arguments, missing or corrupt files, invalid configs, refused
+pickles) end in one line, ``ardiff <command>: error: ...``, and exit status 2; ``--debug``
+(or ``ARDIFF_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ardiff.cli.common import (
+    SAMPLER_CHOICES,
+    CommandError,
+    Parser,
+    add_sampling_flags,
+    existing_file,
+    guidance_scale,
+    leaf_parsers,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    positive_int,
+    run_command,
+)
+
+__all__ = ["SAMPLER_CHOICES", "build_parser", "main"]
+
+
+def cmd_demo(args) -> int:
+    from ardiff.experiments.demo import run_demo
+
+    path = run_demo(Path(args.out), num_eval=args.num_eval, num_eval_videos=args.num_eval_videos, steps=args.steps,
+                    cfg_scale=args.cfg, video_cfg_scale=args.video_cfg, seed=args.seed, sampler=args.sampler,
+                    clip_denoised=args.clip_denoised)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ardiff.train import Trainer, load_run_config
+
+    overrides = list(args.set or [])
+    if args.out_dir:
+        overrides.append(f"train.out_dir={args.out_dir}")
+    run = load_run_config(args.config, overrides)
+    trainer = Trainer(run, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if args.resume and trainer.step >= run.train.steps:
+        raise CommandError(f"the run in {trainer.out} already finished at step {trainer.step} (model in "
+                           f"{trainer.out / 'model'}); nothing was changed. To train on, raise the step count: "
+                           f"--set train.steps=N --resume with N > {trainer.step}")
+    last = trainer.fit(max_steps=args.max_steps)
+    if trainer.is_main:
+        done = trainer.step == run.train.steps
+        loss = f"loss {last['loss']:.4f}" if "loss" in last else "no step logged"
+        print(f"{'finished' if done else 'stopped'} at step {trainer.step}: {loss}; "
+              f"checkpoints in {trainer.ckpt_root}" + (f"; model in {trainer.out / 'model'}" if done else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+#                                  sample
+# ---------------------------------------------------------------------------
+def read_model_summary(name_or_path: str) -> tuple[Path, dict]:
+    """The model directory and its config.json, read without importing torch."""
+    from ardiff.models.resolve import resolve_model_dir
+
+    directory = resolve_model_dir(name_or_path)
+    try:
+        return directory, json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{directory / 'config.json'} is not valid JSON ({e}); the model directory is "
+                           f"damaged: export it again (ardiff train ... writes runs/NAME/model)") from None
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise CommandError(f"--classes must be comma-separated class ids, got {text!r}") from None
+    if not classes:
+        raise CommandError(f"--classes {text!r} names no class; give ids such as 0,7")
+    if num_classes == 0:
+        raise CommandError("--classes: this model is not class-conditional; drop the flag")
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise CommandError(f"--classes {bad} out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return classes
+
+
+def class_names(config: dict) -> list[str]:
+    data = (config.get("_data") or {}).get("name")
+    if data in ("fashion_mnist", "moving_fashion_mnist") and config.get("num_classes") == 10:
+        from ardiff.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+        return list(FASHION_MNIST_CLASSES)
+    return [f"class {k}" for k in range(config.get("num_classes", 0))]
+
+
+def cmd_sample(args) -> int:
+    directory, config = read_model_summary(args.model_dir)
+    is_video = len(config.get("input_size", ())) == 3
+    out = Path(args.out or ("samples.gif" if is_video else "samples.png"))
+    if not is_video and out.suffix.lower() != ".png":
+        raise CommandError(f"--out {out}: this model makes images; give a .png file")
+    classes = parse_classes(args.classes, config.get("num_classes", 0))
+
+    import torch
+
+    from ardiff import ACDiT, SamplingSettings, make_generators, sample
+    from ardiff.data.latents import VAERecord
+    from ardiff.utils.media import save_media
+
+    settings = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps,
+                                                        sampler=args.sampler, clip_denoised=args.clip_denoised)
+    vae_record = VAERecord.recorded(directory)
+    if args.vae:
+        vae_record = VAERecord(args.vae, *(vae_record.scaling_factor, vae_record.shift_factor) if vae_record
+                               else (1.0,))
+    if vae_record and settings.clip_denoised:
+        raise CommandError("--clip-denoised clips to the pixel range [-1, 1]; this model generates VAE latents: "
+                           "drop the flag (or pass --no-clip-denoised)")
+    vae = None
+    if vae_record and not args.no_decode:
+        try:
+            vae = vae_record.load(args.device or "cpu")
+        except FileNotFoundError as e:
+            raise CommandError(f"{e}; this model generates VAE latents: pass --vae DIR, or --no-decode") from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ACDiT.from_pretrained(directory, device=device)
+    cfg = model.config
+    if classes is not None:
+        labels = torch.tensor([c for c in classes for _ in range(args.num)])
+    elif cfg.num_classes:
+        labels = torch.arange(args.num) % cfg.num_classes
+    else:
+        labels = None
+        settings = settings.but(cfg_scale=1.0)
+    n = len(labels) if labels is not None else args.num
+    samples = sample(model, labels, **settings.sample_kwargs(), use_cache=not args.no_cache,
+                     generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
+    if vae is not None:
+        with torch.no_grad():
+            samples = vae_record.decode(vae.to(device), samples)
+    elif vae_record:
+        samples = samples[:, :3].clamp(-4, 4) / 4  # raw latents, squashed into the image range
+    names = class_names(config)
+    captions = [names[int(k)] for k in labels] if labels is not None and args.labels else None
+    scale = args.scale or max(1, 128 // max(cfg.input_size[-2:]))
+    nrow = args.num if classes is not None else None  # one row per class
+    path = save_media(samples.cpu(), out, scale=scale, captions=captions, nrow=nrow)
+    print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path} (seeds {args.seed}..{args.seed + n - 1}, "
+          f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g})")
+    return 0
+
+
+def cmd_convert_official(args) -> int:
+    from ardiff.models.official import convert_official
+
+    out = convert_official(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle, use_ema=args.ema)
+    print(f"wrote {out} (config.json, model.safetensors, official_args.json)")
+    return 0
+
+
+def cmd_encode_latents(args) -> int:
+    from ardiff.data.latents import encode_latent_cache
+    from ardiff.train import load_run_config
+    from ardiff.train.datasets import build_dataset
+
+    run = load_run_config(args.config, list(args.set or []))
+    if run.data.name == "latents":
+        raise CommandError("the config's data section already names a latent cache; point it at the source "
+                           "images/videos, e.g. --set data.name=image_folder --set data.root=DIR")
+    dataset = build_dataset(run.data, None)
+    meta = encode_latent_cache(dataset, args.vae, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
+                               device=args.device or "cpu")
+    print(f"wrote {meta['count']} latents of shape {tuple(meta['latent_shape'])} to {args.out}; train on them "
+          f"with --set data.name=latents --set data.root={args.out} (model.in_channels/input_size to match)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    directory, _ = read_model_summary(args.model_dir)
+
+    import torch
+
+    from ardiff import ACDiT, SamplingSettings
+    from ardiff.eval.evaluate import evaluate, reliability_notes
+    from ardiff.models.checkpoint import load_extras
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ACDiT.from_pretrained(directory, device=device)
+    s = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
+                                                 clip_denoised=args.clip_denoised)
+    result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
+                      clip_denoised=s.clip_denoised, seed=args.seed, classifier_path=args.classifier, progress=True,
+                      inception_weights=args.inception_weights, i3d_path=args.i3d,
+                      data=load_extras(directory).get("data"), real_floor=not args.no_floor)
+    notes = reliability_notes(result, args.num)
+    for key, value in result.items():
+        if isinstance(value, list):
+            value = " ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
+        line = f"{key:>26}: {value:.4f}" if isinstance(value, float) else f"{key:>26}: {value}"
+        print(line + (f"   ({notes[key]})" if key in notes else ""))
+    if notes:
+        result["warnings"] = notes
+    if args.out:
+        from ardiff.utils.io import atomic_write_json
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, result, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _ar_lengths(text: str) -> tuple[int, ...]:
+    try:
+        lengths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 1,2,4") from None
+    if not lengths or min(lengths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every length must be >= 1")
+    return lengths
+
+
+def cmd_analyze(args) -> int:
+    from ardiff.experiments import analyses
+
+    kwargs = {}
+    if args.ar_lengths:
+        kwargs["ar_lengths"] = args.ar_lengths
+    if args.which == "block-size":
+        if args.steps is not None:
+            kwargs["steps"] = args.steps
+        if args.set:
+            kwargs["overrides"] = list(args.set)
+    elif args.steps is not None or args.set:
+        raise CommandError("--steps and --set apply to block-size only")
+    analyses.main(args.which, Path(args.out), quick=args.quick, **kwargs)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ardiff.experiments import speed_bench
+
+    result = speed_bench.main(as_json=args.json, quick=args.quick)
+    if args.out:
+        from ardiff.utils.io import atomic_write_json
+
+        atomic_write_json(args.out, result, indent=2)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+#                                  The parser
+# ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ardiff", description="Autoregressive diffusion on images and video: ACDiT (block-wise "
+                    "autoregressive diffusion), ACDC (diffusion correction of autoregressive generators) and the "
+                    "two joined.\n\nShipped models: fmnist, moving-fmnist, moving-fmnist-16, moving-fmnist-16-dit, "
+                    "story-arm, story-corrector (a name or a model directory works wherever a model is asked for).")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or set "
+                                                             "ARDIFF_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="the main job: sample the shipped models, score them, write a report",
+                          description="Sample the shipped image and video models, check that KV-cached sampling "
+                                      "equals recomputing the context, score the samples against the Fashion-MNIST "
+                                      "test split, and write report.md / report.json (about 3 minutes on 2 cores).")
+    demo.add_argument("--out", type=output_dir, default="out/demo", help="output directory")
+    demo.add_argument("--num-eval", type=positive_int, default=300, help="images scored against the test split "
+                                                                         "(at least 10)")
+    demo.add_argument("--num-eval-videos", type=positive_int, default=40, help="clips scored against test clips")
+    demo.add_argument("--steps", type=positive_int, help="denoising steps per block (default: recorded with each "
+                                                         "model)")
+    demo.add_argument("--sampler", choices=SAMPLER_CHOICES, help="sampler for both models (default: recorded with "
+                                                                  "each model, as tuned)")
+    demo.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                      help="clip predicted clean samples to [-1, 1] (default: recorded with each model)")
+    demo.add_argument("--cfg", type=guidance_scale, help="image guidance scale (default: recorded with the model)")
+    demo.add_argument("--video-cfg", type=guidance_scale, help="video guidance scale (default: recorded with the "
+                                                               "model)")
+    demo.add_argument("--seed", type=nonnegative_int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train an ACDiT from a run config (works under torchrun)",
+                           description="Train from a YAML run config (a path or a name in configs/, e.g. fmnist). "
+                                       "Checkpoints are written atomically; --resume continues exactly.\n"
+                                       "Multi-GPU: torchrun --nproc_per_node N -m ardiff.cli train CONFIG.")
+    train.add_argument("config", help="YAML run config path or built-in name (fmnist, moving-fmnist, "
+                                      "imagenet256-B, ...)")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    train.add_argument("--out-dir", type=output_dir, help="shortcut for --set train.out_dir=DIR")
+    train.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    samp = sub.add_parser("sample", help="sample a model to a PNG grid, a GIF/MP4 or a PNG filmstrip",
+                          description="Sample a model (a shipped name or a model directory). Images go to a PNG "
+                                      "grid; videos to a GIF or MP4 grid, or with --out FILE.png to a filmstrip "
+                                      "(one clip per row). Class-conditional samples are captioned with their class.")
+    samp.add_argument("model_dir", help="model directory (config.json + model.safetensors) or a shipped model name")
+    samp.add_argument("--classes", help="comma-separated class ids; --num samples of each, one row per class")
+    samp.add_argument("--num", type=positive_int, default=8, help="samples (per class when --classes is given)")
+    add_sampling_flags(samp)
+    samp.add_argument("--seed", type=nonnegative_int, default=0, help="sample i uses seed + i")
+    samp.add_argument("--out", type=output_file(".png", ".gif", ".mp4"),
+                      help="output file: .png for images; .gif, .mp4 or .png (filmstrip) for videos (default: "
+                           "samples.png / samples.gif)")
+    samp.add_argument("--scale", type=positive_int, help="enlarge every sample this many times (default: to about "
+                                                        "128 px)")
+    samp.add_argument("--labels", action=argparse.BooleanOptionalAction, default=True,
+                      help="caption each sample with its class")
+    samp.add_argument("--no-cache", action="store_true", help="recompute the context every step (reference path)")
+    samp.add_argument("--vae", help="local diffusers AutoencoderKL directory (default: the one recorded by training)")
+    samp.add_argument("--no-decode", action="store_true", help="latent models: save the first 3 latent channels")
+    samp.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    samp.set_defaults(func=cmd_sample)
+
+    conv = sub.add_parser("convert-official", help="convert a released ACDiT checkpoint to an ardiff model dir",
+                          description="Convert ACDiT-{XL,H}-{img,vid}.pt from the official release into an ardiff "
+                                      "model directory (safetensors + JSON). The release is a pickle: it is read "
+                                      "with torch.load(weights_only=True) and an allow-list, and only with "
+                                      "--allow-pickle.")
+    conv.add_argument("checkpoint", type=existing_file, help="ACDiT-{XL,H}-{img,vid}.pt")
+    conv.add_argument("out_dir", type=output_dir, help="model directory to write")
+    conv.add_argument("--allow-pickle", action="store_true",
+                      help="required: the release is a pickle; it is loaded with weights_only=True and an allow-list")
+    conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
+    conv.set_defaults(func=cmd_convert_official)
+
+    ev = sub.add_parser("eval", help="sample and score a model (FID, KID, precision/recall, IS, accuracy, FVD)",
+                        description="Sample a model and score it offline with the project's Fashion-MNIST "
+                                    "classifier against the test split (images) or Moving Fashion-MNIST test clips "
+                                    "(videos). FID-FMNIST is comparable only to other FID-FMNIST numbers at the same "
+                                    "N: it is printed beside its real-data floor (real training images vs the test "
+                                    "split, same N). Metrics that mean little at the N used are flagged.")
+    ev.add_argument("model_dir", help="model directory or shipped model name")
+    ev.add_argument("--num", type=positive_int, default=1000, help="generated samples (class-balanced)")
+    add_sampling_flags(ev)
+    ev.add_argument("--seed", type=nonnegative_int, default=0)
+    ev.add_argument("--no-floor", action="store_true", help="skip the real-data floor of the Frechet distances")
+    ev.add_argument("--classifier", type=existing_file,
+                    help="feature network weights (default: the shipped Fashion-MNIST classifier)")
+    ev.add_argument("--inception-weights", type=existing_file,
+                    help="also score with Inception-V3: torch-fidelity's local weight file "
+                         "pt_inception-2015-12-05-6726825d.pth (FID/KID/IS comparable to papers)")
+    ev.add_argument("--i3d", type=existing_file,
+                    help="videos: also compute FVD with the TorchScript i3d_torchscript.pt at this local path")
+    ev.add_argument("--out", type=output_file(".json"), help="write the metrics as JSON")
+    ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    ev.set_defaults(func=cmd_eval)
+
+    ana = sub.add_parser("analyze", help="the paper's analyses at CPU scale: block-size trade-off, inference time",
+                         description="block-size: train the fmnist recipe once per autoregressive length with the "
+                                     "same budget and plot FID-FMNIST (paper Fig. 7; ~40 min on 2 cores).\n"
+                                     "inference-time: sampling time vs autoregressive length, with and without the "
+                                     "KV cache, next to the FLOP model (paper Fig. 8; a few minutes).")
+    ana.add_argument("which", choices=("block-size", "inference-time"))
+    ana.add_argument("--out", type=output_dir, default="out/analysis", help="directory for the JSON and PNG")
+    ana.add_argument("--ar-lengths", type=_ar_lengths,
+                     help="comma-separated numbers of blocks (default: 1,2,4,8,16,64 / 1..64)")
+    ana.add_argument("--steps", type=positive_int, help="block-size: training steps per run (default: 800)")
+    ana.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="block-size: extra run-config override for every run (e.g. train.compile=true)")
+    ana.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline end to end")
+    ana.set_defaults(func=cmd_analyze)
+
+    from ardiff.cli.acdc import add_parser as add_acdc_parser
+    from ardiff.cli.world import add_parser as add_world_parser
+
+    add_acdc_parser(sub)
+    add_world_parser(sub)
+
+    enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache",
+                         description="Encode the dataset a run config describes with a local diffusers "
+                                     "AutoencoderKL into safetensors shards (posterior means) plus meta.json.")
+    enc.add_argument("config", help="run config whose data section describes the source images/videos")
+    enc.add_argument("--vae", required=True, help="local diffusers AutoencoderKL directory")
+    enc.add_argument("--out", required=True, type=output_dir, help="cache directory to create")
+    enc.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    enc.add_argument("--shard-size", type=positive_int, default=1024, help="items per shard")
+    enc.add_argument("--batch-size", type=positive_int, default=32, help="items per VAE call")
+    enc.add_argument("--device", help="cpu, cuda, ...")
+    enc.set_defaults(func=cmd_encode_latents)
+
+    bench = sub.add_parser("bench", help="training/sampling speed against this machine's matmul peak",
+                           description="Measure, in one run: the fp32 matmul peak, a training step, sampling, and "
+                                       "per-block latency with and without the KV cache; achieved FLOP/s as a "
+                                       "fraction of the peak.")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats and block counts")
+    bench.add_argument("--out", type=output_file(".json"), help="also write the JSON results to this file")
+    bench.set_defaults(func=cmd_bench)
+
+    for leaf in leaf_parsers(parser):
+        leaf.set_defaults(prog=leaf.prog)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args, args.func)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""What every command shares: the parser class, argument types checked at parse time, and
+the error boundary that turns expected failures into one line.
+
+Nothing here imports torch: ``ardiff --help`` and a rejected argument answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+# Sampler names (ardiff.diffusion.SAMPLERS), listed here so that `--help` does not import torch.
+SAMPLER_CHOICES = ("dpmsolver++", "sde-dpmsolver++", "ddim", "ddpm")
+DEBUG_ENV = "ARDIFF_DEBUG"
+
+
+class CommandError(Exception):
+    """An expected failure of a command (bad input, a missing or corrupt file): printed as
+    ``ardiff <command>: error: <message>`` with exit status 2, without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+#                                 Parser
+# ---------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; every option with a real default shows it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "%(default)" in text or "default:" in text or hidden or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like the commands' own errors."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def leaf_parsers(parser: argparse.ArgumentParser):
+    """Every parser that runs a command (those without subcommands)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+        return
+    for sub in subs:
+        for child in dict.fromkeys(sub.choices.values()):
+            yield from leaf_parsers(child)
+
+
+# ---------------------------------------------------------------------------
+#                       Argument types (checked at parse time)
+# ---------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a whole number >= 1")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a whole number >= 0")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def guidance_scale(text: str) -> float:
+    """A classifier-free guidance scale: finite and >= 0 (1 = no guidance)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a guidance scale is >= 0 (1 turns guidance off)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def t_prime(text: str) -> float:
+    """SDEdit's noise level t' in (0, 1]."""
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: t' is a noise level in (0, 1] (the paper uses 0.4-0.6)")
+    return value
+
+
+def existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return text
+
+
+def _check_writable_parent(path: Path, text: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable directory."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {parent} (permission denied)")
+
+
+def output_file(*suffixes: str):
+    """An argparse type for a file to write: one of ``suffixes``, not a directory, in a
+    writable place. The path is used exactly as given, never rewritten."""
+
+    def check(text: str) -> str:
+        path = Path(text)
+        if text.endswith(("/", os.sep)) or path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name, e.g. "
+                                             f"{Path(text) / ('samples' + suffixes[0])}")
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text}: the file name must end in {' or '.join(suffixes)}")
+        _check_writable_parent(path, text)
+        return text
+
+    check.__name__ = "output file"
+    return check
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into (created when missing)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a directory")
+    _check_writable_parent(path / "x", text)
+    return text
+
+
+def add_sampling_flags(parser, cfg_help: str = "classifier-free guidance scale (default: recorded with the "
+                                               "model, else 1.5)") -> None:
+    parser.add_argument("--cfg", type=guidance_scale, help=cfg_help)
+    parser.add_argument("--steps", type=positive_int,
+                        help="denoising steps per block (default: recorded with the model, else 25)")
+    parser.add_argument("--sampler", choices=SAMPLER_CHOICES,
+                        help="default: recorded with the model, else dpmsolver++ (the deterministic ODE solver)")
+    parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                        help="clip each step's predicted clean sample to [-1, 1] (pixel-space models; default: "
+                             "recorded with the model, else off)")
+
+
+# ---------------------------------------------------------------------------
+#                              The error boundary
+# ---------------------------------------------------------------------------
+_EXPECTED_NAMES = {"YAMLError", "SafetensorError", "UnpicklingError", "HeaderTooLarge", "HeaderTooSmall",
+                   "InvalidHeaderDeserialization", "MetadataIncompleteBuffer"}
+
+
+def is_expected(error: BaseException) -> bool:
+    """Failures a user can fix (bad input, missing or corrupt files, refused pickles, an
+    unreachable memory backend, a missing optional package); anything else is a bug and
+    keeps its traceback."""
+    if isinstance(error, (CommandError, ValueError, OSError, ImportError)):
+        return True
+    return any(cls.__name__ in _EXPECTED_NAMES for cls in type(error).__mro__)
+
+
+def one_line(error: BaseException, flag_names: dict[str, str] | None = None) -> str:
+    """The error's message on one line, library argument names replaced by the command's flags."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        text = f"the optional package {error.name!r} is not installed (pip install {error.name})"
+    elif isinstance(error, FileNotFoundError) and error.filename and str(error.filename) not in text:
+        text = f"{text}: {error.filename}"
+    for name, flag in (flag_names or {}).items():
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, text)
+    return re.sub(r"\s*\n\s*", "; ", text)
+
+
+def run_command(args, func) -> int:
+    """Run ``func(args)``; expected failures become one line on stderr and exit status 2."""
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug or not is_expected(error):
+            raise
+        print(f"{args.prog}: error: {one_line(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
+        return 2
