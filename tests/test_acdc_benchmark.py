@@ -135,3 +135,31 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
                                       video=VideoBenchConfig(arm=str(tmp_path / "arm"),
                                                              corrector=str(tmp_path / "arm"))),
                       log=lambda *_: None)
+
+
+def test_ablations_t_prime_sweep_and_acdc_k(models, tmp_path):
+    """The ablation settings: ACDC #k corrects exactly the first k frames (with and without
+    memory), the t' sweep changes only the noise level; their table, layout-kept scores and plot."""
+    from safetensors.torch import load_file
+
+    from ardiff.experiments.benchmark_settings import expand_settings
+
+    settings = expand_settings(["arm", "acdc_rule", "acdc1_rule", "acdc3_raw", "acdc_raw", "acdc_rule_t03"])
+    config = BenchmarkConfig(out=str(tmp_path / "bench"), arm=str(models / "arm"), corrector=str(models / "corrector"),
+                             reader=str(models / "reader"), num_stories=2, arm_steps=2, corrector_steps=4, arm_cfg=2.0,
+                             corrector_cfg=2.0, settings=settings)
+    summary = run_benchmark(config, log=lambda *_: None)
+    out = tmp_path / "bench"
+    f = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["frames"] for n in settings}
+    torch.testing.assert_close(f["acdc1_rule"][:, :1], f["acdc_rule"][:, :1])  # #1: frame 1 as full ACDC
+    torch.testing.assert_close(f["acdc3_raw"][:, :3], f["acdc_raw"][:, :3])  # #3 without memory
+    assert not torch.allclose(f["acdc_rule_t03"], f["acdc_rule"])  # another t'
+    assert not torch.allclose(f["acdc1_rule"][:, 1:], f["acdc_rule"][:, 1:])  # later frames differ
+    results = summary["results"]
+    assert all(0 <= results[n]["layout_kept"] <= 1 for n in settings if n != "arm")
+    table = (out / "story_table.md").read_text()
+    assert "| ablation | faithfulness | per frame | ARM's layout kept |" in table and "t'=0.3" in table
+    assert (out / "ablations.png").stat().st_size > 0
+    assert expand_settings(["ablations"])[0] == "acdc1_rule" and "acdc_rule_t07" in expand_settings(["all"])
+    with pytest.raises(ValueError, match="unknown benchmark setting 'nope'"):
+        expand_settings(["nope"])

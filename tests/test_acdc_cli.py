@@ -69,8 +69,10 @@ def test_strip_has_a_true_arm_alone_row(saved_models, tmp_path):
 def test_video_mode_and_bad_specs(saved_models, tmp_path, capsys):
     video, image = saved_models
     out = tmp_path / "v"
-    main(["acdc", "video", "--arm", f"acdit:{video}", "--corrector", f"native:{image}", "--prompt", "a bag",
-          "--chunks", "4", "--steps", "4", "--arm-steps", "2", "--out", str(out)])
+    # An image corrector corrects any number of frames: chunks of one frame here.
+    assert main(["acdc", "video", "--arm", f"acdit:{video}", "--corrector", f"native:{image}", "--prompt", "a bag",
+                 "--num-frames", "4", "--corrected-frames", "1", "--steps", "4", "--arm-steps", "2",
+                 "--out", str(out)]) == 0
     record = json.loads((out / "record.json").read_text())
     assert [c["corrected"] for c in record["chunks"]] == [True, False, False, False]
     with pytest.raises(SystemExit):
@@ -79,3 +81,98 @@ def test_video_mode_and_bad_specs(saved_models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["acdc", "video", "--arm", "acdit", "--out", str(out)])
     assert "needs a path" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+#                 acdc video: the paper's experiment (L frames, then N)
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def video_pair(tmp_path):
+    """A tiny video ACDiT (4 frames, one frame a block) and a full-sequence video model of 4 frames."""
+    video = tiny_model(dtype=torch.float32, input_size=(4, 8, 8), in_channels=1, patch_size=2, block_layout="raster",
+                       block_size=16, rope_axis_weights=(2, 3, 3))
+    dit = tiny_model(dtype=torch.float32, seed=1, input_size=(4, 8, 8), in_channels=1, patch_size=2,
+                     block_layout="raster", block_size=64, rope_axis_weights=(2, 3, 3))
+    video.save_pretrained(tmp_path / "video")
+    dit.save_pretrained(tmp_path / "dit")
+    return tmp_path / "video", tmp_path / "dit"
+
+
+def test_video_makes_n_frames_and_corrects_the_first_l(video_pair, tmp_path, capsys):
+    video, dit = video_pair
+    out = tmp_path / "v"
+    args = ["acdc", "video", "--arm", f"acdit:{video}", "--corrector", f"native:{dit}", "--prompt", "a bag moving",
+            "--num-frames", "8", "--corrected-frames", "4", "--steps", "4", "--arm-steps", "2", "--out", str(out)]
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "8 frames in 2 chunks of 4 frames (4 ARM blocks each)" in plan and "frames 0..3" in plan
+    assert "2 blocks + 1 sink block(s)" in plan and not out.exists()  # the dry run loads and writes nothing
+    assert main(args) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["num_frames"] == 8 and record["corrected_frames"] == [0, 1, 2, 3]
+    assert [c["corrected"] for c in record["chunks"]] == [True, False]
+    assert record["window"] == 2 and record["sink_blocks"] == 1  # past the trained 4 frames
+    assert set(record["metrics"]) == {"arm_alone", "acdc"}
+    from safetensors.torch import load_file
+
+    frames = load_file(str(out / "frames.safetensors"))
+    assert frames["acdc"].shape == (2, 4, 1, 8, 8)
+    assert torch.equal(frames["arm_alone"][0], frames["arm_alone"][0])
+    assert not torch.equal(frames["arm_alone"][1], frames["acdc"][1])  # the continuation saw the corrected clip
+    assert "metrics, ARM + ACDC" in capsys.readouterr().out
+
+
+def test_video_layout_errors(video_pair, tmp_path, capsys):
+    video, dit = video_pair
+    common = ["acdc", "video", "--arm", f"acdit:{video}", "--corrector", f"native:{dit}", "--out", str(tmp_path / "x")]
+    for extra, message in ((["--num-frames", "10", "--corrected-frames", "4"], "multiple of --corrected-frames 4"),
+                           (["--num-frames", "8", "--corrected-frames", "6"], "up to 4"),
+                           (["--num-frames", "4", "--corrected-frames", "2"], "corrects clips of 4 frames")):
+        assert main([*common, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_chunked_arm_equals_the_joined_block_loop():
+    """Without correction, making 2-block chunks one after the other (each with the earlier
+    ones as a clean prefix) gives the same frames as the KV-cached block loop (float64)."""
+    from ardiff.acdc.native import ACDiTARM
+    from ardiff.acdc.pipeline import ACDCPipeline
+
+    model = tiny_model(input_size=(4, 8, 8), block_layout="raster", block_size=16, rope_axis_weights=(2, 3, 3))
+    joined = ACDCPipeline(ACDiTARM(model, lambda p: 3, num_steps=3, cfg_scale=2.0), progress=False)
+    chunked = ACDCPipeline(ACDiTARM(model, lambda p: 3, num_steps=3, cfg_scale=2.0, chunk_blocks=2), progress=False)
+    a = joined.video("a bag", num_chunks=4, seed=5, correct=0).frames(corrected=False)
+    b = chunked.video("a bag", num_chunks=2, seed=5, correct=0).frames(corrected=False)
+    assert a.shape == b.shape == (4, 3, 8, 8)
+    assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_metrics_with_a_tiny_random_clip(tmp_path):
+    """The CLIP path of the run metrics: frame consistency and text-image similarity."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from ardiff.experiments.acdc_report import run_metrics
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "bag</w>": 3, "moving</w>": 4}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    config = CLIPConfig(text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
+                                     "num_attention_heads": 2, "num_hidden_layers": 1, "max_position_embeddings": 16},
+                        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                                       "num_hidden_layers": 1, "image_size": 32, "patch_size": 8},
+                        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(tmp_path / "clip")
+    frames = torch.rand(2, 3, 1, 8, 8) * 2 - 1
+    scores = run_metrics({"arm_alone": frames, "acdc": frames.flip(0)}, ["a bag moving", "a bag"],
+                         clip_dir=tmp_path / "clip")
+    for row in ("arm_alone", "acdc"):
+        assert -1 <= scores[row]["clip_frame_consistency"] <= 1
+        assert -100 <= scores[row]["clip_text_similarity"] <= 100
+    assert scores["arm_alone"]["clip_frame_consistency"] != 1.0

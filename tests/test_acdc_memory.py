@@ -570,8 +570,9 @@ def test_make_stories_validates_retries_and_records_failures(tmp_path):
     assert records[0]["ok"] and records[0]["attempts"] == 2 and len(records[0]["sentences"]) == 6
     assert not records[1]["ok"] and records[1]["attempts"] == 3 and records[1]["sentences"] is None
     assert llm.expected_lines == 6
-    prompt = llm.seen[0][1]["content"]
-    assert sum(" ".join(s.split()) in prompt for story in FEW_SHOT_STORIES for s in story[:1]) == 3  # 3 examples
+    system, request = llm.seen[0][0]["content"], llm.seen[0][1]["content"]
+    assert sum(" ".join(s.split()) in system for story in FEW_SHOT_STORIES for s in story[:1]) == 3  # 3 examples
+    assert len(FEW_SHOT_STORIES) == 10 and "exactly 6 numbered sentences" in request and "where it is" in request
     assert len({tuple(r["examples"]) for r in records}) == 2  # examples drawn afresh
     valid, total = write_jsonl(records, tmp_path / "s.jsonl")
     assert (valid, total) == (1, 2) and len((tmp_path / "s.jsonl").read_text().splitlines()) == 2

@@ -114,7 +114,7 @@ def test_acdit_arm_decode_encode_round_trip():
     frames = arm.decode(block.clamp(-1, 1))
     assert frames.shape == (2, 1, 8, 8)
     torch.testing.assert_close(arm.encode(frames), block.clamp(-1, 1))
-    with pytest.raises(ValueError, match="do not fit a block"):
+    with pytest.raises(ValueError, match="do not fit a chunk"):
         arm.encode(torch.zeros(1, 1, 8, 8))
 
 

@@ -100,8 +100,11 @@ CASES = [
     ("acdc story --cfg nan --out {out}/a", "--cfg: nan is not a finite number"),
     ("acdc story --out {root}/a_file", "is a file; give a directory"),
     ("acdc story --prompts {root}/five.txt --arm-steps 1 --steps 2 --out {out}/a", "--window"),
-    ("acdc video --chunks 0 --out {out}/a", "--chunks: 0 must be a whole number >= 1"),
-    ("acdc benchmark --settings nope --out {out}/b", "unknown setting(s) ['nope']"),
+    ("acdc video --num-frames 0 --out {out}/a", "--num-frames: 0 must be a whole number >= 1"),
+    ("acdc video --num-frames 30 --corrected-frames 16 --out {out}/a", "must be a multiple of --corrected-frames 16"),
+    ("acdc story --memory-prompt {root}/empty.txt --memory smollm2 --out {out}/a", "must contain the {story} field"),
+    ("acdc make-stories --prompt-file {root}/empty.txt --out {out}/s.jsonl", "must contain the {examples} field"),
+    ("acdc benchmark --settings nope --out {out}/b", "unknown benchmark setting 'nope'"),
     ("acdc benchmark --num-stories 0 --out {out}/b", "--num-stories: 0 must be a whole number >= 1"),
     ("acdc make-stories --num 0 --out {out}/s.jsonl", "--num: 0 must be a whole number >= 1"),
     # world, demo, analyze, bench

@@ -3,7 +3,8 @@
 Joined mode: :class:`ACDiTARM` runs the ordinary KV-cached block loop and hands every
 finished block to the pipeline through the sampler's ``on_block_end`` hook; the corrected,
 re-encoded block is what enters the KV cache, so later blocks attend to the corrected
-context (diffusion correction *inside* the ACDiT block loop).
+context (diffusion correction *inside* the ACDiT block loop). With ``chunk_blocks=k`` a chunk
+is k blocks (the paper's video experiment: L frames corrected as one clip).
 """
 
 from __future__ import annotations
@@ -63,30 +64,45 @@ def default_prompt_to_cond(model: ACDiT, allow_none: bool = False) -> Callable[[
 #                                 ACDiT as an ARM
 # ---------------------------------------------------------------------------
 class ACDiTARM(ARM):
-    """A video ACDiT whose blocks are whole frames: chunk i = block i = k frames, prompt i
-    conditions block i (per-block class labels or vectors). ``prompt_to_cond`` may return
-    None for a prompt that names no class: that block gets the null condition."""
+    """A video ACDiT whose blocks are whole frames, as an ARM. Prompt i conditions chunk i
+    (per-block class labels or vectors). ``prompt_to_cond`` may return None for a prompt that
+    names no class: that chunk gets the null condition.
+
+    ``chunk_blocks=1`` (default): a chunk is one block, handed to the pipeline from inside the
+    KV-cached block loop (the joined mode). ``chunk_blocks=k``: a chunk is k blocks (the
+    paper's video experiment: L frames made, corrected as one clip, then generation goes on);
+    each chunk is sampled after the ones before it, which enter as a clean prefix, so a
+    corrected chunk is exactly the context the next one sees. ``window``/``sink_blocks``: a
+    rolling KV window to go past the trained length (see :func:`ardiff.generate.sample`).
+    """
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
-                 cfg_scale: float = 1.0, scheduler=None, window: int | None = None, sink_blocks: int = 0):
+                 cfg_scale: float = 1.0, scheduler=None, window: int | None = None, sink_blocks: int = 0,
+                 chunk_blocks: int = 1):
         c = model.config
         if not c.is_video or c.block_size % c.tokens_per_frame:
             raise ValueError(f"ACDiTARM needs a video model whose blocks are whole frames (block_size a multiple of "
                              f"{c.tokens_per_frame if c.is_video else 'the tokens per frame'}); got input_size="
                              f"{c.input_size}, block_size={c.block_size}")
+        if chunk_blocks < 1:
+            raise ValueError(f"chunk_blocks={chunk_blocks} must be >= 1")
         self.model = model.eval()
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model, allow_none=True)
         self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
-        self.frames_per_chunk = c.block_size // c.tokens_per_frame
+        self.frames_per_block = c.block_size // c.tokens_per_frame
+        self.chunk_blocks = chunk_blocks
+        self.frames_per_chunk = self.frames_per_block * chunk_blocks
         # A rolling KV window lets stories run past the trained length (see generate.sampler.sample).
         self.window, self.sink_blocks = window, sink_blocks
 
     @property
     def num_chunks(self) -> int:
-        return self.model.config.num_blocks
+        """Chunks within the trained length."""
+        return self.model.config.num_blocks // self.chunk_blocks
 
     def _conditions(self, prompts: list[str]) -> torch.Tensor:
-        conds = [self.prompt_to_cond(p) for p in prompts]
+        """(1, blocks) class ids or (1, blocks, E) vectors: chunk i's condition on each of its blocks."""
+        conds = [self.prompt_to_cond(p) for p in prompts for _ in range(self.chunk_blocks)]
         if all(c is None or isinstance(c, int) for c in conds):
             null = self.model.config.num_classes  # the null class id
             return torch.tensor([null if c is None else c for c in conds], device=self.model.device)[None]
@@ -95,12 +111,18 @@ class ACDiTARM(ARM):
             conds = [null if c is None else c for c in conds]
         return torch.stack([torch.as_tensor(c, dtype=self.model.dtype) for c in conds])[None].to(self.model.device)
 
+    def _sample_kwargs(self, generator) -> dict:
+        return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.scheduler,
+                    generator=[generator], window=self.window, sink_blocks=self.sink_blocks, output="blocks")
+
     @torch.no_grad()
     def generate(self, prompts: list[str], on_chunk: ChunkCallback, generator: torch.Generator) -> list[Any]:
         if len(prompts) != self.num_chunks and self.window is None:
             raise ValueError(f"this ACDiT makes {self.num_chunks} chunks of {self.frames_per_chunk} frames; "
                              f"got {len(prompts)} prompts (give one per chunk, or set window= to go past "
                              f"the trained length)")
+        if self.chunk_blocks > 1:
+            return self._generate_chunk_by_chunk(prompts, on_chunk, generator)
         chunks: list[torch.Tensor] = []
 
         def hook(event: BlockEvent):
@@ -110,22 +132,40 @@ class ACDiTARM(ARM):
             chunks.append((event.block if replacement is None else replacement)[0])
             return replacement
 
-        sample(self.model, self._conditions(prompts), num_steps=self.num_steps, cfg_scale=self.cfg_scale,
-               scheduler=self.scheduler, generator=[generator], on_block_end=hook, num_blocks=len(prompts),
-               window=self.window, sink_blocks=self.sink_blocks, output="blocks")
+        sample(self.model, self._conditions(prompts), num_blocks=len(prompts), on_block_end=hook,
+               **self._sample_kwargs(generator))
+        return chunks
+
+    def _generate_chunk_by_chunk(self, prompts, on_chunk, generator) -> list[torch.Tensor]:
+        """Chunk i (k blocks) is sampled with chunks 0..i-1, as they were kept or corrected, as
+        its clean prefix; one generator runs through all calls, so the noise of block j does not
+        depend on how the chunks are cut."""
+        k, cond = self.chunk_blocks, self._conditions(prompts)
+        blocks, chunks = None, []
+        for i in range(len(prompts)):
+            end = (i + 1) * k
+            blocks = sample(self.model, cond[:, :end], num_blocks=end, prefix=blocks, **self._sample_kwargs(generator))
+            replacement = on_chunk(i, blocks[0, end - k:end])
+            if replacement is not None:
+                blocks[0, end - k:end] = replacement.to(blocks)
+            chunks.append(blocks[0, end - k:end].clone())
         return chunks
 
     def decode(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Block (S, P) -> frames (k, C, H, W)."""
-        return block_to_frames(self.model, chunk[None])[0].clamp(-1, 1)
+        """Chunk (S, P), or (k, S, P) for multi-block chunks -> frames (frames_per_chunk, C, H, W)."""
+        blocks = chunk[None] if chunk.dim() == 2 else chunk
+        return block_to_frames(self.model, blocks).flatten(0, 1).clamp(-1, 1)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         c = self.model.config
         frames = check_frames(frames, "ACDiTARM.encode")
         expected = (self.frames_per_chunk, c.in_channels, *c.input_size[1:])
         if tuple(frames.shape) != expected:
-            raise ValueError(f"ACDiTARM.encode: frames {tuple(frames.shape)} do not fit a block, expected {expected}")
-        return frames_to_block(self.model, frames[None].to(self.model.device, self.model.dtype))[0]
+            raise ValueError(f"ACDiTARM.encode: frames {tuple(frames.shape)} do not fit a chunk, expected {expected}")
+        per_block = frames.to(self.model.device, self.model.dtype).unflatten(0, (self.chunk_blocks,
+                                                                                 self.frames_per_block))
+        blocks = frames_to_block(self.model, per_block)
+        return blocks[0] if self.chunk_blocks == 1 else blocks
 
 
 def block_to_frames(model: ACDiT, blocks: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,12 @@ from pathlib import Path
 
 from ardiff.cli.common import (
     CommandError,
+    existing_dir,
     existing_file,
     guidance_scale,
     nonnegative_int,
     output_dir,
+    output_file,
     positive_int,
     t_prime,
 )
@@ -38,7 +40,7 @@ MEMORY_KINDS = ("rule", "none", "smollm2", "transformers", "openai")
 # Library argument names in error messages, as this command's flags.
 FLAG_NAMES = {"window=W": "--window W", "window=": "--window", "sink_blocks": "--sink-blocks",
               "num_inference_steps": "--steps", "guidance_scale": "--cfg", "t_prime": "--t-prime",
-              "num_chunks": "--chunks", "correct=": "--correct"}
+              "correct=": "--correct"}
 
 
 # ---------------------------------------------------------------------------
@@ -98,7 +100,14 @@ def mask_spec(text: str) -> str:
 # ---------------------------------------------------------------------------
 #                               Building components
 # ---------------------------------------------------------------------------
-def build_arm(spec: str, steps: int | None, cfg: float | None, device: str):
+# What "builtin" means in each mode: story mode corrects each 2-frame block with the image
+# model; video mode makes 16-frame chunks and corrects them with the full-sequence video model.
+BUILTIN_ARM = {"story": "moving-fmnist", "video": "moving-fmnist-16"}
+BUILTIN_CORRECTOR = {"story": "fmnist", "video": "moving-fmnist-16-dit"}
+
+
+def build_arm(spec: str, steps: int | None, cfg: float | None, device: str, mode: str = "story",
+              window: int | None = None, sink_blocks: int = 0, chunk_blocks: int = 1):
     """The ARM and a record of it (what record.json says of the ARM)."""
     kind, arg = _split(spec)
     if kind in ("builtin", "acdit"):
@@ -107,19 +116,23 @@ def build_arm(spec: str, steps: int | None, cfg: float | None, device: str):
         from ardiff.models.acdit import ACDiT
         from ardiff.models.resolve import resolve_model_dir
 
-        path = resolve_model_dir("moving-fmnist" if kind == "builtin" else arg)
+        path = resolve_model_dir(BUILTIN_ARM[mode] if kind == "builtin" else arg)
         settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
         arm = ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
-                       cfg_scale=settings.cfg_scale)
+                       cfg_scale=settings.cfg_scale, window=window, sink_blocks=sink_blocks,
+                       chunk_blocks=chunk_blocks)
         return arm, {"spec": spec, "path": str(path), "num_steps": settings.num_steps,
-                     "cfg_scale": settings.cfg_scale, "sampler": "dpmsolver++"}
+                     "cfg_scale": settings.cfg_scale, "sampler": "dpmsolver++", "window": window,
+                     "sink_blocks": sink_blocks, "chunk_blocks": chunk_blocks}
+    if window is not None or chunk_blocks != 1:
+        raise CommandError(f"--arm {spec}: --window and multi-block chunks need an ACDiT ARM (builtin or acdit:DIR)")
     from ardiff.acdc import transformers_arms
 
     cls = transformers_arms.Emu3ARM if kind == "emu3" else transformers_arms.JanusARM
     return cls.from_pretrained(arg, device=device), {"spec": spec, "path": arg}
 
 
-def build_corrector(spec: str, steps: int, cfg: float | None, device: str):
+def build_corrector(spec: str, steps: int, cfg: float | None, device: str, mode: str = "story"):
     """The corrector (None for ``none``) and its record."""
     kind, arg = _split(spec)
     if kind == "none":
@@ -130,7 +143,7 @@ def build_corrector(spec: str, steps: int, cfg: float | None, device: str):
         from ardiff.models.acdit import ACDiT
         from ardiff.models.resolve import resolve_model_dir
 
-        path = resolve_model_dir("fmnist" if kind == "builtin" else arg)
+        path = resolve_model_dir(BUILTIN_CORRECTOR[mode] if kind == "builtin" else arg)
         settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
         corrector = NativeCorrector(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
                                     cfg_scale=settings.cfg_scale)
@@ -149,16 +162,38 @@ def build_corrector(spec: str, steps: int, cfg: float | None, device: str):
     return cls.from_pretrained(arg, **kwargs), record
 
 
-def build_memory_from_spec(spec: str):
+def read_memory_prompt(path: str) -> str:
+    """A refiner prompt template from a file: it must hold {story} (the numbered sentences) and
+    may hold {n} (their number); other braces are doubled."""
+    from ardiff.acdc.memory.llm import check_template
+
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise CommandError(f"--memory-prompt {path}: not a text file") from None
+    try:
+        check_template(text)
+    except ValueError as e:
+        raise CommandError(f"--memory-prompt {path}: {e}") from None
+    return text
+
+
+def build_memory_from_spec(spec: str, prompt_file: str | None = None):
     from ardiff.acdc.memory import build_memory
 
     kind, arg = _split(spec)
+    options = {}
+    if prompt_file is not None:
+        if kind not in ("smollm2", "transformers", "openai"):
+            raise CommandError(f"--memory-prompt applies to LLM memories (smollm2, transformers:PATH, "
+                               f"openai:MODEL@BASE_URL), not --memory {spec}")
+        options["template"] = read_memory_prompt(prompt_file)
     if kind in ("rule", "none", "smollm2"):
-        return build_memory(kind)
+        return build_memory(kind, **options)
     if kind == "transformers":
-        return build_memory("transformers", path=arg)
+        return build_memory("transformers", path=arg, **options)
     model, _, base_url = arg.partition("@")
-    return build_memory("openai", model=model, base_url=base_url)
+    return build_memory("openai", model=model, base_url=base_url, **options)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -210,37 +245,100 @@ DEFAULT_STORY = [
 ]
 
 
+def component_path(spec: str, builtin: str) -> Path:
+    """The directory a component spec names (the shipped model for ``builtin``)."""
+    from ardiff.models.resolve import resolve_model_dir
+
+    kind, arg = _split(spec)
+    return resolve_model_dir(builtin) if kind == "builtin" else Path(arg.partition(",motion=")[0])
+
+
+def _acdit_config(spec: str, builtin: dict, mode: str):
+    """The ACDiTConfig of an ACDiT spec (read from config.json, no weights), else None."""
+    from ardiff.models.checkpoint import load_config
+    from ardiff.models.resolve import resolve_model_dir
+
+    kind, arg = _split(spec)
+    if kind not in ("builtin", "acdit", "native"):
+        return None
+    return load_config(resolve_model_dir(builtin[mode] if kind == "builtin" else arg))
+
+
+def video_layout(args) -> dict:
+    """How a video run is cut: L = --corrected-frames frames a chunk (k ARM blocks), N / L
+    chunks, the first --correct chunks corrected, a rolling window past the trained length."""
+    config = _acdit_config(args.arm, BUILTIN_ARM, "video")
+    if config is None:
+        raise CommandError(f"--arm {args.arm}: video mode needs an ACDiT ARM (builtin or acdit:DIR)")
+    trained_frames, frames_per_block = config.input_size[0], config.block_size // config.tokens_per_frame
+    L = args.corrected_frames or trained_frames
+    if L % frames_per_block or L > trained_frames:
+        raise CommandError(f"--corrected-frames {L}: the ARM makes {frames_per_block} frames a block and was trained "
+                           f"on {trained_frames}; give a multiple of {frames_per_block} up to {trained_frames}")
+    if args.num_frames % L:
+        raise CommandError(f"--num-frames {args.num_frames} must be a multiple of --corrected-frames {L} "
+                           f"(the chunk length)")
+    window, sink = args.window, args.sink_blocks
+    if args.num_frames > trained_frames and window is None:  # as the video table: 1 sink + the rest
+        window, sink = config.num_blocks - 2, 1
+    corrector = _acdit_config(args.corrector, BUILTIN_CORRECTOR, "video")
+    if corrector is not None and corrector.is_video and corrector.input_size[0] != L:
+        raise CommandError(f"--corrector {args.corrector} corrects clips of {corrector.input_size[0]} frames; "
+                           f"give --corrected-frames {corrector.input_size[0]}")
+    num_chunks = args.num_frames // L
+    correct = 1 if args.correct is None else args.correct
+    return {"num_frames": args.num_frames, "frames_per_chunk": L, "chunk_blocks": L // frames_per_block,
+            "num_chunks": num_chunks, "correct": correct, "window": window, "sink_blocks": sink,
+            "corrected_frames": list(range(min(correct, num_chunks) * L)),
+            "trained_frames": trained_frames}
+
+
 def cmd_acdc(args) -> int:
     import warnings
 
+    prompts = (read_prompts(args.prompts) if args.prompts else DEFAULT_STORY) if args.mode == "story" else None
+    layout = video_layout(args) if args.mode == "video" else None
+    if getattr(args, "memory_prompt", None):
+        read_memory_prompt(args.memory_prompt)  # checked before anything loads
+    if args.dry_run:
+        from ardiff.experiments.acdc_report import describe_plan
+
+        print(describe_plan(args, prompts, layout, component_path(args.arm, BUILTIN_ARM[args.mode]),
+                            None if args.corrector == "none" else
+                            component_path(args.corrector, BUILTIN_CORRECTOR[args.mode])))
+        return 0
     import torch
 
     from ardiff.acdc.pipeline import ACDCPipeline
-    from ardiff.experiments.acdc_report import run_record, write_report
+    from ardiff.experiments.acdc_report import run_metrics, run_record, write_report
 
-    prompts = (read_prompts(args.prompts) if args.prompts else DEFAULT_STORY) if args.mode == "story" else None
     masks = read_masks(args.mask)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    arm, arm_record = build_arm(args.arm, args.arm_steps, args.arm_cfg, device)
-    if getattr(args, "window", None) is not None and hasattr(arm, "window"):
-        arm.window, arm.sink_blocks = args.window, args.sink_blocks
-    corrector, corrector_record = build_corrector(args.corrector, args.steps, args.cfg, device)
-    memory = build_memory_from_spec(args.memory) if args.mode == "story" else None
+    if layout is not None:
+        arm, arm_record = build_arm(args.arm, args.arm_steps, args.arm_cfg, device, "video", layout["window"],
+                                    layout["sink_blocks"], layout["chunk_blocks"])
+    else:
+        arm, arm_record = build_arm(args.arm, args.arm_steps, args.arm_cfg, device, "story", args.window,
+                                    args.sink_blocks)
+    corrector, corrector_record = build_corrector(args.corrector, args.steps, args.cfg, device, args.mode)
+    memory = build_memory_from_spec(args.memory, args.memory_prompt) if args.mode == "story" else None
 
     def run(with_corrector: bool):
         pipe = ACDCPipeline(arm, corrector if with_corrector else None, memory, t_prime=args.t_prime,
                             color_match=args.color_match)
-        if args.mode == "story":
+        if layout is None:
             return pipe.story(prompts, seed=args.seed, correct=args.correct, masks=masks)
-        return pipe.video(args.prompt, num_chunks=args.chunks, seed=args.seed,
-                          correct=1 if args.correct is None else args.correct, masks=masks)
+        return pipe.video(args.prompt, num_chunks=layout["num_chunks"], seed=args.seed, correct=layout["correct"],
+                          masks=masks)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run(with_corrector=True)
     fallbacks = [str(w.message) for w in caught if type(w.message).__name__ == "MemoryFallbackWarning"]
     baseline = run(with_corrector=False) if corrector is not None else result  # the same seed, no correction
-    record = run_record(args, result, arm_record, corrector_record, memory, fallbacks)
+    metrics = run_metrics({"arm_alone": baseline.uncorrected, "acdc": result.corrected}, result.prompts,
+                          clip_dir=args.clip, device=device)
+    record = run_record(args, result, arm_record, corrector_record, memory, fallbacks, metrics, layout)
     out = Path(args.out)
     write_report(result, baseline, record, out)
     for chunk in record["chunks"]:
@@ -248,6 +346,9 @@ def cmd_acdc(args) -> int:
         print(f"chunk {chunk['index']}: {flag:<24} {chunk['corrector_prompt']}")
     for reason in fallbacks:
         print(f"memory fell back: {reason}")
+    for row, scores in metrics.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
+        print(f"metrics, {'ARM alone' if row == 'arm_alone' else 'ARM + ACDC'}: {shown or 'none for these frames'}")
     print(f"wrote {out / 'strip.png'} (rows: ARM alone with the same seed, ARM + ACDC), {out / 'index.html'}, "
           f"{out / 'arm_vs_acdc.gif'}, {out / 'record.json'}")
     return 0
@@ -257,21 +358,21 @@ def cmd_acdc(args) -> int:
 #                           benchmark | make-stories
 # ---------------------------------------------------------------------------
 def _settings_list(text: str) -> tuple[str, ...]:
-    from ardiff.experiments.benchmark_settings import ALL_SETTINGS
+    from ardiff.experiments.benchmark_settings import expand_settings
 
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [n for n in names if n not in ALL_SETTINGS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown setting(s) {unknown or [text]}; choose from "
-                                         f"{', '.join(ALL_SETTINGS)}")
-    return names
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        return expand_settings(names or [text])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_benchmark(args) -> int:
-    from ardiff.experiments.story_benchmark import ALL_SETTINGS, BenchmarkConfig, run_benchmark
+    from ardiff.experiments.benchmark_settings import DEFAULT_SETTINGS
+    from ardiff.experiments.story_benchmark import BenchmarkConfig, run_benchmark
     from ardiff.experiments.video_table import VideoBenchConfig
 
-    settings = args.settings or ALL_SETTINGS
+    settings = args.settings or DEFAULT_SETTINGS
     video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
                              t_prime=args.video_t_prime, window=args.video_window, seed=args.seed)
     config = BenchmarkConfig(out=args.out, arm=args.arm, corrector=args.corrector, num_stories=args.num_stories,
@@ -285,10 +386,23 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_make_stories(args) -> int:
-    from ardiff.experiments.story_generation import build_story_llm, make_stories, write_jsonl
+    from ardiff.experiments.story_generation import (
+        GENERATOR_SYSTEM_TEMPLATE,
+        build_story_llm,
+        check_generator_template,
+        make_stories,
+        write_jsonl,
+    )
 
+    template = GENERATOR_SYSTEM_TEMPLATE
+    if args.prompt_file:
+        try:
+            template = check_generator_template(Path(args.prompt_file).read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CommandError(f"--prompt-file {args.prompt_file}: {e}") from None
     llm = build_story_llm(args.llm)
-    valid, total = write_jsonl(make_stories(llm, args.num, seed=args.seed, attempts=args.attempts), args.out)
+    stories = make_stories(llm, args.num, seed=args.seed, attempts=args.attempts, template=template)
+    valid, total = write_jsonl(stories, args.out)
     print(f"wrote {args.out}: {valid} of {total} stories valid (six sentences)")
     return 0 if valid == total else 1
 
@@ -326,8 +440,9 @@ def add_parser(sub) -> None:
     b.add_argument("--video-t-prime", type=t_prime, default=0.5, help="SDEdit noise level of the video correction")
     b.add_argument("--video-window", type=positive_int, default=6,
                    help="rolling KV window of the video ARM (blocks), plus one sink block")
-    b.add_argument("--settings", type=_settings_list, help="comma-separated subset (default: all); finished "
-                                                           "settings are skipped")
+    b.add_argument("--settings", type=_settings_list,
+                   help="comma-separated settings or groups (default, story, long, video, ablations, all; "
+                        "default: default); finished settings are skipped")
     b.add_argument("--rescore", action="store_true", help="recompute the metrics from the saved frames only")
     b.add_argument("--seed", type=nonnegative_int, default=0)
     b.add_argument("--device", help="cpu, cuda, ...")
@@ -343,30 +458,43 @@ def add_parser(sub) -> None:
     m.add_argument("--num", type=positive_int, default=10, help="stories to write")
     m.add_argument("--attempts", type=positive_int, default=3, help="tries per story before it is recorded as failed")
     m.add_argument("--seed", type=nonnegative_int, default=0)
-    m.add_argument("--out", default="out/stories.jsonl", help="JSONL file to write")
+    m.add_argument("--prompt-file", type=existing_file,
+                   help="the system message's template instead of the built-in one (must hold {examples}; "
+                        "{n} is the number of sentences)")
+    m.add_argument("--out", type=output_file(".jsonl"), default="out/stories.jsonl", help="JSONL file to write")
     m.set_defaults(func=cmd_make_stories)
 
     for mode in ("story", "video"):
         p = modes.add_parser(mode, help="one prompt per chunk, corrected chunk by chunk" if mode == "story" else
-                             "one prompt; the first chunk corrected, then generation continues",
+                             "the paper's video experiment: L frames made, corrected as one clip, continued to N",
                              description=__doc__)
         if mode == "story":
             p.add_argument("--prompts", type=existing_file, help="text file, one prompt per chunk (or a .json "
                                                                  "list); default: a 4-sentence built-in story")
             p.add_argument("--memory", type=memory_spec, default="rule", help="memory backend")
-            p.add_argument("--window", type=positive_int,
-                           help="ACDiT ARM: a rolling KV window of this many blocks, to tell stories longer than "
-                                "the trained length")
-            p.add_argument("--sink-blocks", type=nonnegative_int, default=0,
-                           help="with --window: blocks kept from the start")
+            p.add_argument("--memory-prompt", type=existing_file,
+                           help="LLM memories: the refiner prompt template to use instead of the built-in one "
+                                "(a text file holding {story}, and optionally {n})")
+            p.add_argument("--correct", type=nonnegative_int,
+                           help="correct only the first K chunks (ACDC #K); default: all")
         else:
-            p.add_argument("--prompt", default="a sneaker", help="the prompt for every chunk")
-            p.add_argument("--chunks", type=positive_int, default=4, help="chunks to generate")
-        p.add_argument("--arm", type=arm_spec, default="builtin", help="autoregressive generator")
-        p.add_argument("--corrector", type=corrector_spec, default="builtin", help="SDEdit corrector")
+            p.add_argument("--prompt", default="a sneaker moving", help="the prompt for every chunk")
+            p.add_argument("--num-frames", type=positive_int, default=32, help="frames to generate (N)")
+            p.add_argument("--corrected-frames", type=positive_int,
+                           help="frames per chunk, corrected as one clip (L; default: the ARM's trained length)")
+            p.add_argument("--correct", type=nonnegative_int, help="chunks to correct, from the first (default: 1, "
+                                                                   "frames 0..L-1)")
+        p.add_argument("--window", type=positive_int,
+                       help="ACDiT ARM: a rolling KV window of this many blocks past the trained length (video "
+                            "default: the trained blocks - 2)")
+        p.add_argument("--sink-blocks", type=nonnegative_int, default=0 if mode == "story" else 1,
+                       help="with --window: blocks kept from the start")
+        builtin = (f"{BUILTIN_ARM[mode]} / {BUILTIN_CORRECTOR[mode]}")
+        p.add_argument("--arm", type=arm_spec, default="builtin",
+                       help=f"autoregressive generator (builtin: {BUILTIN_ARM[mode]})")
+        p.add_argument("--corrector", type=corrector_spec, default="builtin",
+                       help=f"SDEdit corrector (builtin: {BUILTIN_CORRECTOR[mode]})")
         p.add_argument("--t-prime", type=t_prime, default=0.5, help="SDEdit noise level in (0, 1] (paper: 0.4-0.6)")
-        p.add_argument("--correct", type=nonnegative_int,
-                       help="correct only the first K chunks (ACDC #K); default: all (story) or 1 (video)")
         p.add_argument("--steps", type=positive_int, default=25, help="corrector denoising steps over the full "
                                                                       "schedule")
         p.add_argument("--cfg", type=guidance_scale, help="corrector guidance scale (default: recorded with a native "
@@ -378,6 +506,10 @@ def add_parser(sub) -> None:
         p.add_argument("--color-match", action="store_true", help="match corrected colours to the ARM's chunk")
         p.add_argument("--mask", action="append", type=mask_spec, metavar="IDX:PNG",
                        help="user constraint: only white pixels of chunk IDX may change (repeatable)")
+        p.add_argument("--clip", type=existing_dir, help="a local transformers CLIP directory: also score CLIP frame "
+                                                         "consistency and text-image similarity")
+        p.add_argument("--dry-run", action="store_true", help=f"print the plan (chunks, which are corrected, model "
+                                                              f"sizes, memory, steps) and stop; builtin: {builtin}")
         p.add_argument("--seed", type=nonnegative_int, default=0)
         p.add_argument("--device", help="cpu, cuda, ...")
         p.add_argument("--out", type=output_dir, default=f"out/acdc-{mode}", help="output directory")

@@ -12,6 +12,8 @@ A feature network maps samples in [-1, 1] to ``(features (N, D), logits (N, K) o
   (``i3d_torchscript.pt``, StyleGAN-V convention: uint8-range input, resized inside) -> FVD.
 - :class:`FrameFeatures`: any image network applied per frame, the clip's frame features
   concatenated (an offline FVD proxy; not comparable to I3D FVD).
+- :class:`CLIPFeatures`: a local transformers CLIP: image and text embeddings for frame
+  consistency and text-image similarity (ACDC's metrics).
 
 Nothing here downloads: every network takes a local path and fails with the fix if absent.
 """
@@ -164,3 +166,49 @@ class FrameFeatures:
     def __call__(self, clips):
         feats, _ = self.per_frame(clips)
         return feats.flatten(1), None
+
+
+# ---------------------------------------------------------------------------
+#                       CLIP (transformers, a local directory)
+# ---------------------------------------------------------------------------
+class CLIPFeatures:
+    """A local CLIP (a transformers ``CLIPModel`` directory with its processor) for the paper's
+    frame consistency and text-image similarity: unit-norm image and text embeddings."""
+
+    name = "clip"
+
+    def __init__(self, directory, device="cpu", batch_size: int = 32):
+        from transformers import CLIPModel, CLIPProcessor
+
+        directory = Path(directory)
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"CLIP directory {directory} not found or has no config.json; give a local "
+                                    f"transformers CLIP model (e.g. openai/clip-vit-base-patch32 saved with "
+                                    f"save_pretrained)")
+        self.model = CLIPModel.from_pretrained(directory, local_files_only=True).to(device).eval()
+        self.processor = CLIPProcessor.from_pretrained(directory, local_files_only=True)
+        self.device, self.batch_size = device, batch_size
+
+    @staticmethod
+    def _embedding(output) -> torch.Tensor:
+        # get_*_features returns a tensor, or in newer transformers an output with pooler_output.
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    @torch.no_grad()
+    def images(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [-1, 1] -> (N, D) unit vectors."""
+        pixels = _to_uint8_range_rgb(frames).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = []
+        for i in range(0, len(pixels), self.batch_size):
+            batch = self.processor(images=list(pixels[i:i + self.batch_size]), return_tensors="pt")
+            out.append(self._embedding(self.model.get_image_features(pixel_values=batch["pixel_values"]
+                                                                     .to(self.device))).float().cpu())
+        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+    @torch.no_grad()
+    def texts(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (N, D) unit vectors (truncated to CLIP's context length)."""
+        batch = self.processor(text=list(prompts), padding=True, truncation=True, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return torch.nn.functional.normalize(self._embedding(self.model.get_text_features(**batch)).float().cpu(),
+                                             dim=-1)

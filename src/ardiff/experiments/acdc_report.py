@@ -19,9 +19,11 @@ ROW_LABELS = ("ARM alone", "ARM + ACDC")
 CORRECTED_COLOUR = (0, 160, 60)
 
 
-def run_record(args, result, arm: dict, corrector: dict, memory, fallbacks: list[str]) -> dict:
+def run_record(args, result, arm: dict, corrector: dict, memory, fallbacks: list[str], metrics: dict,
+               layout: dict | None = None) -> dict:
     """record.json: the command's arguments, the components, the memory (and whether it fell
-    back), every chunk's prompts, seeds, t' and timesteps, timings and library versions."""
+    back), every chunk's prompts, seeds, t' and timesteps, timings, the run's metrics, library
+    versions; for video runs the frame counts and which frames were corrected."""
     import diffusers
     import transformers
 
@@ -38,10 +40,128 @@ def run_record(args, result, arm: dict, corrector: dict, memory, fallbacks: list
         "t_prime": args.t_prime,
         "seed": args.seed,
         "baseline": "the same ARM and seed without correction (the 'ARM alone' row)",
+        **(layout or {}),
+        "metrics": metrics,
         **result.to_dict(),
         "versions": {"ardiff": ardiff.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
     }
+
+
+def run_metrics(rows: dict[str, torch.Tensor], chunk_prompts: list[str], clip_dir=None, device: str = "cpu") -> dict:
+    """Scores of each row ((chunks, F, C, H, W) frames in [-1, 1]), as the paper scores every run:
+
+    - ``frame_consistency``: mean cosine of consecutive frames' features: the Fashion-MNIST
+      network's for 1-channel frames, the story world's attribute reader's for 32 x 32 RGB;
+    - ``class_accuracy`` (1-channel Fashion-MNIST frames): the share of frames that the
+      classifier reads as the class their chunk's prompt names (frames whose prompt names no
+      class are left out), and per frame (``class_accuracy_by_frame``);
+    - with ``clip_dir`` (a local transformers CLIP): ``clip_frame_consistency`` and
+      ``clip_text_similarity`` (100 x the cosine of each frame with its chunk's prompt, the
+      paper's scale).
+    """
+    from ardiff.eval.metrics import frame_consistency
+
+    first = next(iter(rows.values()))
+    frames_per_chunk, channels, height, width = first.shape[1:]
+    frame_prompts = [p for p in chunk_prompts for _ in range(frames_per_chunk)]
+    out: dict[str, dict] = {name: {} for name in rows}
+    network = None
+    fashion = channels == 1 and min(height, width) >= 28  # what the Fashion-MNIST classifier reads
+    if fashion:
+        from ardiff.acdc.native import FMNIST_PROMPT_NAMES, ClassPrompts
+        from ardiff.eval.features import FMNISTFeatures
+
+        network, out_name = FMNISTFeatures(device=device), "fmnist classifier"
+        classes = [ClassPrompts(FMNIST_PROMPT_NAMES, allow_none=True)(p) for p in frame_prompts]
+    elif channels == 3 and (height, width) == (32, 32):
+        from ardiff.worlds.reader import AttributeReader
+
+        reader, out_name = AttributeReader.from_pretrained("story-reader"), "story-world attribute reader"
+    clip = None
+    if clip_dir is not None:
+        from ardiff.eval.features import CLIPFeatures
+
+        clip = CLIPFeatures(clip_dir, device=device)
+        texts = clip.texts(frame_prompts)
+    for name, frames in rows.items():
+        frames = frames.flatten(0, 1).float()
+        scores = out[name]
+        if fashion:
+            features, logits = network(frames)
+            predicted = logits.argmax(-1).tolist()
+            hits = [int(p == c) for p, c in zip(predicted, classes) if c is not None]
+            if hits:
+                scores["class_accuracy"] = sum(hits) / len(hits)
+                scores["class_accuracy_by_frame"] = [None if c is None else int(p == c)
+                                                     for p, c in zip(predicted, classes)]
+        elif channels == 3 and (height, width) == (32, 32):
+            features = reader.read(frames)[1]
+        else:
+            features = None
+        if features is not None and len(frames) > 1:
+            scores["frame_consistency"] = frame_consistency(features[None])
+            scores["features"] = out_name
+        if clip is not None:
+            images = clip.images(frames)
+            if len(frames) > 1:
+                scores["clip_frame_consistency"] = frame_consistency(images[None])
+            scores["clip_text_similarity"] = float(100 * (images * texts).sum(-1).mean())
+    return out
+
+
+def _model_summary(spec: str, path) -> str:
+    """Parameters and fp32 weight memory of a model directory, from its config alone."""
+    from pathlib import Path as _Path
+
+    if path is None:
+        return f"{spec}"
+    directory = _Path(path)
+    if (directory / "config.json").is_file() and (directory / "model.safetensors").is_file():
+        try:
+            from ardiff.models.acdit import ACDiT
+            from ardiff.models.checkpoint import load_config
+
+            with torch.device("meta"):  # shapes only: no weights are read or allocated
+                params = ACDiT(load_config(directory)).num_parameters()
+            return f"{spec} ({directory}): {params / 1e6:.2f}M parameters, {4 * params / 2**20:.0f} MiB in fp32"
+        except (ValueError, TypeError):
+            pass
+    weights = sum(f.stat().st_size for f in directory.rglob("*") if f.suffix in (".safetensors", ".bin", ".gguf"))
+    return f"{spec} ({directory}): {weights / 2**20:.0f} MiB of weight files"
+
+
+def describe_plan(args, prompts: list[str] | None, layout: dict | None, arm_path, corrector_path) -> str:
+    """What a run would do, without loading any weights: chunks, which are corrected, the
+    models' sizes and memory, steps, t' and its timesteps."""
+    from ardiff.acdc.pipeline import select_chunks
+    from ardiff.acdc.sdedit import sdedit_schedule
+
+    lines = [f"ardiff acdc {args.mode}: plan (nothing loaded)"]
+    if layout is not None:
+        chunks = layout["num_chunks"]
+        corrected = sorted(select_chunks(layout["correct"], chunks))
+        lines += [f"  {layout['num_frames']} frames in {chunks} chunks of {layout['frames_per_chunk']} frames "
+                  f"({layout['chunk_blocks']} ARM blocks each); prompt {args.prompt!r}",
+                  f"  corrected chunks: {[k + 1 for k in corrected]} = frames "
+                  f"{layout['corrected_frames'][0] if layout['corrected_frames'] else '-'}.."
+                  f"{layout['corrected_frames'][-1] if layout['corrected_frames'] else '-'}",
+                  f"  rolling window past the trained {layout['trained_frames']} frames: "
+                  + ("none" if layout["window"] is None else
+                     f"{layout['window']} blocks + {layout['sink_blocks']} sink block(s)")]
+    else:
+        chunks = len(prompts)
+        corrected = sorted(select_chunks(args.correct, chunks))
+        lines += [f"  {chunks} chunks, one per prompt; corrected: {[k + 1 for k in corrected]}; memory {args.memory}"]
+    schedule = sdedit_schedule(args.t_prime, 1000, args.steps)
+    lines += [f"  ARM: {_model_summary(args.arm, arm_path)}",
+              f"      {args.arm_steps or 'recorded'} denoising steps per block, guidance {args.arm_cfg or 'recorded'}",
+              f"  corrector: {_model_summary(args.corrector, corrector_path)}",
+              f"      SDEdit from t'={schedule.t_prime:.3f} (timestep {schedule.t_start}): "
+              f"{len(schedule.timesteps)} of {args.steps} steps, guidance {args.cfg or 'recorded'}",
+              f"  baseline: the same ARM and seed {args.seed} without correction (a second ARM run)",
+              f"  outputs: {args.out}/strip.png, index.html, arm_vs_acdc.gif, frames.safetensors, record.json"]
+    return "\n".join(lines)
 
 
 def _frames_uint8(frames: torch.Tensor, scale: int) -> np.ndarray:

@@ -17,6 +17,7 @@ class StorySetting:
     long: bool = False  # stories of ``long_length`` frames, past the trained length (rolling window)
     corrector_alone: bool = False  # the corrector draws every frame from noise (no ARM)
     story_limit: str | None = None  # a BenchmarkConfig field that caps the number of stories
+    t_prime: float | None = None  # None: the benchmark's --t-prime
 
 
 SETTINGS_TABLE = (
@@ -29,16 +30,49 @@ SETTINGS_TABLE = (
     StorySetting("long_arm", "ARM alone, 12 frames", long=True),
     StorySetting("long_acdc_rule", "ARM + ACDC (rule memory), 12 frames", memory="rule", long=True),
 )
-STORY_TABLE = {s.name: s for s in SETTINGS_TABLE}
+# The paper's ablations of where correction matters (not run by default): ACDC #k, the first k
+# frames corrected, with the rule memory and without memory; and a t' sweep.
+ACDC_K = {1: ("acdc1_rule", "acdc1_raw"), 2: ("acdc2_rule", "acdc2_raw"), 3: ("acdc3_rule", "acdc3_raw"),
+          4: ("acdc4_rule", "acdc4_raw"), 5: ("acdc5_rule", "acdc5_raw"), 6: ("acdc_rule", "acdc_raw")}
+T_PRIME_SWEEP = {0.3: "acdc_rule_t03", 0.4: "acdc_rule_t04", 0.5: "acdc_rule", 0.6: "acdc_rule_t06",
+                 0.7: "acdc_rule_t07"}
+ABLATION_TABLE = (
+    *(StorySetting(f"acdc{k}_rule", f"ACDC #{k} (rule memory)", memory="rule", corrected_frames=k)
+      for k in (1, 3, 4, 5)),  # #2 is acdc2_rule, #6 (all frames) acdc_rule
+    *(StorySetting(f"acdc{k}_raw", f"ACDC #{k} (no memory)", memory="none", corrected_frames=k)
+      for k in range(1, 6)),  # #6 is acdc_raw
+    *(StorySetting(f"acdc_rule_t{round(10 * t):02d}", f"ARM + ACDC (rule memory), t'={t}", memory="rule", t_prime=t)
+      for t in (0.3, 0.4, 0.6, 0.7)),
+)
+STORY_TABLE = {s.name: s for s in SETTINGS_TABLE + ABLATION_TABLE}
 STORY_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if not s.long)
 LONG_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if s.long)
-LABELS = {s.name: s.label for s in SETTINGS_TABLE}
+ABLATION_SETTINGS = tuple(s.name for s in ABLATION_TABLE)
+LABELS = {s.name: s.label for s in SETTINGS_TABLE + ABLATION_TABLE}
 
 INPAINT_SETTING = "inpaint"  # the ARM's defective frames repaired under masks (needs the arm setting)
 VIDEO_SETTINGS = ("video_arm", "video_acdc")
 VIDEO_LABELS = {"video_arm": "ARM alone", "video_acdc": "ARM + ACDC (first half corrected)",
                 "real": "real test clips"}
-ALL_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + (INPAINT_SETTING,) + VIDEO_SETTINGS
+DEFAULT_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + (INPAINT_SETTING,) + VIDEO_SETTINGS
+ALL_SETTINGS = DEFAULT_SETTINGS + ABLATION_SETTINGS
+# Names that stand for several settings in --settings.
+SETTING_GROUPS = {"default": DEFAULT_SETTINGS, "story": STORY_SETTINGS, "long": LONG_SETTINGS,
+                  "video": VIDEO_SETTINGS, "ablations": ABLATION_SETTINGS, "all": ALL_SETTINGS}
+
+
+def expand_settings(names) -> tuple[str, ...]:
+    """Setting and group names -> setting names, in table order, each once."""
+    chosen = set()
+    for name in names:
+        if name in SETTING_GROUPS:
+            chosen.update(SETTING_GROUPS[name])
+        elif name in ALL_SETTINGS:
+            chosen.add(name)
+        else:
+            raise ValueError(f"unknown benchmark setting {name!r}; choose from {', '.join(ALL_SETTINGS)} or the "
+                             f"groups {', '.join(SETTING_GROUPS)}")
+    return tuple(n for n in ALL_SETTINGS if n in chosen)
 
 BENCHMARK_HELP = f"""\
 ACDC's story experiments in the story world, where every frame has a truth (the paper's
@@ -48,6 +82,11 @@ constraints by inpainting, and the video table. Settings (--settings, comma-sepa
 {chr(10).join(f"  {s.name:<16}{s.label}" for s in SETTINGS_TABLE)}
   {INPAINT_SETTING:<16}the ARM's frames with a missing or duplicated item, repaired under a mask
 {chr(10).join(f"  {name:<16}video table: {VIDEO_LABELS[name]}" for name in VIDEO_SETTINGS)}
+
+Ablations (not run by default; --settings ablations): ACDC #k, the first k frames corrected,
+with the rule memory (acdc1_rule .. acdc5_rule; #2 is acdc2_rule, #6 acdc_rule) and without
+memory (acdc1_raw .. acdc5_raw; #6 is acdc_raw), and a t' sweep (acdc_rule_t03, _t04, _t06,
+_t07; t'=0.5 is acdc_rule). Groups: default, story, long, video, ablations, all.
 
 Cost: the defaults (200 stories, 100 long stories, 100 clips) take about 2 hours on a 2-core
 CPU, the SmolLM2 row about 40 minutes of it. Finished settings are skipped on a rerun, so the

@@ -40,12 +40,16 @@ from pathlib import Path
 import torch
 
 from ardiff.experiments.benchmark_settings import (
+    ABLATION_SETTINGS,
+    ACDC_K,
     ALL_SETTINGS,
+    DEFAULT_SETTINGS,
     INPAINT_SETTING,
     LABELS,
     LONG_SETTINGS,
     STORY_SETTINGS,
     STORY_TABLE,
+    T_PRIME_SWEEP,
     VIDEO_SETTINGS,
 )
 from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
@@ -72,7 +76,7 @@ class BenchmarkConfig(CorrectionSettings):
     long_stories: int = 100
     smollm2_stories: int = 200  # the SmolLM2 row can be run on fewer stories (~10 s per rewrite on 1 core)
     long_length: int = 12  # the long stories use the rolling window (window, sink_blocks)
-    settings: tuple[str, ...] = ALL_SETTINGS
+    settings: tuple[str, ...] = DEFAULT_SETTINGS
     inpaint_t_prime: float = 0.8  # erasing a blob / redrawing an item needs more noise than a touch-up
     video: VideoBenchConfig = field(default_factory=VideoBenchConfig)
 
@@ -162,10 +166,11 @@ class StoryBench:
         length = len(stories[0])
         corrected = (set() if setting.memory is None else
                      set(range(min(length, setting.corrected_frames or length))))
-        return self._joined(stories, memory, corrected, setting.long, name)
+        t_prime = self.config.t_prime if setting.t_prime is None else setting.t_prime
+        return self._joined(stories, memory, corrected, setting.long, name, t_prime)
 
     @torch.no_grad()
-    def _joined(self, stories, memory, corrected: set[int], long: bool, name: str):
+    def _joined(self, stories, memory, corrected: set[int], long: bool, name: str, t_prime: float):
         """ACDC in the joined mode, all stories as one batch: the ARM's block loop hands every
         finished block (a frame) to the corrector, and the corrected block is what enters the
         KV cache. Story k draws its ARM noise from seed (seed, k) and frame f's correction
@@ -190,7 +195,7 @@ class StoryBench:
                 return None
             frames = decode_block(model, event.block)
             generators = [generator(chunk_seed(seed, event.index)) for seed in seeds]
-            fixed = self.corrector.correct(frames, [p[event.index] for p in prompts], self.config.t_prime,
+            fixed = self.corrector.correct(frames, [p[event.index] for p in prompts], t_prime,
                                            generators).frames
             return encode_block(model, fixed)
 
@@ -290,6 +295,13 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         log(f"{name}: faithfulness {metrics['faithfulness']:.3f} identity {metrics['identity']:.3f} "
             f"consistency {metrics['consistency']:.3f} FID-reader {metrics['fid_reader']:.1f} "
             f"{seconds:.2f} s/story")
+    arm_frames_path = out / "settings" / "arm.safetensors"
+    if bench is not None and arm_frames_path.is_file():  # how much of the ARM's layout each correction keeps
+        arm_frames = load_file(str(arm_frames_path))["frames"]
+        for name in results:
+            if name not in (INPAINT_SETTING, "arm", "dm_alone") and not STORY_TABLE[name].long:
+                frames = load_file(str(out / "settings" / f"{name}.safetensors"))["frames"]
+                results[name]["layout_kept"] = layout_kept(frames, arm_frames, bench.reader)
     video_names = [n for n in VIDEO_SETTINGS if n in config.settings]
     video = run_video_settings(config.video, video_names, out / "settings", device, log, rescore) if video_names else {}
     summary = {"config": {**asdict(config), **({"arm_cfg": bench.arm_cfg, "corrector_cfg": bench.corrector_cfg}
@@ -299,14 +311,60 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     write_report(summary, out)
     if any(n in results for n in LONG_SETTINGS):
         plot_error_accumulation(results, out / "error_accumulation.png")
+    if any(n in results for n in ABLATION_SETTINGS):
+        plot_ablations(results, out / "ablations.png")
     if bench is not None:
         strips = {n: load_file(str(out / "settings" / f"{n}.safetensors"))["frames"] for n in results
-                  if n != INPAINT_SETTING}
+                  if n != INPAINT_SETTING and n not in ABLATION_SETTINGS}
         write_strips(strips, bench, out)
     if video:
         plot_video_accuracy(video, video["real"]["trained_frames"], out / "video_accuracy.png")
         write_video_strips(out / "settings", out, video["real"]["trained_frames"])
     return summary
+
+
+def layout_kept(frames: torch.Tensor, arm_frames: torch.Tensor, reader: AttributeReader) -> float:
+    """The share of frames whose item the reader finds in the same cell (row and column) as in
+    the ARM-alone frame of the same story and seed: how much of the ARM's layout a correction
+    keeps (the other side of the t' trade-off)."""
+    n = min(len(frames), len(arm_frames))
+    preds, _ = reader.read(frames[:n].flatten(0, 1).float())
+    arm_preds, _ = reader.read(arm_frames[:n].flatten(0, 1).float())
+    return float(((preds["row"] == arm_preds["row"]) & (preds["col"] == arm_preds["col"])).float().mean())
+
+
+def plot_ablations(results: dict, path: Path) -> Path:
+    """Faithfulness per frame for ACDC #k with and without memory, and the t' sweep
+    (faithfulness and layout kept against t')."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, column, title in ((axes[0], 0, "ACDC #k, rule memory"), (axes[1], 1, "ACDC #k, no memory")):
+        if "arm" in results:
+            per = results["arm"]["per_frame"]["faithfulness"]
+            ax.plot(range(1, len(per) + 1), per, "k:", label="ARM alone")
+        for k, names in ACDC_K.items():
+            if names[column] in results:
+                per = results[names[column]]["per_frame"]["faithfulness"]
+                ax.plot(range(1, len(per) + 1), per, "o-", markersize=3, label=f"#{k}")
+        ax.set_title(title)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("faithfulness")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    sweep = [(t, results[n]) for t, n in sorted(T_PRIME_SWEEP.items()) if n in results]
+    if sweep:
+        ts = [t for t, _ in sweep]
+        axes[2].plot(ts, [r["faithfulness"] for _, r in sweep], "o-", label="faithfulness")
+        if all("layout_kept" in r for _, r in sweep):
+            axes[2].plot(ts, [r["layout_kept"] for _, r in sweep], "s-", label="ARM's layout kept")
+        axes[2].set_xlabel("t'")
+        axes[2].set_title("t' sweep (rule memory, all frames)")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_report(summary: dict, out: Path) -> Path:
@@ -319,6 +377,15 @@ def write_report(summary: dict, out: Path) -> Path:
             n = f" (N={r['num_stories']})" if r["num_stories"] != results.get("arm", r)["num_stories"] else ""
             lines.append(f"| {r['label']}{n} | {r['faithfulness']:.3f} | {r['identity']:.3f} | {r['consistency']:.3f} "
                          f"| {r['fid_reader']:.1f} | {r['s_per_story']:.2f} |")
+    ablations = [n for n in ABLATION_SETTINGS if n in results]
+    if ablations:
+        lines += ["", "| ablation | faithfulness | per frame | ARM's layout kept | identity kept |",
+                  "|---|---|---|---|---|"]
+        for name in ablations:
+            r = results[name]
+            per = " ".join(f"{v:.2f}" for v in r["per_frame"]["faithfulness"])
+            kept = f"{r['layout_kept']:.3f}" if "layout_kept" in r else "-"
+            lines.append(f"| {r['label']} | {r['faithfulness']:.3f} | {per} | {kept} | {r['identity']:.3f} |")
     if INPAINT_SETTING in results:
         r = results[INPAINT_SETTING]
         lines += ["", "| user constraint (inpainting) | frames | defect rate | missing | duplicate |",

@@ -1,7 +1,13 @@
-"""`ardiff acdc make-stories`: the ACDC paper's story benchmark generator, with any LLM backend.
+"""`ardiff acdc make-stories`: the ACDC paper's story benchmark generator (Algorithm 1), with
+any LLM backend.
 
-An LLM writes a six-sentence animal story from three few-shot examples drawn at random from
-:data:`FEW_SHOT_STORIES` (our own), sampling at temperature 1.0. The answer is parsed and
+The prompt is the project's own wording in the structure the paper describes: a system
+message that sets the task and holds three example stories drawn at random from
+:data:`FEW_SHOT_STORIES` (ten hand-made stories, the project's own), and a user message that
+asks for a new six-sentence story about a named animal, the first sentence describing the
+background and the rest its motion, simple and concise, not copying the examples; sampling at
+temperature 1.0. ``--prompt-file`` replaces the system message's template (it must hold
+``{examples}``; ``{n}`` is the number of sentences). The answer is parsed and
 validated: exactly six numbered sentences, each non-empty and of sane length. An invalid
 answer is retried with a fresh draw of examples; a story that fails every attempt is recorded
 as failed, never silently dropped. The backends are the memory module's
@@ -41,20 +47,46 @@ FEW_SHOT_STORIES = (
     ("Luna the white cat watched the moon from the roof.", "A moth fluttered past her whiskers.",
      "She swatted at it with one paw.", "She slipped on the wet tiles.",
      "She landed softly in a flower bed.", "She washed her face as if nothing had happened."),
+    ("Pepper the otter floated in a cold green river.", "She rolled onto her back in the current.",
+     "She dived down after a shining pebble.", "She popped up with it between her paws.",
+     "She juggled it from paw to paw.", "Then she swam to the bank to rest."),
+    ("Rocky the mountain goat stood on a steep grey cliff.", "He leapt to a narrow ledge below.",
+     "His hooves slipped on the loose stones.", "He caught his balance with a jump.",
+     "He climbed back up to the top.", "He chewed a tuft of grass in the sun."),
+    ("Dot the ladybird rested on a wide sunflower leaf.", "She crawled to the edge of the leaf.",
+     "She opened her red wings.", "She buzzed across the garden.",
+     "She landed on a daisy by the fence.", "She folded her wings and stayed still."),
 )
-GENERATOR_SYSTEM = "You write short, simple stories for children's picture books."
-GENERATOR_TEMPLATE = (
-    "Here are three example stories. Each has exactly {n} numbered sentences, one per line; the first "
-    "sentence names an animal, and later sentences refer to it mostly by pronoun.\n\n{examples}\n\n"
-    "Write one new story about a different animal in the same style: exactly {n} numbered sentences, "
-    "one per line, and nothing else."
+# {examples}: three numbered example stories; {n}: the number of sentences.
+GENERATOR_SYSTEM_TEMPLATE = """\
+You write short, simple stories for children's picture books, one sentence per picture. \
+Here are three example stories; each has exactly {n} numbered sentences.
+
+{examples}"""
+GENERATOR_REQUEST = (
+    "Write one new story about an animal with a name, in exactly {n} numbered sentences, one per line. "
+    "The first sentence names the animal and describes where it is; the other sentences describe what "
+    "the animal does and how it moves, referring to it mostly by pronoun. Keep every sentence simple and "
+    "concise, do not copy the examples, and answer with the numbered sentences only."
 )
 
 
-def generator_messages(examples: list[tuple[str, ...]]) -> list[dict]:
+def check_generator_template(template: str) -> str:
+    """A system-message template must hold {examples} and format with only {examples} and {n}."""
+    if "{examples}" not in template:
+        raise ValueError("the template must contain the {examples} field (where the example stories go)")
+    try:
+        template.format(n=STORY_LENGTH, examples="Story 1: ...")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"the template must format with only {{examples}} and {{n}} (double other braces): "
+                         f"{e!r}") from None
+    return template
+
+
+def generator_messages(examples: list[tuple[str, ...]], template: str = GENERATOR_SYSTEM_TEMPLATE) -> list[dict]:
     shown = "\n\n".join(f"Story {k}:\n{number_lines(story)}" for k, story in enumerate(examples, 1))
-    return [{"role": "system", "content": GENERATOR_SYSTEM},
-            {"role": "user", "content": GENERATOR_TEMPLATE.format(n=STORY_LENGTH, examples=shown)}]
+    return [{"role": "system", "content": template.format(n=STORY_LENGTH, examples=shown)},
+            {"role": "user", "content": GENERATOR_REQUEST.format(n=STORY_LENGTH)}]
 
 
 def parse_story(text: str, length: int = STORY_LENGTH, max_chars: int = 200) -> list[str] | None:
@@ -67,7 +99,8 @@ def parse_story(text: str, length: int = STORY_LENGTH, max_chars: int = 200) -> 
     return [s if s[-1] in ".!?\"'" else s + "." for s in sentences]
 
 
-def make_stories(llm, num: int, seed: int = 0, attempts: int = 3) -> Iterator[dict]:
+def make_stories(llm, num: int, seed: int = 0, attempts: int = 3,
+                 template: str = GENERATOR_SYSTEM_TEMPLATE) -> Iterator[dict]:
     """Yield ``num`` records ``{"id", "sentences", "attempts", "examples", "ok"}``.
 
     ``llm``: anything with ``complete(messages) -> str`` (the memory backends). Its sampling
@@ -88,7 +121,7 @@ def make_stories(llm, num: int, seed: int = 0, attempts: int = 3) -> Iterator[di
                 llm.expected_lines = STORY_LENGTH
             record["attempts"], record["examples"] = attempt + 1, chosen
             try:
-                answer = llm.complete(generator_messages([FEW_SHOT_STORIES[k] for k in chosen]))
+                answer = llm.complete(generator_messages([FEW_SHOT_STORIES[k] for k in chosen], template))
             except Exception as error:  # a backend failure costs an attempt, not the run
                 record["error"] = f"{type(error).__name__}: {error}"
                 continue

@@ -16,8 +16,9 @@ Backends (all :class:`~ardiff.acdc.base.Memory`):
 * :class:`OpenAIMemory`: any OpenAI-compatible ``/chat/completions`` server (hosted APIs,
   vLLM, llama.cpp, Ollama), standard library only.
 
-The LLM backends share :class:`LLMMemory`: one query for the whole story (the paper's refiner
-prompt, :data:`REFINER_TEMPLATE`), numbered-line parsing, validation, one corrective retry, a
+The LLM backends share :class:`LLMMemory`: one query for the whole story with a refiner prompt
+(:data:`REFINER_TEMPLATE`: the project's own wording in the structure the paper describes; any
+template can be passed instead), numbered-line parsing, validation, one corrective retry, a
 content-hash cache, and a fallback to :class:`RuleBasedMemory` with a warning: bad model output
 or a failing backend never raises out of :meth:`LLMMemory.rewrite`.
 """

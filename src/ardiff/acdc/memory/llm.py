@@ -1,4 +1,5 @@
-"""LLM memory logic shared by the backends: the refiner prompt, parsing, validation, retry, cache, fallback."""
+"""LLM memory logic shared by the backends: the refiner prompt (the project's own, in the paper's
+structure), parsing, validation, retry, cache, fallback."""
 
 from __future__ import annotations
 
@@ -28,13 +29,20 @@ class MemoryFallbackWarning(UserWarning):
 # Token budget (the corrector's text encoder: CLIP reads at most 77 tokens, BOS/EOS included)
 # ---------------------------------------------------------------------------------------
 
-REFINER_SYSTEM = ("You rewrite stories for an image generator that sees one sentence at a time. "
+# The refiner prompt: the project's own wording, in the structure the ACDC paper describes for
+# its memory module (Appendix D): a system message that casts the LLM as a text refiner; the
+# instruction to rewrite every sentence causally so that it names its subject with the
+# subject's key traits; worked examples of an original story and its rewrite; one query for
+# the whole story; numbered output. The paper's own prompt text is not reproduced here: pass
+# any template (``template=``, or ``ardiff acdc story --memory-prompt FILE``) to use another.
+REFINER_SYSTEM = ("You are a text refiner for an image generator that sees one sentence of a story at a time. "
                   "You answer only with the numbered sentences.")
 
 # ``{n}``: the number of sentences; ``{story}``: the story as numbered lines.
 REFINER_TEMPLATE = """\
 An image generator will draw each sentence of a story separately, without seeing the other \
-sentences. Rewrite every sentence so that it can be understood on its own: replace pronouns \
+sentences. Rewrite every sentence so that it can be understood on its own and names its \
+subject with the subject's key traits (name, kind, colour, where it is): replace pronouns \
 (he, she, it, they, his, her, its, their) and vague references ("the dog", "the girl") with \
 the full description of who or what they mean, taken from the earlier sentences. Sentence k \
 may only use sentences 1 to k. Keep each sentence short, keep its meaning, and do not add \
@@ -68,6 +76,18 @@ Original story:
 {story}
 Modified story:
 """
+
+def check_template(template: str) -> str:
+    """A refiner prompt template must hold ``{story}`` and format with only ``{n}`` and ``{story}``."""
+    if "{story}" not in template:
+        raise ValueError("the template must contain the {story} field (where the numbered sentences go)")
+    try:
+        template.format(n=1, story="1. x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"the template must format with only {{n}} and {{story}} (double other braces): "
+                         f"{e!r}") from None
+    return template
+
 
 _NUMBERED = re.compile(r"^\s*(?:[-*>]\s*)*(?:\*\*|__)?(?:sentence\s+)?(\d{1,3})\s*(?:[.):\]]|\*\*|__|-)+\s*(.*)$",
                        re.IGNORECASE)
@@ -157,7 +177,7 @@ _CACHE_FORMAT = "ardiff-acdc-memory-v1"
 
 
 class LLMMemory(Memory):
-    """Rewrites the whole story with one LLM query (the paper's refiner); subclasses implement
+    """Rewrites the whole story with one LLM query (as the paper's memory module does); subclasses implement
     :meth:`complete` (chat messages -> the model's text) and :meth:`identity` (what the cache key
     must change with: the model, its decoding settings; never a secret).
 
@@ -178,14 +198,7 @@ class LLMMemory(Memory):
     def __init__(self, template: str = REFINER_TEMPLATE, system_prompt: str | None = REFINER_SYSTEM,
                  tokenizer: Any = None, max_tokens: int = 77, cache_dir: str | os.PathLike | None = None,
                  fallback: Memory | None = None, max_chars: int = 400, strict_causal: bool = False):
-        if "{story}" not in template:
-            raise ValueError("template must contain the {story} field (the numbered sentences)")
-        try:
-            template.format(n=1, story="1. x")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"template must format with only {{n}} and {{story}} (double other braces): "
-                             f"{e!r}") from None
-        self.template = template
+        self.template = check_template(template)
         self.system_prompt = system_prompt
         self.budget = TokenBudget(tokenizer, max_tokens) if tokenizer is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
