@@ -104,3 +104,22 @@ def test_represent_command_json(folder_task, capsys, tmp_path):
     out = capsys.readouterr().out
     result = json.loads(out[: out.rindex("}") + 1])
     assert 0 <= result["top1"] <= 1 and json.loads((tmp_path / "r.json").read_text())["top1"] == result["top1"]
+
+
+def test_a_latent_model_reads_the_vae_latents_of_the_images(folder_task, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from ardiff.data.latents import VAERecord
+
+    data, _ = folder_task
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                  layers_per_block=1, norm_num_groups=4, sample_size=16).save_pretrained(tmp_path / "vae")
+    torch.manual_seed(0)
+    model = randomize(ACDiT(ACDiTConfig.preset("tiny", in_channels=4, input_size=(4, 4), block_size=1,
+                                               num_classes=2)), std=0.05)
+    directory = save_pretrained(model, tmp_path / "latent",
+                                extra_config={"_vae": VAERecord(str(tmp_path / "vae"), 0.5).to_dict()})
+    result = run_represent(str(directory), RepresentSettings(mode="linear", data=str(data)))
+    assert result["num_train"] == 32 and 0 <= result["top1"] <= 1  # 8x8 images -> 4x4 latents

@@ -95,6 +95,10 @@ class VAERecord:
         """Model-space latents -> images/clips in [-1, 1]."""
         return decode_latents(vae, latents, self.scaling_factor, self.shift_factor)
 
+    def encode(self, vae, images: torch.Tensor) -> torch.Tensor:
+        """Images/clips in [-1, 1] -> model-space latents (posterior means)."""
+        return encode_images(vae, images, self.scaling_factor, self.shift_factor)
+
 
 def _encode(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and standard deviations of images (B, 3, H, W) or clips (B, 3, F, H, W), frame by frame."""
@@ -279,6 +283,17 @@ class LatentDataset(Dataset):
         mean, std = self._read(index, "latents").float(), self._read(index, "std").float()
         z = mean + std * torch.randn(mean.shape, generator=generator)
         return (z - self.shift_factor) * self.scaling_factor, self.labels[index % len(self)]
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0,
+                  batch_size: int = 32) -> torch.Tensor:
+    """Images/clips in [-1, 1] to model-space latents (posterior means, scaled as a cache serves them)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        mean, _ = _encode(vae, images[i : i + batch_size].to(device=vae.device, dtype=vae.dtype))
+        out.append(((mean.float() - shift_factor) * scaling_factor).cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -190,7 +190,7 @@ def prepare_job(out: str | os.PathLike, job: SampleJob, rank: int = 0) -> tuple[
     """Check ``out`` and its parts folder against ``job``. Returns (parts folder, already finished).
 
     Refuses (ValueError) an ``out`` or a parts folder made by another job: a sample file
-    never mixes runs. Rank 0 writes ``job.json``; other ranks only check.
+    never mixes runs. Rank 0 writes ``job.json``.
     """
     out = Path(out)
     wanted = job.to_dict()
@@ -211,9 +211,12 @@ def prepare_job(out: str | os.PathLike, job: SampleJob, rank: int = 0) -> tuple[
             raise ValueError(f"{parts} holds a half-written job with other settings "
                              f"({_job_difference(recorded, wanted)}); rerun with those settings to finish it, "
                              f"or remove {parts}")
-    elif rank == 0:
+    else:
+        # Every rank sees the same files and computes the same job, so all agree on refusing;
+        # each may create the folder (its chunks may come before rank 0's job.json).
         parts.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(record, wanted, indent=2)
+        if rank == 0:
+            atomic_write_json(record, wanted, indent=2)
     return parts, False
 
 

@@ -94,15 +94,17 @@ def _balanced_subset(labels: torch.Tensor, num: int, seed: int) -> torch.Tensor:
     return torch.tensor(sorted(take))
 
 
-def load_split_data(model, settings: RepresentSettings):
-    """(train images, train labels, test images, test labels, number of classes) at the model's input size."""
+def load_split_data(model, settings: RepresentSettings, vae_record=None):
+    """(train images, train labels, test images, test labels, number of classes) at the model's input
+    size; a latent model's images are encoded with its VAE (``vae_record``) into the space it reads."""
     c = model.config
     if c.is_video:
         raise ValueError("the representation experiment classifies images; this model makes clips")
     if settings.data == "fmnist":
         from ardiff.data.fashion_mnist import FashionMNIST
 
-        if c.in_channels != 1 or c.input_size[0] != c.input_size[1] or c.input_size[0] < 28:
+        if vae_record is not None or c.in_channels != 1 or c.input_size[0] != c.input_size[1] \
+                or c.input_size[0] < 28:
             raise ValueError(f"--data fmnist needs a grey model of at least 28x28 input; this one reads "
                              f"{c.in_channels} x {c.input_size}")
         pad = c.input_size[0] if c.input_size[0] > 28 else None
@@ -111,21 +113,25 @@ def load_split_data(model, settings: RepresentSettings):
         te = _balanced_subset(test.labels, settings.num_test, settings.seed + 1)
         to_float = lambda x: x.float() / 127.5 - 1  # noqa: E731
         return to_float(train.images[tr]), train.labels[tr], to_float(test.images[te]), test.labels[te], 10
-    return _folder_data(model, settings)
+    return _folder_data(model, settings, vae_record)
 
 
-def _folder_data(model, settings: RepresentSettings):
+def _folder_data(model, settings: RepresentSettings, vae_record=None):
     from ardiff.data.image_folder import ImageFolder
 
     c = model.config
     root = Path(settings.data)
     if not root.is_dir():
         raise ValueError(f"--data {settings.data}: not 'fmnist' and not a folder of class subfolders")
-    if c.in_channels != 3:
-        raise ValueError(f"an image folder gives RGB images; this model reads {c.in_channels} channels"
-                         + (" (a latent model: classify its pixels' latents is not supported)" if c.in_channels == 4
-                            else ""))
-    size = c.input_size[0]
+    vae = None
+    if vae_record is not None:  # a latent model reads the VAE's latents of the images, as in training
+        vae = vae_record.load(model.device)
+        size = c.input_size[0] * 2 ** (len(vae.config.block_out_channels) - 1)
+    elif c.in_channels != 3:
+        raise ValueError(f"an image folder gives RGB images; this model reads {c.in_channels} channels and "
+                         f"records no VAE (_vae in its config.json) to encode them with")
+    else:
+        size = c.input_size[0]
     if (root / "train").is_dir() and (root / "val").is_dir():
         train, test = ImageFolder(root / "train", size, hflip=False), ImageFolder(root / "val", size, hflip=False)
         if train.classes != test.classes:
@@ -141,7 +147,10 @@ def _folder_data(model, settings: RepresentSettings):
             raise ValueError(f"{root} holds too few images to split into train and test")
     tr = _balanced_subset(y_tr, settings.num_train, settings.seed)
     te = _balanced_subset(y_te, settings.num_test, settings.seed + 1)
-    return x_tr[tr], y_tr[tr], x_te[te], y_te[te], int(max(y_tr.max(), y_te.max())) + 1
+    x_tr, x_te = x_tr[tr], x_te[te]
+    if vae is not None:
+        x_tr, x_te = vae_record.encode(vae, x_tr), vae_record.encode(vae, x_te)
+    return x_tr, y_tr[tr], x_te, y_te[te], int(max(y_tr.max(), y_te.max())) + 1
 
 
 def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,17 +291,19 @@ def finetune(model, train_x, train_y, test_x, test_y, num_classes: int, settings
 def run_represent(model_dir: str, settings: RepresentSettings, device: str | None = None,
                   progress: bool = False) -> dict:
     """Run the experiment on a model (a directory or a shipped name); returns the result record."""
+    from ardiff.data.latents import VAERecord
     from ardiff.models.acdit import ACDiT
     from ardiff.models.resolve import resolve_model_dir
 
     directory = resolve_model_dir(model_dir)
+    vae_record = VAERecord.recorded(directory)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ACDiT.from_pretrained(directory, device=device, dtype=torch.float32)
     if settings.from_scratch:
         torch.manual_seed(settings.seed)
         model = ACDiT(model.config).to(device)  # the same network, its own initialisation
     stream = feature_stream(model, settings.stream)
-    train_x, train_y, test_x, test_y, K = load_split_data(model, settings)
+    train_x, train_y, test_x, test_y, K = load_split_data(model, settings, vae_record)
     t0 = time.perf_counter()
     result = {"model": str(directory), "init": "scratch" if settings.from_scratch else "pretrained",
               "mode": settings.mode, "stream": stream, "data": settings.data, "num_train": len(train_y),
