@@ -134,3 +134,56 @@ def test_fmnist_features_with_labels_give_class_accuracy(tmp_path):
     assert result["fid_fmnist_floor"] > 0 and result["real_data_floor"]["against"] == 50
     same = evaluate_against_reference(str(ref_path), str(ref_path), "fmnist", network=classifier)
     assert same["fid_fmnist"] == 0.0
+
+
+class I3DShaped(nn.Module):
+    """Called like the FVD literature's TorchScript I3D: float [0, 255] clips (N, 3, F, H, W) -> 400-d features."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(3 * 4, 400)
+
+    def forward(self, x, rescale=False, resize=False, return_features=False):
+        assert rescale and resize and return_features and x.shape[1] == 3 and x.max() > 1
+        return torch.tanh(self.proj(x.mean((3, 4)).flatten(1) / 255))
+
+
+def test_clips_against_clips_with_an_i3d_shaped_network(tmp_path):
+    weights = tmp_path / "i3d_torchscript.pt"
+    weights.write_bytes(b"stand-in")
+    i3d = build_network(f"i3d:{weights}", network=I3DShaped())
+    rng = np.random.default_rng(0)
+    ref = save_sample_npz(tmp_path / "ref.npz", rng.integers(0, 256, (24, 4, 8, 8, 1), dtype=np.uint8))
+    samples = save_sample_npz(tmp_path / "s.npz", rng.integers(0, 256, (6, 4, 8, 8, 1), dtype=np.uint8))
+    result = evaluate_against_reference(str(samples), str(ref), f"i3d:{weights}", network=I3DShaped())
+    assert result["fvd_i3d"] > 0 and result["fvd_i3d_floor"] > 0 and result["feature_network"]["name"] == "i3d"
+    assert evaluate_against_reference(str(ref), str(ref), f"i3d:{weights}", network=I3DShaped())["fvd_i3d"] == 0.0
+    with pytest.raises(ValueError, match="i3d reads clips"):
+        from ardiff.eval.reference import sample_features
+
+        sample_features(i3d, torch.zeros(2, 3, 8, 8))
+    short = load_reference(str(save_sample_npz(tmp_path / "short.npz", np.zeros((4, 2, 8, 8, 1), np.uint8))),
+                           (1, 4, 8, 8))
+    with pytest.raises(ValueError, match="2x8x8.*4x8x8"):
+        reference_features(short, i3d, (1, 4, 8, 8))
+
+
+def test_a_model_is_sampled_then_scored(tmp_path):
+    from ardiff import ACDiT, ACDiTConfig
+    from ardiff.models.checkpoint import save_pretrained
+    from helpers import randomize
+
+    torch.manual_seed(0)
+    directory = save_pretrained(randomize(ACDiT(ACDiTConfig.preset("tiny", num_classes=2)), std=0.05),
+                                tmp_path / "model")
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"stand-in")
+    ref = save_sample_npz(tmp_path / "ref.npz", _images(12, 8, 3, 0))
+    result = evaluate_against_reference(str(directory), str(ref), f"inception:{weights}", num=4, num_steps=2,
+                                        network=InceptionShaped(64))
+    assert result["num_samples"] == 4 and result["num_steps"] == 2 and result["fid_inception"] > 0
+    assert result["fid_inception_floor"] > 0  # 12 >= 2 * 4
+    with pytest.raises(ValueError, match="is 16x16.*samples 8x8"):  # refused before sampling
+        evaluate_against_reference(str(directory), str(save_sample_npz(tmp_path / "big.npz", _images(4, 16, 3, 0))),
+                                    f"inception:{weights}", num=4, network=InceptionShaped(64))
