@@ -36,6 +36,14 @@ def files(tmp_path_factory):
     (root / "five.txt").write_text("A sneaker.\nIt moves.\nIt stops.\nIt turns.\nIt rests.\n")
     (root / "a_file").write_text("x")
     (root / "existing_dir").mkdir()
+    import numpy as np
+
+    from ardiff.eval.sample_files import save_sample_npz
+
+    save_sample_npz(root / "grey32.npz", np.zeros((4, 32, 32, 1), np.uint8), np.arange(4))
+    save_sample_npz(root / "rgb32.npz", np.zeros((4, 32, 32, 3), np.uint8))
+    save_sample_npz(root / "grey16.npz", np.zeros((4, 16, 16, 1), np.uint8))
+    (root / "junk.npz").write_bytes(b"not a zip archive")
     return {"model": str(good), "bad_json": str(bad_json), "wrong_shape": str(wrong), "garbage": str(garbage),
             "root": root}
 
@@ -72,6 +80,36 @@ CASES = [
     ("eval {root}/nothing", "is neither a model directory"),
     ("eval {model} --classifier {root}/missing.safetensors", "no such file"),
     ("eval {model} --num 2 --out {out}/m.json", "no feature network for 3-channel samples"),
+    # eval against a reference
+    ("eval {root}/missing.npz --reference fmnist-test", "missing.npz: no such sample file"),
+    ("eval {model} --reference {root}/nothing", "no such folder or .npz file"),
+    ("eval {model} --reference {root}/five.txt", "a reference file is an .npz"),
+    ("eval {model} --reference fmnist-test --features resnet", "use fmnist, inception:PATH or i3d:PATH"),
+    ("eval {model} --reference fmnist-test --features inception", "inception needs its local weight file"),
+    ("eval {model} --reference fmnist-test --features inception:{root}/no.pth", "no.pth: no such file"),
+    ("eval {model} --reference fmnist-test --save-stats {out}/s.txt", "must end in .npz"),
+    ("eval {model} --features fmnist", "--features goes with --reference"),
+    ("eval {root}/grey32.npz", "holds samples: give the reference"),
+    ("eval {root}/grey32.npz --reference {root}/rgb32.npz --out {out}/e.json", "fmnist network reads grey images"),
+    ("eval {root}/grey32.npz --reference {root}/grey16.npz --out {out}/e.json", "at least 28x28"),
+    ("eval {root}/grey32.npz --reference {root}/junk.npz --out {out}/e.json", "is not a readable .npz file"),
+    ("eval {root}/junk.npz --reference {root}/grey32.npz --out {out}/e.json", "is not a readable .npz file"),
+    ("eval {root}/grey32.npz --reference {root}/grey32.npz --cfg 2", "already holds samples"),
+    ("eval {model} --num 2 --reference {root}/grey32.npz --out {out}/e.json", "fmnist network reads grey images"),
+    # sample-npz
+    ("sample-npz {model} --num 0 --out {out}/s.npz", "--num/-n: 0 must be a whole number >= 1"),
+    ("sample-npz {model} --num 4 --out {out}/s.png", "must end in .npz"),
+    ("sample-npz {model} --out {out}/s.npz", "the following arguments are required: --num/-n"),
+    ("sample-npz {model} --num 4 --out {out}/s.npz --vae {root}/nothing", "no such directory"),
+    ("sample-npz {model} --num 4 --out {out}/s.npz --batch-size 0", "--batch-size: 0 must be a whole number >= 1"),
+    ("sample-npz {root}/nothing --num 4 --out {out}/s.npz", "is neither a model directory"),
+    ("sample-npz {model} --num 4 --out {root}/grey32.npz", "already exists and holds other samples"),
+    # represent
+    ("represent {model} --data nowhere --mode linear", "give fmnist or a folder of class subfolders"),
+    ("represent {model} --data fmnist --mode probe", "invalid choice: 'probe'"),
+    ("represent {model} --data fmnist --mode linear --out {out}/r.txt", "must end in .json"),
+    ("represent {model} --data fmnist --mode finetune --epochs 0", "--epochs: 0 must be a whole number >= 1"),
+    ("represent {model} --data fmnist --mode linear --out {out}/r.json", "needs a grey model"),
     # train
     ("train {root}/list.yaml --out-dir {out}/run", "holds a YAML list; a run config is a mapping"),
     ("train {root}/broken.yaml --out-dir {out}/run", "is not valid YAML"),

@@ -470,3 +470,42 @@ def test_build_moving_fashion_mnist():
     assert isinstance(ds, MovingFashionMNIST) and len(ds) == 7
     assert (ds.num_frames, ds.canvas_size, ds.num_items, ds.speed, ds.seed) == (5, 36, 2, 3.0, 2)
     assert ds[0][0].shape == (1, 5, 36, 36)
+
+
+def test_latent_cache_with_moments_draws_posterior_samples(vae_dir, tmp_path):
+    data = image_dataset(n=6)
+    meta = encode_latent_cache(data, vae_dir, tmp_path / "cache", shard_size=4, moments=True)
+    assert meta["moments"] is True
+    ds = LatentDataset(tmp_path / "cache")
+    vae = load_vae(vae_dir)
+    with torch.no_grad():
+        dist = vae.encode(data.tensors[0]).latent_dist
+    mean, _ = ds[5]  # indexing still gives the (scaled) mean
+    assert torch.allclose(mean, dist.mean[5] * ds.scaling_factor, atol=1e-5)
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    a, b, c = ds.draw(5, g(1))[0], ds.draw(5, g(1))[0], ds.draw(5, g(2))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    eps = torch.randn(mean.shape, generator=g(1))
+    assert torch.allclose(a, (dist.mean[5] + dist.std[5] * eps) * ds.scaling_factor, atol=1e-5)
+    plain = LatentDataset(encode_latent_cache(data, vae_dir, tmp_path / "plain", shard_size=4) and tmp_path / "plain")
+    assert not plain.moments and torch.equal(plain.draw(5, g(1))[0], plain[5][0])
+
+
+def test_trainer_draws_a_posterior_sample_per_step_and_position(vae_dir, tmp_path):
+    from ardiff.train import Trainer, load_run_config
+
+    encode_latent_cache(image_dataset(n=6), vae_dir, tmp_path / "cache", shard_size=4, moments=True)
+    run = load_run_config("fmnist", [f"train.out_dir={tmp_path / 'run'}", "data.name=latents",
+                                     f"data.root={tmp_path / 'cache'}", "model.input_size=[8, 8]",
+                                     "model.in_channels=4", "model.patch_size=2", "model.block_size=4",
+                                     "model.depth=1", "model.hidden_size=32", "model.num_heads=1",
+                                     "model.num_classes=3", "train.batch_size=2", "train.tensorboard=false",
+                                     "sample.num_images=0", "sample.clip_denoised=false"])
+    trainer = Trainer(run, device="cpu", progress=False)
+    idx = torch.tensor([3, 3])
+    x0, _ = trainer.batch(idx, step=0, first=0)
+    x0b, _ = trainer.batch(idx[1:], step=0, first=1)
+    x1, _ = trainer.batch(idx, step=1, first=0)
+    assert not torch.equal(x0[0], x0[1])  # two positions: two draws of the same item
+    assert torch.equal(x0[1], x0b[0])  # a position's draw does not depend on the slice it is in
+    assert not torch.equal(x0, x1)  # a new step: new draws

@@ -17,13 +17,18 @@ from ardiff.cli.common import (
     CommandError,
     Parser,
     add_sampling_flags,
+    eval_source,
+    existing_dir,
     existing_file,
+    feature_spec,
     guidance_scale,
     leaf_parsers,
     nonnegative_int,
     output_dir,
     output_file,
     positive_int,
+    reference_spec,
+    represent_data,
     run_command,
 )
 
@@ -178,13 +183,63 @@ def cmd_encode_latents(args) -> int:
                            "images/videos, e.g. --set data.name=image_folder --set data.root=DIR")
     dataset = build_dataset(run.data, None)
     meta = encode_latent_cache(dataset, args.vae, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
-                               device=args.device or "cpu")
+                               device=args.device or "cpu", moments=args.moments)
     print(f"wrote {meta['count']} latents of shape {tuple(meta['latent_shape'])} to {args.out}; train on them "
           f"with --set data.name=latents --set data.root={args.out} (model.in_channels/input_size to match)")
     return 0
 
 
+def _print_metrics(result: dict, notes: dict) -> None:
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, list):
+            value = " ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
+        line = f"{key:>26}: {value:.4f}" if isinstance(value, float) else f"{key:>26}: {value}"
+        print(line + (f"   ({notes[key]})" if key in notes else ""))
+
+
+def _write_json(path, result: dict) -> None:
+    from ardiff.utils.io import atomic_write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result, indent=2)
+    print(f"wrote {path}")
+
+
+def cmd_eval_reference(args) -> int:
+    """``ardiff eval SOURCE --reference REF``: a sample file or a model against a named reference."""
+    from ardiff.eval.evaluate import evaluate_against_reference, reliability_notes
+
+    is_file = args.model_dir.lower().endswith(".npz")
+    if not is_file:
+        read_model_summary(args.model_dir)  # a bad model directory fails before torch loads
+    elif any(v is not None for v in (args.cfg, args.steps, args.sampler, args.clip_denoised, args.vae)):
+        raise CommandError("--cfg, --steps, --sampler, --clip-denoised and --vae apply when sampling a model; "
+                           f"{args.model_dir} already holds samples")
+    result = evaluate_against_reference(
+        args.model_dir, args.reference, args.features or "fmnist", num=args.num, seed=args.seed, cfg_scale=args.cfg,
+        num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised, vae_dir=args.vae,
+        classifier_path=args.classifier, save_stats=args.save_stats, device=args.device, progress=True)
+    notes = reliability_notes(result, result["num_samples"])
+    _print_metrics(result, notes)
+    if notes:
+        result["warnings"] = notes
+    if args.out:
+        _write_json(args.out, result)
+    return 0
+
+
 def cmd_eval(args) -> int:
+    if args.reference is not None:
+        return cmd_eval_reference(args)
+    for flag, value in (("--features", args.features), ("--save-stats", args.save_stats), ("--vae", args.vae)):
+        if value is not None:
+            raise CommandError(f"{flag} goes with --reference REF (e.g. --reference fmnist-test); without it the "
+                               f"model is scored with the built-in networks and reference")
+    if args.model_dir.lower().endswith(".npz"):
+        raise CommandError(f"{args.model_dir} holds samples: give the reference to score them against, "
+                           f"--reference (fmnist-test, a folder, or an .npz)")
     directory, _ = read_model_summary(args.model_dir)
 
     import torch
@@ -202,19 +257,51 @@ def cmd_eval(args) -> int:
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
     notes = reliability_notes(result, args.num)
-    for key, value in result.items():
-        if isinstance(value, list):
-            value = " ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
-        line = f"{key:>26}: {value:.4f}" if isinstance(value, float) else f"{key:>26}: {value}"
-        print(line + (f"   ({notes[key]})" if key in notes else ""))
+    _print_metrics(result, notes)
     if notes:
         result["warnings"] = notes
     if args.out:
-        from ardiff.utils.io import atomic_write_json
+        _write_json(args.out, result)
+    return 0
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, result, indent=2)
-        print(f"wrote {args.out}")
+
+def cmd_sample_npz(args) -> int:
+    read_model_summary(args.model_dir)
+    from ardiff.eval.sample_files import sample_model_to_npz
+
+    summary = sample_model_to_npz(args.model_dir, args.out, args.num, seed=args.seed, cfg_scale=args.cfg,
+                                  num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised,
+                                  batch_size=args.batch_size, vae_dir=args.vae, rgb=args.rgb, device=args.device,
+                                  progress=not args.no_progress)
+    if summary["rank"] == 0:
+        job = summary["job"]
+        if summary["already_finished"]:
+            print(f"{args.out} already holds this job's {job['num']} samples; nothing to do")
+        else:
+            resumed = f", {summary['chunks_skipped']} resumed from an earlier run" if summary["chunks_skipped"] else ""
+            print(f"wrote {job['num']} samples to {args.out} (seeds {job['seed']}..{job['seed'] + job['num'] - 1}, "
+                  f"{job['num_steps']} {job['sampler']} steps per block, CFG {job['cfg_scale']:g}; "
+                  f"{summary['chunks_drawn']} batches drawn on rank 0 of {summary['world_size']}{resumed}; "
+                  f"{summary['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_represent(args) -> int:
+    read_model_summary(args.model_dir)
+    from ardiff.experiments.represent import RepresentSettings, run_represent
+
+    settings = RepresentSettings(mode=args.mode, data=args.data, num_train=args.num_train, num_test=args.num_test,
+                                 stream=args.stream, epochs=args.epochs, batch_size=args.batch_size,
+                                 from_scratch=args.from_scratch, seed=args.seed)
+    result = run_represent(args.model_dir, settings, device=args.device, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['mode']} ({result['init']}, {result['stream']} stream) on {result['data']}: top-1 "
+              f"{100 * result['top1']:.2f}% over {result['num_test']} test images, {result['num_train']} for "
+              f"training ({result['seconds']:.0f} s)")
+    if args.out:
+        _write_json(args.out, result)
     return 0
 
 
@@ -337,14 +424,30 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
     conv.set_defaults(func=cmd_convert_official)
 
-    ev = sub.add_parser("eval", help="sample and score a model (FID, KID, precision/recall, IS, accuracy, FVD)",
-                        description="Sample a model and score it offline with the project's Fashion-MNIST "
-                                    "classifier against the test split (images) or Moving Fashion-MNIST test clips "
-                                    "(videos). FID-FMNIST is comparable only to other FID-FMNIST numbers at the same "
-                                    "N: it is printed beside its real-data floor (real training images vs the test "
-                                    "split, same N). Metrics that mean little at the N used are flagged.")
-    ev.add_argument("model_dir", help="model directory or shipped model name")
-    ev.add_argument("--num", type=positive_int, default=1000, help="generated samples (class-balanced)")
+    ev = sub.add_parser("eval", help="score a model or a sample file (FID, KID, precision/recall, IS, accuracy, FVD)",
+                        description="Without --reference: sample a model and score it offline with the project's "
+                                    "Fashion-MNIST classifier against the test split (images) or Moving Fashion-MNIST "
+                                    "test clips (videos). FID-FMNIST is comparable only to other FID-FMNIST numbers "
+                                    "at the same N: it is printed beside its real-data floor (real training images "
+                                    "vs the test split, same N). Metrics that mean little at the N used are "
+                                    "flagged.\n\nWith --reference REF: score a sample file (ardiff sample-npz, or "
+                                    "ADM/DiT's .npz) or a model's samples against REF (an image folder, an ADM .npz "
+                                    "of images or of mu/sigma, fmnist-test, moving-fmnist-test) with --features "
+                                    "fmnist | inception:PATH | i3d:PATH. Reference statistics are cached beside "
+                                    "REF; the real-data floor is reported when REF holds >= 2N items.")
+    ev.add_argument("model_dir", metavar="MODEL_DIR|SAMPLES.npz", type=eval_source,
+                    help="model directory, shipped model name, or a sample file (.npz, needs --reference)")
+    ev.add_argument("--reference", type=reference_spec,
+                    help="image folder, .npz (arr_0 images, or mu/sigma), fmnist-test or moving-fmnist-test")
+    ev.add_argument("--features", type=feature_spec,
+                    help="with --reference: fmnist (default), inception:PATH (torch-fidelity's FID Inception "
+                         "weights) or i3d:PATH (TorchScript I3D, clips)")
+    ev.add_argument("--save-stats", type=output_file(".npz"),
+                    help="with --reference: also write the reference statistics (mu, sigma, features) here")
+    ev.add_argument("--vae", type=existing_dir, help="with --reference, latent models: the AutoencoderKL directory "
+                                                     "(default: recorded with the model)")
+    ev.add_argument("--num", type=positive_int, default=1000, help="generated samples (class-balanced; models "
+                                                                  "only)")
     add_sampling_flags(ev)
     ev.add_argument("--seed", type=nonnegative_int, default=0)
     ev.add_argument("--no-floor", action="store_true", help="skip the real-data floor of the Frechet distances")
@@ -358,6 +461,56 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=output_file(".json"), help="write the metrics as JSON")
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ev.set_defaults(func=cmd_eval)
+
+    snpz = sub.add_parser("sample-npz", help="sample a model into an ADM/DiT sample file (.npz) for evaluation",
+                          description="Write N class-balanced samples (label i % K, seed SEED + i) as an ADM/DiT "
+                                      "sample file: arr_0 uint8 (N, H, W, C) images or (N, F, H, W, C) clips, arr_1 "
+                                      "labels. Latent models are decoded with the recorded VAE (or --vae). Under "
+                                      "torchrun the batches are shared out over the ranks (same file as one "
+                                      "process). Resumable: batches go to OUT.parts/ as they finish; rerunning "
+                                      "the same command completes an interrupted job, other settings are refused.\n"
+                                      "Multi-GPU: torchrun --nproc_per_node 8 -m ardiff.cli sample-npz MODEL "
+                                      "-n 50000 --out s.npz (-n: torchrun's parser mistakes --num for its "
+                                      "--numa-binding)")
+    snpz.add_argument("model_dir", help="model directory or shipped model name")
+    # -n: under torchrun, whose own parser takes --num for an abbreviation of --numa-binding
+    snpz.add_argument("--num", "-n", type=positive_int, required=True, help="number of samples (-n under torchrun)")
+    snpz.add_argument("--out", type=output_file(".npz"), required=True, help="sample file to write (.npz)")
+    add_sampling_flags(snpz)
+    snpz.add_argument("--seed", type=nonnegative_int, default=0, help="sample i uses seed + i")
+    snpz.add_argument("--batch-size", type=positive_int, default=64, help="samples per batch (a resumable unit)")
+    snpz.add_argument("--vae", type=existing_dir, help="local diffusers AutoencoderKL directory (default: the one "
+                                                       "recorded by training)")
+    snpz.add_argument("--rgb", action="store_true", help="store grey samples with 3 channels (ADM's evaluator "
+                                                         "expects RGB)")
+    snpz.add_argument("--no-progress", action="store_true", help="no progress bar")
+    snpz.add_argument("--device", help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
+    snpz.set_defaults(func=cmd_sample_npz)
+
+    rep = sub.add_parser("represent", help="classify images from a model's features (paper Table 4, any scale)",
+                         description="The representation experiment: top-1 classification from the last-layer "
+                                     "features of clean images (the clean stream; a single-block DiT: its "
+                                     "denoising stream at t = 0, null class). --mode linear: frozen network, "
+                                     "logistic-regression probe. --mode finetune: MAE's fine-tuning recipe scaled "
+                                     "down (layer-wise lr decay, label smoothing, warm-up + cosine; no "
+                                     "mixup/cutmix). --from-scratch: the same network re-initialised.")
+    rep.add_argument("model_dir", help="model directory or shipped model name")
+    rep.add_argument("--data", required=True, type=represent_data,
+                     help="fmnist, or an image folder of class subfolders (train/ and val/ used when present)")
+    rep.add_argument("--mode", choices=("linear", "finetune"), required=True)
+    rep.add_argument("--num-train", type=nonnegative_int, default=5000, help="class-balanced training images "
+                                                                             "(0: all)")
+    rep.add_argument("--num-test", type=nonnegative_int, default=2000, help="class-balanced test images (0: all)")
+    rep.add_argument("--stream", choices=("auto", "clean", "denoiser"), default="auto",
+                     help="features: clean stream, or denoising stream at t = 0 (auto: clean for multi-block models)")
+    rep.add_argument("--epochs", type=positive_int, default=3, help="finetune: epochs over the training images")
+    rep.add_argument("--batch-size", type=positive_int, default=64, help="finetune: batch size")
+    rep.add_argument("--from-scratch", action="store_true", help="re-initialise the network first (the baseline)")
+    rep.add_argument("--seed", type=nonnegative_int, default=0)
+    rep.add_argument("--json", action="store_true", help="print the result as JSON")
+    rep.add_argument("--out", type=output_file(".json"), help="also write the result as JSON")
+    rep.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    rep.set_defaults(func=cmd_represent)
 
     ana = sub.add_parser("analyze", help="the paper's analyses at CPU scale: block-size trade-off, inference time",
                          description="block-size: train the fmnist recipe once per autoregressive length with the "
@@ -382,13 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     enc = sub.add_parser("encode-latents", help="encode a dataset once with a local VAE into a latent cache",
                          description="Encode the dataset a run config describes with a local diffusers "
-                                     "AutoencoderKL into safetensors shards (posterior means) plus meta.json.")
+                                     "AutoencoderKL into safetensors shards (posterior means, and with --moments "
+                                     "the standard deviations) plus meta.json.")
     enc.add_argument("config", help="run config whose data section describes the source images/videos")
     enc.add_argument("--vae", required=True, help="local diffusers AutoencoderKL directory")
     enc.add_argument("--out", required=True, type=output_dir, help="cache directory to create")
     enc.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     enc.add_argument("--shard-size", type=positive_int, default=1024, help="items per shard")
     enc.add_argument("--batch-size", type=positive_int, default=32, help="items per VAE call")
+    enc.add_argument("--moments", action="store_true",
+                     help="also store the posterior standard deviations: training then draws a fresh posterior "
+                          "sample per item and step (the paper's recipe) instead of reusing the mean")
     enc.add_argument("--device", help="cpu, cuda, ...")
     enc.set_defaults(func=cmd_encode_latents)
 

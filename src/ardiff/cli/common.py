@@ -166,6 +166,51 @@ def output_dir(text: str) -> str:
     return text
 
 
+BUILTIN_REFERENCES = ("fmnist-test", "moving-fmnist-test")  # ardiff.eval.reference, without importing torch
+FEATURE_NETWORKS = ("fmnist", "inception", "i3d")
+
+
+def reference_spec(text: str) -> str:
+    """``--reference``: a built-in set, an image folder, or an .npz file."""
+    if text in BUILTIN_REFERENCES or Path(text).is_dir():
+        return text
+    if Path(text).is_file():
+        if Path(text).suffix.lower() != ".npz":
+            raise argparse.ArgumentTypeError(f"{text}: a reference file is an .npz (arr_0 images, or mu/sigma)")
+        return text
+    raise argparse.ArgumentTypeError(f"{text}: no such folder or .npz file, and not a built-in reference "
+                                     f"({', '.join(BUILTIN_REFERENCES)})")
+
+
+def feature_spec(text: str) -> str:
+    """``--features``: fmnist | inception:PATH | i3d:PATH, the weight file existing."""
+    name, _, path = text.partition(":")
+    if name not in FEATURE_NETWORKS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use fmnist, inception:PATH or i3d:PATH")
+    if name == "fmnist" and path:
+        raise argparse.ArgumentTypeError("fmnist takes no path (--classifier FILE names another classifier)")
+    if name != "fmnist":
+        if not path:
+            raise argparse.ArgumentTypeError(f"{name} needs its local weight file: {name}:PATH")
+        if not Path(path).is_file():
+            raise argparse.ArgumentTypeError(f"{path}: no such file (the {name} weights are read locally, never "
+                                             f"downloaded)")
+    return text
+
+
+def eval_source(text: str) -> str:
+    """What ``ardiff eval`` scores: a model (checked when the command runs) or an existing .npz."""
+    if text.lower().endswith(".npz") and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such sample file")
+    return text
+
+
+def represent_data(text: str) -> str:
+    if text == "fmnist" or Path(text).is_dir():
+        return text
+    raise argparse.ArgumentTypeError(f"{text}: give fmnist or a folder of class subfolders")
+
+
 def add_sampling_flags(parser, cfg_help: str = "classifier-free guidance scale (default: recorded with the "
                                                "model, else 1.5)") -> None:
     parser.add_argument("--cfg", type=guidance_scale, help=cfg_help)

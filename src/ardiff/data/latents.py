@@ -6,6 +6,12 @@ posterior *means* (deterministic, so a cache can be rebuilt bit for bit) into sa
 shards plus a ``meta.json``; :class:`LatentDataset` serves them scaled by the VAE's
 ``scaling_factor`` to roughly unit variance, the space the diffusion model is trained in.
 Videos (3, F, H, W) are encoded frame by frame into (C, F, h, w).
+
+With ``moments=True`` the cache also stores the posterior's standard deviations, and
+:meth:`LatentDataset.draw` returns a fresh posterior sample ``mean + std * eps``: the trainer
+draws one per item and step (the paper's recipe samples the VAE posterior at every step,
+as DiT/ADM training on the fly does), from a seed that is a function of (run seed, step,
+position in the global batch).
 """
 
 from __future__ import annotations
@@ -89,24 +95,30 @@ class VAERecord:
         """Model-space latents -> images/clips in [-1, 1]."""
         return decode_latents(vae, latents, self.scaling_factor, self.shift_factor)
 
+    def encode(self, vae, images: torch.Tensor) -> torch.Tensor:
+        """Images/clips in [-1, 1] -> model-space latents (posterior means)."""
+        return encode_images(vae, images, self.scaling_factor, self.shift_factor)
 
-def _encode(vae, x: torch.Tensor) -> torch.Tensor:
-    """Posterior means of images (B, 3, H, W) or clips (B, 3, F, H, W), frame by frame."""
+
+def _encode(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations of images (B, 3, H, W) or clips (B, 3, F, H, W), frame by frame."""
     if x.ndim == 5:
         b, c, f, h, w = x.shape
-        z = _encode(vae, x.transpose(1, 2).reshape(b * f, c, h, w))
-        return z.reshape(b, f, *z.shape[1:]).transpose(1, 2)
-    return vae.encode(x).latent_dist.mean
+        z, s = _encode(vae, x.transpose(1, 2).reshape(b * f, c, h, w))
+        return tuple(t.reshape(b, f, *t.shape[1:]).transpose(1, 2) for t in (z, s))
+    dist = vae.encode(x).latent_dist
+    return dist.mean, dist.std
 
 
 @torch.no_grad()
 def encode_latent_cache(dataset: Dataset, vae_dir: str | os.PathLike, out_dir: str | os.PathLike,
                         shard_size: int = 1024, batch_size: int = 32, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                        dtype: torch.dtype = torch.float32, moments: bool = False) -> dict[str, Any]:
     """Encode ``dataset`` (items ``(x, label)``, x in [-1, 1] of shape (3, H, W) or (3, F, H, W)).
 
     Writes ``latents_00000.safetensors``, ... (tensors ``latents`` of ``dtype`` and
-    ``labels`` int64, ``shard_size`` items each, the last one shorter) and then
+    ``labels`` int64, ``shard_size`` items each, the last one shorter; with ``moments`` also
+    ``std``, the posterior standard deviations, for per-step posterior samples) and then
     ``meta.json``, each atomically; a cache without ``meta.json`` is incomplete. Returns the
     metadata. ``out_dir`` must not already hold a cache.
     """
@@ -128,22 +140,24 @@ def encode_latent_cache(dataset: Dataset, vae_dir: str | os.PathLike, out_dir: s
     out_dir.mkdir(parents=True, exist_ok=True)
 
     shards: list[dict[str, Any]] = []
-    buffer_z, buffer_y = None, torch.zeros(0, dtype=torch.int64)  # encoded items not yet in a shard
+    buffer_z, buffer_s, buffer_y = None, None, torch.zeros(0, dtype=torch.int64)  # encoded, not yet in a shard
 
-    def write_shard(z: torch.Tensor, y: torch.Tensor) -> None:
+    def write_shard(z: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> None:
         name = shard_name(len(shards))
-        atomic_save_safetensors({"latents": z, "labels": y}, out_dir / name)
+        tensors = {"latents": z, "labels": y, **({"std": s} if moments else {})}
+        atomic_save_safetensors(tensors, out_dir / name)
         shards.append({"file": name, "count": len(y)})
 
     for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        z = _encode(vae, images.to(device=device, dtype=vae.dtype)).to("cpu", dtype)
+        z, s = (t.to("cpu", dtype) for t in _encode(vae, images.to(device=device, dtype=vae.dtype)))
         buffer_z = z if buffer_z is None else torch.cat([buffer_z, z])
+        buffer_s = s if buffer_s is None else torch.cat([buffer_s, s])
         buffer_y = torch.cat([buffer_y, torch.as_tensor(labels, dtype=torch.int64).reshape(-1)])
         while len(buffer_y) >= shard_size:
-            write_shard(buffer_z[:shard_size], buffer_y[:shard_size])
-            buffer_z, buffer_y = buffer_z[shard_size:], buffer_y[shard_size:]
+            write_shard(buffer_z[:shard_size], buffer_s[:shard_size], buffer_y[:shard_size])
+            buffer_z, buffer_s, buffer_y = buffer_z[shard_size:], buffer_s[shard_size:], buffer_y[shard_size:]
     if len(buffer_y):
-        write_shard(buffer_z, buffer_y)
+        write_shard(buffer_z, buffer_s, buffer_y)
 
     meta = {
         "format": CACHE_FORMAT,
@@ -158,12 +172,13 @@ def encode_latent_cache(dataset: Dataset, vae_dir: str | os.PathLike, out_dir: s
         "shard_size": shard_size,
         "num_classes": getattr(dataset, "num_classes", None),
         "shards": shards,
+        "moments": bool(moments),
     }
     atomic_write_json(out_dir / "meta.json", meta, indent=2)
     return meta
 
 
-def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
+def _read_header(path: Path, keys: tuple[str, ...] = ("latents", "labels")) -> tuple[int, dict[str, Any]]:
     """Data offset and tensor table of a safetensors file; a ``ValueError`` naming it if malformed."""
     try:
         size = path.stat().st_size
@@ -172,7 +187,7 @@ def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file size {size}")
             header = json.loads(f.read(n))
-        for key in ("latents", "labels"):
+        for key in keys:
             entry = header[key]
             begin, end = entry["data_offsets"]
             itemsize = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]]).itemsize
@@ -210,13 +225,15 @@ class LatentDataset(Dataset):
         self.shift_factor = float(self.meta["shift_factor"])
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.num_classes = self.meta["num_classes"]
-        self._shards: list[tuple[Path, int, np.dtype]] = []  # file, offset of item 0's latent, dtype
+        self.moments = bool(self.meta.get("moments", False))  # posterior std stored: draw() samples
+        self._shards: list[tuple[Path, int, np.dtype, int | None]] = []  # file, item 0's latent and std offsets
         labels, ends = [], []
         for shard in self.meta["shards"]:
             path = self.cache_dir / shard["file"]
             if not path.is_file():
                 raise FileNotFoundError(f"latent shard {path} listed in {meta_path} is missing")
-            data_start, header = _read_header(path)
+            data_start, header = _read_header(path, ("latents", "labels", "std") if self.moments
+                                              else ("latents", "labels"))
             lat, lab = header["latents"], header["labels"]
             if (lat["dtype"] not in ("F16", "F32") or lab["dtype"] != "I64"
                     or lat["shape"] != [shard["count"], *self.latent_shape] or lab["shape"] != [shard["count"]]):
@@ -226,7 +243,12 @@ class LatentDataset(Dataset):
             with open(path, "rb") as f:
                 f.seek(data_start + lab["data_offsets"][0])
                 labels.append(np.frombuffer(f.read(8 * shard["count"]), dtype=np.int64))
-            self._shards.append((path, data_start + lat["data_offsets"][0], np.dtype(SAFETENSORS_DTYPES[lat["dtype"]])))
+            std = data_start + header["std"]["data_offsets"][0] if self.moments else None
+            if self.moments and (header["std"]["shape"] != lat["shape"] or header["std"]["dtype"] != lat["dtype"]):
+                raise ValueError(f"latent shard {path}: std {header['std']['shape']} does not match the latents "
+                                 f"{lat['shape']}; re-encode the cache")
+            self._shards.append((path, data_start + lat["data_offsets"][0],
+                                 np.dtype(SAFETENSORS_DTYPES[lat["dtype"]]), std))
             ends.append((ends[-1] if ends else 0) + shard["count"])
         self.labels = torch.from_numpy(np.concatenate(labels) if labels else np.zeros(0, np.int64))
         self._ends = ends
@@ -235,19 +257,43 @@ class LatentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, index: int, which: str) -> torch.Tensor:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a latent cache of {n} items")
         index %= n
         k = bisect.bisect_right(self._ends, index)
-        path, offset, dtype = self._shards[k]
+        path, latent_offset, dtype, std_offset = self._shards[k]
         row = index - (self._ends[k - 1] if k else 0)
         nbytes = self._numel * dtype.itemsize
         with open(path, "rb") as f:
-            f.seek(offset + row * nbytes)
-            z = torch.from_numpy(np.frombuffer(f.read(nbytes), dtype=dtype).reshape(self.latent_shape).copy())
-        return (z.float() - self.shift_factor) * self.scaling_factor, self.labels[index]
+            f.seek((latent_offset if which == "latents" else std_offset) + row * nbytes)
+            return torch.from_numpy(np.frombuffer(f.read(nbytes), dtype=dtype).reshape(self.latent_shape).copy())
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior mean, scaled (deterministic)."""
+        z = self._read(index, "latents")
+        return (z.float() - self.shift_factor) * self.scaling_factor, self.labels[index % len(self)]
+
+    def draw(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A posterior sample ``mean + std * eps``, scaled (eps from ``generator``); the mean
+        when the cache stores no moments."""
+        if not self.moments:
+            return self[index]
+        mean, std = self._read(index, "latents").float(), self._read(index, "std").float()
+        z = mean + std * torch.randn(mean.shape, generator=generator)
+        return (z - self.shift_factor) * self.scaling_factor, self.labels[index % len(self)]
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0,
+                  batch_size: int = 32) -> torch.Tensor:
+    """Images/clips in [-1, 1] to model-space latents (posterior means, scaled as a cache serves them)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        mean, _ = _encode(vae, images[i : i + batch_size].to(device=vae.device, dtype=vae.dtype))
+        out.append(((mean.float() - shift_factor) * scaling_factor).cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from ardiff.eval.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
+from ardiff.eval.reference import moving_fmnist_motion, moving_fmnist_test_clips
 from ardiff.generate.sampler import make_generators, sample
 
 
@@ -212,26 +213,137 @@ def _default_real(cfg, data: dict | None = None) -> torch.Tensor:
     return FashionMNIST(split="test").images.float() / 127.5 - 1
 
 
-def moving_fmnist_motion(data: dict | None) -> dict:
-    """Speed and item count of the Moving Fashion-MNIST clips a model was trained on (its
-    recorded ``_data``), so reference clips move like its training clips. A model trained on
-    other data has no Moving Fashion-MNIST reference: that is an error, not a guess."""
-    if data is None:
-        raise ValueError("the model records no training data (_data in config.json), so the speed of its "
-                         "Moving Fashion-MNIST reference clips is unknown: pass real= clips, or add "
-                         '"_data": {"name": "moving_fashion_mnist", "speed": ..., "num_items": ...} to its config.json')
-    if data.get("name") != "moving_fashion_mnist":
-        raise ValueError(f"the offline video metrics compare with Moving Fashion-MNIST clips; this model was trained "
-                         f"on {data.get('name')!r}: pass real= clips of that data")
-    return {"speed": float(data["speed"]), "num_items": int(data.get("num_items", 1))}
+# ---------------------------------------------------------------------------
+#                  Sample sets against a named reference (ADM style)
+# ---------------------------------------------------------------------------
+def evaluate_samples(samples: torch.Tensor, labels: torch.Tensor | None, reference, named, *,
+                     save_stats=None, use_cache: bool = True, seed: int = 0) -> dict:
+    """Score samples (N, C, H, W) / (N, C, F, H, W) in [-1, 1] against a
+    :class:`~ardiff.eval.reference.Reference` with a :class:`~ardiff.eval.reference.NamedNetwork`.
+
+    Frechet distance always; KID, precision/recall and the real-data floor when the reference
+    has features (not bare ``mu``/``sigma``); IS from the network's logits; class accuracy with
+    the Fashion-MNIST network and labels. The floor: N reference items drawn at random (seeded)
+    against the other M - N, reported when M >= 2 N.
+    """
+    from ardiff.eval.metrics import FeatureStats
+    from ardiff.eval.reference import reference_features, sample_features
+
+    N = len(samples)
+    is_video = samples.dim() == 5
+    ref = reference_features(reference, named, tuple(samples.shape[1:]), save_stats=save_stats, use_cache=use_cache)
+    feats, logits = sample_features(named, samples)
+    feats = feats.float()
+    if feats.shape[1] != ref.stats.mean.shape[0]:
+        raise ValueError(f"reference {reference.spec} holds statistics of {ref.stats.mean.shape[0]}-d features; "
+                         f"the {named.name} network gives {feats.shape[1]}-d: make the reference statistics with "
+                         f"the same network (--save-stats)")
+    name = named.name
+    key = f"fvd_{name}" if named.reads_clips else (f"fvd_proxy_{name}" if is_video else f"fid_{name}")
+    result = {key: frechet_distance(ref.stats, FeatureStats.from_features(feats))}
+    frames = None
+    if is_video and not named.reads_clips:
+        F = samples.shape[2]
+        frames = (feats.view(N, F, -1), None if ref.features is None else ref.features.view(len(ref.features), F, -1))
+        if frames[1] is not None:
+            result[f"fid_{name}_frames"] = frechet_distance(frames[1].flatten(0, 1), frames[0].flatten(0, 1))
+        result["frame_consistency"] = frame_consistency(frames[0])
+        if frames[1] is not None:
+            result["frame_consistency_real"] = frame_consistency(frames[1])
+    if ref.features is not None:
+        rf = ref.features.float()
+        kid, kid_std = kernel_inception_distance(rf, feats, subsets=50, subset_size=min(1000, N, len(rf)))
+        result.update({f"kid_{name}": kid, f"kid_{name}_std": kid_std})
+        if min(N, len(rf)) > 3:
+            precision, recall = precision_recall(rf[:N], feats)
+            result.update({f"precision_{name}": precision, f"recall_{name}": recall})
+    if logits is not None and not is_video:
+        result[f"is_{name}"] = inception_score(logits)[0]
+    if name == "fmnist" and labels is not None:
+        if is_video:
+            F = samples.shape[2]
+            result["class_accuracy_frames"] = class_accuracy(logits.flatten(0, 1), labels.repeat_interleave(F))
+        else:
+            result["class_accuracy"] = class_accuracy(logits, labels)
+    floor = None
+    if ref.features is not None and len(ref.features) >= 2 * N:
+        perm = torch.randperm(len(ref.features), generator=torch.Generator().manual_seed(seed))
+        held, rest = ref.features[perm[:N]].float(), ref.features[perm[N:]].float()
+        result[f"{key}_floor"] = frechet_distance(rest, held)
+        if frames is not None:
+            F = samples.shape[2]
+            result[f"fid_{name}_frames_floor"] = frechet_distance(rest.view(-1, rest.shape[1] // F),
+                                                                  held.view(-1, held.shape[1] // F))
+        floor = {"num": N, "against": len(rest), "what": f"{N} reference items (seeded draw) vs the other "
+                                                         f"{len(rest)}: the score of a perfect generator at this N"}
+    result.update({
+        "num_samples": N, "num_reference": len(ref.features) if ref.features is not None else ref.stats.count,
+        "feature_network": named.describe(), "reference": reference.describe(),
+        "reference_stats_cached": ref.cached,
+        "real_data_floor": floor or f"not computed: the reference needs >= {2 * N} items with features "
+                                    f"(has {ref.stats.count}{'' if ref.features is not None else ', statistics only'})",
+    })
+    return result
 
 
-def moving_fmnist_test_clips(num: int, frames: int, canvas: int, first: int = 0, *, speed: float,
-                             num_items: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Moving Fashion-MNIST test clips ``first..first+num-1``: (num, 1, frames, canvas, canvas), labels."""
-    from ardiff.data.moving_fmnist import MovingFashionMNIST
+def evaluate_against_reference(source: str, reference: str, features: str = "fmnist", *, num: int = 1000,
+                               seed: int = 0, cfg_scale=None, num_steps=None, sampler=None, clip_denoised=None,
+                               vae_dir=None, classifier_path=None, save_stats=None, device=None,
+                               progress: bool = False, network=None) -> dict:
+    """``ardiff eval SOURCE --reference REF --features NAME``: SOURCE is a sample file (.npz) or a
+    model (directory or shipped name) sampled here, ``num`` class-balanced samples with seeds
+    ``seed + i``, latents decoded by the recorded VAE (or ``vae_dir``). ``network``: a stand-in
+    module for the named network (tests)."""
+    from pathlib import Path
 
-    data = MovingFashionMNIST(split="test", num_frames=frames, canvas_size=canvas, num_videos=first + num,
-                              speed=speed, num_items=num_items)
-    items = [data[i] for i in range(first, first + num)]
-    return torch.stack([v for v, _ in items]), torch.tensor([int(label) for _, label in items])
+    from ardiff.eval.reference import build_network, load_reference
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    named = build_network(features, device=device, classifier_path=classifier_path, network=network)
+    info = {}
+    if str(source).lower().endswith(".npz"):
+        from ardiff.eval.sample_files import load_sample_npz
+
+        file = load_sample_npz(source)
+        samples, labels = file.tensors()
+        data = (file.job or {}).get("data")
+        info = {"samples": str(source), "sampling": file.job}
+    else:
+        from ardiff.data.latents import VAERecord
+        from ardiff.generate.settings import SamplingSettings
+        from ardiff.models.acdit import ACDiT
+        from ardiff.models.checkpoint import load_extras
+        from ardiff.models.resolve import resolve_model_dir
+
+        directory = resolve_model_dir(source)
+        s = SamplingSettings.recorded(directory).but(cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler,
+                                                     clip_denoised=clip_denoised)
+        vae_record = VAERecord.recorded(directory)
+        if vae_dir is not None:
+            vae_record = VAERecord(str(vae_dir), *((vae_record.scaling_factor, vae_record.shift_factor)
+                                                   if vae_record else (1.0,)))
+        data = load_extras(directory).get("data")
+        model = ACDiT.from_pretrained(directory, device=device)
+        # Check the reference against the samples' shape before the (long) sampling run.
+        c = model.config
+        pixel_shape = (c.in_channels, *c.input_size) if vae_record is None else None
+        if pixel_shape is not None:
+            from ardiff.eval.reference import check_compatible
+
+            check_compatible(load_reference(reference, pixel_shape, data), pixel_shape, named)
+        vae = vae_record.load(device) if vae_record is not None else None
+        t0 = time.perf_counter()
+        samples, labels = generate(model, num, s.cfg_scale, s.num_steps, seed, progress=progress, sampler=s.sampler,
+                                   clip_denoised=s.clip_denoised)
+        if vae is not None:
+            samples = torch.cat([vae_record.decode(vae, samples[i : i + 16].to(device)).cpu()
+                                 for i in range(0, len(samples), 16)])
+        if not c.num_classes:
+            labels = None
+        info = {"model": str(Path(directory)), "cfg_scale": s.cfg_scale, "num_steps": s.num_steps,
+                "sampler": s.sampler, "clip_denoised": s.clip_denoised, "seed": seed,
+                "sampling_seconds": time.perf_counter() - t0}
+    ref = load_reference(reference, tuple(samples.shape[1:]), data)
+    result = evaluate_samples(samples, labels, ref, named, save_stats=save_stats, seed=seed)
+    result.update(info)
+    return result

@@ -88,7 +88,14 @@ class InceptionFeatures:
     name = "inception"
     predicts_fmnist_classes = False
 
-    def __init__(self, weights_path, device="cpu", batch_size: int = 64):
+    def __init__(self, weights_path, device="cpu", batch_size: int = 64, net=None):
+        """``net``: a module with torch-fidelity's interface (uint8 (N, 3, H, W) -> (features (N, 2048),
+        logits)) used instead of loading the weights: tests run stand-ins through this same wrapper."""
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        if net is not None:
+            self.net = net.to(device).eval()
+            return
         path = _check_file(weights_path, "Inception-V3 weights",
                            "torch-fidelity's pt_inception-2015-12-05-6726825d.pth")
         try:
@@ -102,8 +109,6 @@ class InceptionFeatures:
         self.net = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
         ).to(device).eval()
-        self.device = torch.device(device)
-        self.batch_size = batch_size
 
     @torch.no_grad()
     def __call__(self, samples):
@@ -131,9 +136,12 @@ class I3DFeatures:
     name = "i3d"
     predicts_fmnist_classes = False
 
-    def __init__(self, path, device="cpu", batch_size: int = 16):
-        path = _check_file(path, "I3D network", "the TorchScript i3d_torchscript.pt used for FVD")
-        self.net = torch.jit.load(str(path), map_location=device).eval()
+    def __init__(self, path, device="cpu", batch_size: int = 16, net=None):
+        """``net``: a module called like the TorchScript file (tests), used instead of loading ``path``."""
+        if net is None:
+            path = _check_file(path, "I3D network", "the TorchScript i3d_torchscript.pt used for FVD")
+            net = torch.jit.load(str(path), map_location=device)
+        self.net = net.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
 

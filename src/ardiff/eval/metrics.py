@@ -53,6 +53,8 @@ def frechet_distance(a: torch.Tensor | FeatureStats, b: torch.Tensor | FeatureSt
     sb = b if isinstance(b, FeatureStats) else FeatureStats.from_features(b)
     if sa.mean.shape != sb.mean.shape:
         raise ValueError(f"feature sizes differ: {sa.mean.shape[0]} vs {sb.mean.shape[0]}")
+    if torch.equal(sa.mean, sb.mean) and torch.equal(sa.cov, sb.cov):
+        return 0.0  # the same distribution: exactly 0, not the eigensolver's round-off
     root_a = _sqrt_psd(sa.cov)
     middle = root_a @ sb.cov @ root_a
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()

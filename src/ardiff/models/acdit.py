@@ -20,7 +20,7 @@ from ardiff.models.config import ACDiTConfig
 from ardiff.nn.attention import Attention, Span, dense_scam_mask, flex_scam_mask
 from ardiff.nn.embed import LabelEmbedder, TimestepEmbedder, VectorEmbedder
 from ardiff.nn.norm import RMSNorm
-from ardiff.nn.rope import RopeND
+from ardiff.nn.rope import RopeND, sincos_embedding
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +170,12 @@ class ACDiT(nn.Module):
         self.register_buffer("token_order_inverse", torch.argsort(order), persistent=False)
         self.register_buffer("rope_cos", cos.float(), persistent=False)
         self.register_buffer("rope_sin", sin.float(), persistent=False)
+        # rope="absolute": DiT-style fixed position embeddings added to the tokens (a constant,
+        # so checkpoints of the other modes load unchanged).
+        pos = None
+        if config.rope == "absolute":
+            pos = sincos_embedding(D, raster_coordinates(config.token_grid)[order], config.rope_axis_weights).float()
+        self.register_buffer("pos_embed", pos, persistent=False)
         self.initialize_weights()
 
     # -- initialisation (DiT's adaLN-Zero) -----------------------------------------
@@ -352,6 +358,8 @@ class ACDiT(nn.Module):
         last_mask = self._mask(backend, last_q_layout, k_layout, device) if last_q_layout else None
         rows = token_rows(q_layout, S, device)
         dtype = x.dtype
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[rows].to(dtype)
         rope = (self.rope_cos[rows].to(dtype), self.rope_sin[rows].to(dtype), self.rope_groups)
 
         num_clean = num_clean_blocks * S
@@ -376,7 +384,44 @@ class ACDiT(nn.Module):
             return None
         return self.final_layer(x.unflatten(1, (groups, S)), cond)
 
-    # -- training forward ---------------------------------------------------------
+    # -- representations (paper Table 4) ---------------------------------------------
+    FEATURE_STREAMS = ("clean", "denoiser")
+
+    def token_features(self, x: torch.Tensor, stream: str = "clean") -> torch.Tensor:
+        """Last-layer token features (B, N, D), in block order, of clean inputs ``x`` (B, C, *input_size).
+
+        ``stream="clean"``: the clean stream, what later blocks attend to: no noise and no
+        condition enter it (block i sees blocks <= i). ``"denoiser"``: the denoising stream at
+        t = 0 under the null condition, before the final layer: the only trained stream of a
+        single-block model (a DiT), whose clean half is never attended in training.
+        Differentiable, for fine-tuning.
+        """
+        if stream not in self.FEATURE_STREAMS:
+            raise ValueError(f"stream={stream!r}; choose one of {self.FEATURE_STREAMS}")
+        blocks = self.to_blocks(x)
+        B, T, S, _ = blocks.shape
+        if stream == "denoiser":
+            captured = []
+            hook = self.final_layer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+            try:
+                null = self.null_condition(B)
+                t = torch.zeros(B, T, dtype=torch.long, device=x.device)
+                self.forward_blocks(blocks, t, null, blocks)
+            finally:
+                hook.remove()
+            return captured[0].flatten(1, 2)
+        layout = (Span.clean_run(0, T),)
+        device = x.device
+        mask = self._mask(self._backend(device, False), layout, layout, device)
+        rows = token_rows(layout, S, device)
+        h = self.x_embedder(blocks.flatten(1, 2))
+        if self.pos_embed is not None:
+            h = h + self.pos_embed[rows].to(h.dtype)
+        rope = (self.rope_cos[rows].to(h.dtype), self.rope_sin[rows].to(h.dtype), self.rope_groups)
+        for block in self.blocks:
+            h = block(h, None, rope, mask, block_size=S, num_clean=T * S, clean_out=True)
+        return h
+
     def forward_blocks(self, noisy, t, cond_emb, clean) -> torch.Tensor:
         """SCAM training forward in block space.
 

@@ -20,7 +20,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 BLOCK_LAYOUTS = ("tiles", "raster")
-ROPE_MODES = ("paper", "official")
+# paper / official: RoPE-ND; none / absolute: the position-encoding ablation (no rotation;
+# absolute adds fixed sine-cosine embeddings to the tokens). Kept equal to ardiff.nn.rope.ROPE_MODES.
+ROPE_MODES = ("paper", "official", "none", "absolute")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
 
 
@@ -174,6 +176,11 @@ class ACDiTConfig:
         if self.num_classes < 0 or self.cond_dim < 0:
             bad(f"num_classes={self.num_classes} and cond_dim={self.cond_dim} must be >= 0")
         # RoPE split errors are raised by RopeND with the exact head dim and weights.
-        from ardiff.nn.rope import RopeND
+        from ardiff.nn.rope import RopeND, split_head_dim
 
+        if self.rope == "absolute":  # the embedding splits the hidden size over the axes, like RoPE the head
+            try:
+                split_head_dim(self.hidden_size, self.rope_axis_weights or (1,) * len(self.token_grid))
+            except ValueError as e:
+                bad(f"rope='absolute': {e}".replace("head dim", "hidden size"))
         RopeND(self.head_dim, self.token_grid, self.rope, self.rope_axis_weights)

@@ -13,6 +13,10 @@ in their tables and in the channel groups that rotate-half swaps:
               pairs channel j with j + 32 across the *whole* head, so channels of
               different axes (and frequencies) get mixed. Not norm-preserving, not
               shift-invariant; only for loading released weights.
+``none``      no rotation (identity tables): attention sees no position at all. For the
+              paper's position-encoding ablation (Fig. 9b).
+``absolute``  no rotation either; the model adds fixed N-D sine-cosine position
+              embeddings to the tokens instead (DiT's encoding, :func:`sincos_embedding`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Sequence
 import torch
 
 OFFICIAL_HEAD_DIM = 64
+ROPE_MODES = ("paper", "official", "none", "absolute")
+ROTATING_MODES = ("paper", "official")  # the others leave q and k as they are
 
 
 def split_head_dim(head_dim: int, weights: Sequence[int]) -> list[int]:
@@ -68,8 +74,8 @@ class RopeND:
         mode: str = "paper",
         axis_weights: Sequence[int] | None = None,
     ):
-        if mode not in ("paper", "official"):
-            raise ValueError(f"rope mode {mode!r} is unknown: use 'paper' or 'official'")
+        if mode not in ROPE_MODES:
+            raise ValueError(f"rope mode {mode!r} is unknown: use one of {ROPE_MODES}")
         self.head_dim = head_dim
         self.axis_lengths = tuple(int(n) for n in axis_lengths)
         self.mode = mode
@@ -92,6 +98,9 @@ class RopeND:
         freqs = []
         for length, width in zip(self.axis_lengths, self.segments):
             half = width // 2
+            if self.mode not in ROTATING_MODES:  # angle 0 everywhere: cos 1, sin 0
+                freqs.append(torch.zeros(half, dtype=torch.float64, device="cpu"))
+                continue
             if self.mode == "paper":
                 base = paper_base(length)
                 exponent = torch.arange(half, dtype=torch.float64, device="cpu") * 2 / width
@@ -126,6 +135,22 @@ class RopeND:
         for offset, width in self.rotation_groups():
             sign[offset : offset + width // 2] = -1
         return torch.cos(angles), torch.sin(angles) * sign
+
+
+def sincos_embedding(width: int, positions: torch.Tensor, axis_weights: Sequence[int] | None = None,
+                     base: float = 10000.0) -> torch.Tensor:
+    """Fixed absolute position embeddings (N, width), float64: one segment per axis (split like
+    RoPE's, :func:`split_head_dim`), each ``[sin(p f), cos(p f)]`` with DiT's frequencies
+    ``base ** -(k / (w/2))`` (the encoding of DiT's ``get_2d_sincos_pos_embed``, N-D)."""
+    positions = positions.to(torch.float64)
+    n_axes = positions.shape[1]
+    segments = split_head_dim(width, axis_weights or (1,) * n_axes)
+    parts = []
+    for axis, w in enumerate(segments):  # w is even (split_head_dim): w / 2 frequencies, as sin and cos
+        freqs = base ** -(torch.arange(w // 2, dtype=torch.float64, device="cpu") / (w // 2))
+        angles = positions[:, axis, None] * freqs[None]
+        parts += [torch.sin(angles), torch.cos(angles)]  # DiT: [sin, cos] within each axis
+    return torch.cat(parts, dim=-1)
 
 
 def rotate_half(x: torch.Tensor, groups: tuple[tuple[int, int], ...]) -> torch.Tensor:

@@ -27,7 +27,7 @@ from ardiff.models.acdit import ACDiT
 from ardiff.models.resolve import resolve_model_dir
 from ardiff.train import checkpoint as ckpt
 from ardiff.train.config import RunConfig
-from ardiff.utils.seeding import EXAMPLE_DRAW_STREAM, TRAINING_NOISE_STREAM, hashed_seed
+from ardiff.utils.seeding import EXAMPLE_DRAW_STREAM, POSTERIOR_STREAM, TRAINING_NOISE_STREAM, hashed_seed
 from ardiff.utils.seeding import generator as seeded
 
 
@@ -200,8 +200,15 @@ class Trainer:
             out.extend(perm[offset : offset + B - len(out)].tolist())
         return torch.tensor(out)
 
-    def batch(self, indices: torch.Tensor):
-        items = [self.dataset[int(i)] for i in indices]
+    def batch(self, indices: torch.Tensor, step: int | None = None, first: int = 0):
+        """Items ``indices`` (global batch positions ``first``, ``first + 1``, ...). A latent cache
+        with moments gives a fresh posterior sample per (step, position): the same whatever
+        process or accumulation step the position lands in."""
+        if step is not None and getattr(self.dataset, "moments", False):
+            items = [self.dataset.draw(int(i), seeded(hashed_seed(self.cfg.seed, POSTERIOR_STREAM, step, first + k)))
+                     for k, i in enumerate(indices)]
+        else:
+            items = [self.dataset[int(i)] for i in indices]
         x = torch.stack([it[0] for it in items]).to(self.device)
         y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(self.device)
         return x, y
@@ -272,7 +279,7 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             lo = (self.rank * cfg.grad_accum + micro) * self.micro_batch
             sl = slice(lo, lo + self.micro_batch)
-            x, y = self.batch(indices[sl])
+            x, y = self.batch(indices[sl], self.step, lo)
             sync = (nullcontext() if micro == cfg.grad_accum - 1 or not hasattr(self.objective, "no_sync")
                     else self.objective.no_sync())
             with sync, autocast:

@@ -22,6 +22,7 @@ STORY_FRAME_STREAM = 31337  # story datasets: which story and frame a training i
 # Keys mixed by :func:`hashed_seed` (the first key is a training run's seed).
 EXAMPLE_DRAW_STREAM = 77  # class-weighted example draws of a training step
 TRAINING_NOISE_STREAM = 1_000_003  # a training step's timesteps, noise and condition dropout
+POSTERIOR_STREAM = 2_000_029  # a training step's VAE posterior samples (latent caches with moments)
 
 # Multipliers of the per-item and per-chunk streams (an affine map keeps seeds readable).
 ITEM_STRIDE = 100_003  # story / clip k of a batch run with seed s: s * ITEM_STRIDE + k
