@@ -209,7 +209,7 @@ def _write_json(path, result: dict) -> None:
 
 def cmd_eval_reference(args) -> int:
     """``ardiff eval SOURCE --reference REF``: a sample file or a model against a named reference."""
-    from ardiff.eval.evaluate import evaluate_against_reference, reliability_notes
+    from ardiff.eval.evaluate import evaluate_against_reference
 
     is_file = args.model_dir.lower().endswith(".npz")
     if not is_file:
@@ -221,12 +221,19 @@ def cmd_eval_reference(args) -> int:
         args.model_dir, args.reference, args.features or "fmnist", num=args.num, seed=args.seed, cfg_scale=args.cfg,
         num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised, vae_dir=args.vae,
         classifier_path=args.classifier, save_stats=args.save_stats, device=args.device, progress=True)
-    notes = reliability_notes(result, result["num_samples"])
+    return _report_metrics(result, result["num_samples"], args.out)
+
+
+def _report_metrics(result: dict, num: int, out: str | None) -> int:
+    """Print the metrics with a warning beside each one that is unreliable at ``num``; write JSON."""
+    from ardiff.eval.evaluate import reliability_notes
+
+    notes = reliability_notes(result, num)
     _print_metrics(result, notes)
     if notes:
         result["warnings"] = notes
-    if args.out:
-        _write_json(args.out, result)
+    if out:
+        _write_json(out, result)
     return 0
 
 
@@ -245,7 +252,7 @@ def cmd_eval(args) -> int:
     import torch
 
     from ardiff import ACDiT, SamplingSettings
-    from ardiff.eval.evaluate import evaluate, reliability_notes
+    from ardiff.eval.evaluate import evaluate
     from ardiff.models.checkpoint import load_extras
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -256,13 +263,7 @@ def cmd_eval(args) -> int:
                       clip_denoised=s.clip_denoised, seed=args.seed, classifier_path=args.classifier, progress=True,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
-    notes = reliability_notes(result, args.num)
-    _print_metrics(result, notes)
-    if notes:
-        result["warnings"] = notes
-    if args.out:
-        _write_json(args.out, result)
-    return 0
+    return _report_metrics(result, args.num, args.out)
 
 
 def cmd_sample_npz(args) -> int:

@@ -112,11 +112,9 @@ def run_metrics(rows: dict[str, torch.Tensor], chunk_prompts: list[str], clip_di
 
 def _model_summary(spec: str, path) -> str:
     """Parameters and fp32 weight memory of a model directory, from its config alone."""
-    from pathlib import Path as _Path
-
     if path is None:
         return f"{spec}"
-    directory = _Path(path)
+    directory = Path(path)
     if (directory / "config.json").is_file() and (directory / "model.safetensors").is_file():
         try:
             from ardiff.models.acdit import ACDiT
