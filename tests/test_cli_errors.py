@@ -148,6 +148,10 @@ CASES = [
     # world, demo, analyze, bench
     ("world render --num 0 --out {out}/w", "--num: 0 must be a whole number >= 1"),
     ("world train-reader --lr 0 --out {out}/w", "--lr: 0 must be > 0"),
+    ("world score-corrector --num 0", "--num: 0 must be a whole number >= 1"),
+    ("world score-corrector --cfg nan", "--cfg: nan is not a finite number"),
+    ("world score-corrector {model} --num 2", "is not text-conditional"),
+    ("world score-corrector story-arm --num 2", "scores a single-frame model"),
     ("demo --num-eval 0 --out {out}/d", "--num-eval: 0 must be a whole number >= 1"),
     ("demo --num-eval 5 --out {out}/d", "at least 10 images"),
     ("demo --cfg nan --out {out}/d", "--cfg: nan is not a finite number"),

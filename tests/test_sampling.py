@@ -17,6 +17,8 @@ SETTINGS = {
     "video_frames": dict(input_size=(4, 4, 4), patch_size=2, block_layout="raster", block_size=8,
                          rope_axis_weights=(2, 1, 1)),  # 2 frames per block
     "token_wise": dict(block_layout="raster", block_size=1),
+    "video_spatial_pos": dict(input_size=(4, 4, 4), patch_size=2, block_layout="raster", block_size=4,
+                              rope_axis_weights=(2, 1, 1), spatial_pos_embed=True),  # RoPE + (row, col) table
 }
 
 
@@ -67,6 +69,25 @@ def test_cached_equals_uncached_equals_training_forward(setting, cfg_scale):
     assert (cached - uncached).abs().max() < TOL
     assert (cached - separate).abs().max() < TOL
     assert (uncached - training).abs().max() < TOL
+
+
+def test_spatial_pos_embed_is_one_row_column_table_in_every_frame():
+    from ardiff.nn.rope import sincos_embedding
+
+    video = tiny_model(**SETTINGS["video_spatial_pos"])
+    plain = tiny_model(**{**SETTINGS["video_spatial_pos"], "spatial_pos_embed": False})
+    table = video.pos_embed.view(4, 4, -1)  # (frames, tokens of a frame in raster order, hidden)
+    image = sincos_embedding(64, torch.tensor([(r, c) for r in range(2) for c in range(2)])).float()
+    for frame in range(4):
+        torch.testing.assert_close(table[frame], image.to(table.dtype))
+    assert plain.pos_embed is None and table[0, 0].abs().max() > 0.5
+    assert set(video.state_dict()) == set(plain.state_dict())  # a constant: checkpoints load either way
+    plain.load_state_dict(video.state_dict())
+    x = torch.randn(1, 3, 4, 4, 4, dtype=torch.float64)
+    t = torch.full((1, 4), 500)
+    assert not torch.allclose(video(x, t, labels(1), x), plain(x, t, labels(1), x))
+    with pytest.raises(ValueError, match="already hold the spatial position"):
+        tiny_model(spatial_pos_embed=True, rope="absolute")
 
 
 def test_stochastic_scheduler_and_vector_conditions():

@@ -161,3 +161,42 @@ def test_rule_memory_carries_the_subject_of_world_stories(world):
         for sentence in memory.rewrite(story.sentences)[1:]:
             said = sentence_attributes(sentence)
             assert said["kind"] < len(KIND_NAMES) and said["colour"] < len(ITEM_COLOURS), sentence
+
+
+def test_corrector_score_reads_frames_drawn_from_full_captions(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from ardiff import ACDiT, ACDiTConfig
+    from ardiff.experiments.text_to_frame import score_text_to_frame
+    from ardiff.generate.settings import SamplingSettings
+
+    torch.manual_seed(0)
+    model = ACDiT(ACDiTConfig(input_size=(32, 32), in_channels=3, patch_size=4, block_size=64, num_classes=0,
+                              block_layout="raster",
+                              cond_dim=64, depth=1, hidden_size=32, num_heads=2)).eval()
+    encoder = StoryTextEncoder.from_pretrained()
+    settings = SamplingSettings(cfg_scale=2.0, num_steps=2)
+    a = score_text_to_frame(model, encoder, settings, num=5, seed=3, batch_size=2, progress=False)
+    b = score_text_to_frame(model, encoder, settings, num=5, seed=3, batch_size=5, progress=False)
+    assert torch.equal(a["frames"], b["frames"]) and a["frames"].shape == (5, 3, 32, 32)  # batch-independent
+    assert a["captions"][0].startswith("a ") and " at the " in a["captions"][0]
+    assert set(a["accuracy"]) == {"kind", "colour", "background", "size", "row", "col"}
+    assert all(0 <= v <= 1 for v in a["accuracy"].values())
+    # The reader reads the true renders almost perfectly: the scale an untrained model is judged on.
+    assert a["reader_on_true_renders"]["colour"] == 1.0 and a["accuracy"]["colour"] < 1.0
+    assert score_text_to_frame(model, encoder, settings, num=5, seed=4, progress=False)["captions"] != a["captions"]
+    with pytest.raises(ValueError, match="single-frame model"):
+        two = ACDiT(ACDiTConfig(input_size=(2, 32, 32), in_channels=3, patch_size=4, block_size=64, num_classes=0,
+                                block_layout="raster",
+                                cond_dim=64, depth=1, hidden_size=24, num_heads=2))
+        score_text_to_frame(two, encoder, settings, num=1, progress=False)
+    model.save_pretrained(tmp_path / "m")
+    out = subprocess.run([sys.executable, "-m", "ardiff.cli", "world", "score-corrector", str(tmp_path / "m"),
+                          "--num", "3", "--steps", "2", "--out", str(tmp_path / "s"), "--no-progress"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "row and col" in out.stdout
+    scores = json.loads((tmp_path / "s" / "scores.json").read_text())
+    assert scores["num"] == 3 and scores["num_steps"] == 2 and (tmp_path / "s" / "frames.png").is_file()

@@ -346,3 +346,30 @@ def test_block_loss_weights_weigh_each_blocks_mse(tmp_path):
         run_config(tmp_path, block_loss_weights=[0, 0, 0, 0])
     with pytest.raises(ValueError, match=r"must be 4 numbers >= 0"):
         training_loss(model, x, y, t=t, noise=noise, drop=drop, block_weights=[1, 1])
+
+
+def test_p2_timestep_weighting_moves_loss_to_the_high_noise_steps(tmp_path):
+    from ardiff.diffusion.schedule import NoiseSchedule, draw_training_randomness, timestep_loss_weights, training_loss
+
+    torch.manual_seed(0)
+    model = ACDiT(run_config(tmp_path).model).eval()
+    ab = NoiseSchedule.from_config(model.config).alphas_cumprod
+    assert timestep_loss_weights(ab, "uniform") is None
+    w = timestep_loss_weights(ab, "p2")
+    snr = ab / (1 - ab)
+    torch.testing.assert_close(w.double(), (1 / (1 + snr)) / (1 / (1 + snr)).mean(), rtol=1e-6, atol=0)
+    assert w.mean().item() == pytest.approx(1.0) and w[900] > 1 > w[100] and torch.all(w[1:] >= w[:-1])
+    # The loss is the mean of each (sample, block) MSE times its timestep's weight.
+    x, y = synthetic_dataset(4)[:]
+    t, noise, drop = draw_training_randomness(model.config, 4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pred = model(model.from_blocks(NoiseSchedule.from_config(model.config).add_noise(model.to_blocks(x), noise, t)),
+                     t, y, x, drop_cond=drop)
+    per_item = (model.to_blocks(pred) - noise).square().mean(dim=(2, 3))
+    with torch.no_grad():
+        weighted = training_loss(model, x, y, t=t, noise=noise, drop=drop, timestep_weighting="p2")
+    torch.testing.assert_close(weighted, (per_item * w[t]).mean())
+    with pytest.raises(ValueError, match=r"train.timestep_weighting='snr'; choose one of uniform, p2"):
+        run_config(tmp_path, timestep_weighting="snr")
+    with pytest.raises(ValueError, match=r"train.p2_k=0.0 must be > 0"):
+        run_config(tmp_path, timestep_weighting="p2", p2_k=0.0)

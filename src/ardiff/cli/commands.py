@@ -27,6 +27,7 @@ from ardiff.cli.common import (
     output_dir,
     output_file,
     positive_int,
+    read_model_summary,
     reference_spec,
     represent_data,
     run_command,
@@ -69,18 +70,6 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------------------
 #                                  sample
 # ---------------------------------------------------------------------------
-def read_model_summary(name_or_path: str) -> tuple[Path, dict]:
-    """The model directory and its config.json, read without importing torch."""
-    from ardiff.models.resolve import resolve_model_dir
-
-    directory = resolve_model_dir(name_or_path)
-    try:
-        return directory, json.loads((directory / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CommandError(f"{directory / 'config.json'} is not valid JSON ({e}); the model directory is "
-                           f"damaged: export it again (ardiff train ... writes runs/NAME/model)") from None
-
-
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
     if text is None:
         return None

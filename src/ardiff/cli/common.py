@@ -7,6 +7,7 @@ Nothing here imports torch: ``ardiff --help`` and a rejected argument answer at 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -264,3 +265,15 @@ def run_command(args, func) -> int:
             raise
         print(f"{args.prog}: error: {one_line(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
         return 2
+
+
+def read_model_summary(name_or_path: str) -> tuple[Path, dict]:
+    """The model directory and its config.json, read without importing torch."""
+    from ardiff.models.resolve import resolve_model_dir
+
+    directory = resolve_model_dir(name_or_path)
+    try:
+        return directory, json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{directory / 'config.json'} is not valid JSON ({e}); the model directory is "
+                           f"damaged: export it again (ardiff train ... writes runs/NAME/model)") from None

@@ -104,16 +104,45 @@ def draw_training_randomness(model_config, batch_size: int, generator: torch.Gen
     return t.to(device), noise.to(device=device, dtype=dtype), drop.to(device)
 
 
+TIMESTEP_WEIGHTINGS = ("uniform", "p2")
+
+
+def timestep_loss_weights(alphas_cumprod: torch.Tensor, weighting: str = "uniform", k: float = 1.0,
+                          gamma: float = 1.0) -> torch.Tensor | None:
+    """Weight of every training timestep's epsilon-MSE, normalised to mean 1 (None: uniform).
+
+    ``p2`` is perception-prioritised weighting (Choi et al., 2022): ``(k + SNR(t)) ** -gamma``.
+    Epsilon-MSE gives the high-noise steps, where a sample's content and layout are decided
+    from the condition, almost no weight in pixel terms (an epsilon error is divided by
+    sqrt(SNR) on its way to the predicted clean sample); P2 moves weight from the
+    low-noise steps, which only polish detail, to those.
+    """
+    if weighting == "uniform":
+        return None
+    if weighting != "p2":
+        raise ValueError(f"unknown timestep weighting {weighting!r}; choose one of {', '.join(TIMESTEP_WEIGHTINGS)}")
+    if k <= 0 or gamma < 0:
+        raise ValueError(f"p2 weighting needs k > 0 and gamma >= 0, got k={k}, gamma={gamma}")
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    w = (k + snr) ** -gamma
+    return (w / w.mean()).float()
+
+
 class DiffusionLoss(torch.nn.Module):
     """The training objective as a module, so DDP/FSDP wrappers see one ``forward``.
 
-    Epsilon-prediction MSE over the noisy half; timesteps per sample and per block.
+    Epsilon-prediction MSE over the noisy half; timesteps per sample and per block, each
+    (sample, block) MSE optionally weighted by its timestep (:func:`timestep_loss_weights`)
+    and by its block.
     """
 
-    def __init__(self, model, block_weights=None):
+    def __init__(self, model, block_weights=None, timestep_weighting: str = "uniform", p2_k: float = 1.0,
+                 p2_gamma: float = 1.0):
         super().__init__()
         self.model = model
         self.schedule = NoiseSchedule.from_config(model.config)
+        w = timestep_loss_weights(self.schedule.alphas_cumprod, timestep_weighting, p2_k, p2_gamma)
+        self.timestep_weights = None if w is None else w.to(model.device)
         self.block_weights = None
         if block_weights is not None:
             w = torch.as_tensor(block_weights, dtype=torch.float32)
@@ -129,9 +158,14 @@ class DiffusionLoss(torch.nn.Module):
         x0 = model.to_blocks(x)
         x_t = model.from_blocks(self.schedule.add_noise(x0, noise.to(x0.dtype), t))
         pred = model(x_t, t, cond, x, drop_cond=drop)
-        if self.block_weights is None:
+        if self.block_weights is None and self.timestep_weights is None:
             return F.mse_loss(model.to_blocks(pred).float(), noise.float())
-        per_block = (model.to_blocks(pred).float() - noise.float()).square().mean(dim=(0, 2, 3))
+        per_item = (model.to_blocks(pred).float() - noise.float()).square().mean(dim=(2, 3))  # (B, T)
+        if self.timestep_weights is not None:
+            per_item = per_item * self.timestep_weights.to(per_item.device)[t]
+        per_block = per_item.mean(dim=0)
+        if self.block_weights is None:
+            return per_block.mean()
         return (per_block * self.block_weights.to(per_block.device)).mean()
 
 
@@ -146,6 +180,7 @@ def training_loss(
     noise: torch.Tensor | None = None,
     drop: torch.Tensor | None = None,
     block_weights=None,
+    timestep_weighting: str = "uniform",
 ) -> torch.Tensor:
     """Epsilon-prediction MSE, timesteps drawn per sample and per block.
 
@@ -153,8 +188,9 @@ def training_loss(
     for classifier-free guidance). ``t``/``noise``/``drop`` may be given explicitly
     (see :func:`draw_training_randomness`). ``block_weights`` (one per block) weighs each
     block's MSE; they are normalised to mean 1, so equal weights give the plain mean.
+    ``timestep_weighting`` names a :func:`timestep_loss_weights` scheme (default parameters).
     """
     if t is None or noise is None:
         t, noise, drop = draw_training_randomness(model.config, x.shape[0], generator, x.device, x.dtype,
                                                   cond_drop_prob)
-    return DiffusionLoss(model, block_weights)(x, cond, t, noise, drop)
+    return DiffusionLoss(model, block_weights, timestep_weighting)(x, cond, t, noise, drop)

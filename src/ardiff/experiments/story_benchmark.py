@@ -11,7 +11,10 @@ Metrics, all read by the shipped attribute reader from the frames:
                 read as the story's truth for that frame
   identity      fraction of frames whose kind and item colour are frame 1's truth
   consistency   mean cosine of consecutive frames' reader features
-  fid_reader    Frechet distance of reader features, generated vs the true renders
+  fid_reader    Frechet distance of reader features, generated vs the true renders, beside
+                its floor: the true renders of as many other test stories vs the same renders
+  text_following  frame 1 faithfulness and kind; row and column over frames 2+ (what the
+                later sentences say); colour at frame 2 (the subject stays itself)
   s_per_story   wall seconds per story (decode + correct + encode included)
 
 User constraints (``inpaint``): the ARM's frames with a detectable defect (a missing or a
@@ -64,6 +67,8 @@ from ardiff.utils.seeding import chunk_seed, generator, item_seed, make_generato
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
 from ardiff.worlds.story import Story, StoryWorld
 
+FLOOR_STORY_OFFSET = 1_000_000  # the reader-FID floor's stories: test stories no setting draws
+
 
 @dataclass
 class BenchmarkConfig(CorrectionSettings):
@@ -97,19 +102,32 @@ def score_frames(frames: torch.Tensor, stories: list[Story], world: StoryWorld, 
     feats = feats.view(N, F, -1).double()
     cosine = torch.nn.functional.cosine_similarity(feats[:, 1:], feats[:, :-1], dim=-1)  # (N, F-1)
     _, real_feats = reader.read(torch.stack([world.render(s).transpose(0, 1) for s in stories]).flatten(0, 1))
+    # The floor: true renders of as many *other* stories against these stories' true renders.
+    others = [world.story(FLOOR_STORY_OFFSET + k, F) for k in range(N)]
+    _, other_feats = reader.read(torch.stack([world.render(s).transpose(0, 1) for s in others]).flatten(0, 1))
     per_attribute = {a: correct[k].mean().item() for k, a in enumerate(READ_ATTRIBUTES)}
+    at = {a: k for k, a in enumerate(READ_ATTRIBUTES)}
     return {
         "faithfulness": correct.mean().item(),
         "identity": identity.mean().item(),
         "consistency": cosine.mean().item(),
         "fid_reader": frechet_distance(real_feats.double(), feats.flatten(0, 1)),
+        "fid_reader_floor": frechet_distance(real_feats.double(), other_feats.double()),
         "per_attribute": per_attribute,
+        # Does the generator follow its text? Frame 1 is drawn from its sentence alone; later
+        # sentences only say how the subject moves, so row and column there test the text,
+        # and the colour at frame 2 tests that the subject stays itself.
+        "text_following": {
+            "frame1_faithfulness": correct[:, :, 0].mean().item(),
+            "frame1_kind": correct[at["kind"], :, 0].mean().item(),
+            "later_row_col": correct[[at["row"], at["col"]], :, 1:].mean().item() if F > 1 else None,
+            "frame2_colour": correct[at["colour"], :, 1].mean().item() if F > 1 else None,
+        },
         "per_frame": {
             "faithfulness": correct.mean(dim=(0, 1)).tolist(),
             "identity": identity.mean(0).tolist(),
             "consistency": [None] + cosine.mean(0).tolist(),
-            "kind": correct[0].mean(0).tolist(),
-            "colour": correct[1].mean(0).tolist(),
+            **{a: correct[k].mean(0).tolist() for k, a in enumerate(READ_ATTRIBUTES)},
         },
     }
 
@@ -294,6 +312,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         results[name] = metrics
         log(f"{name}: faithfulness {metrics['faithfulness']:.3f} identity {metrics['identity']:.3f} "
             f"consistency {metrics['consistency']:.3f} FID-reader {metrics['fid_reader']:.1f} "
+            f"(real-data floor {metrics['fid_reader_floor']:.1f}, {frames.shape[0] * frames.shape[1]} frames) "
             f"{seconds:.2f} s/story")
     arm_frames_path = out / "settings" / "arm.safetensors"
     if bench is not None and arm_frames_path.is_file():  # how much of the ARM's layout each correction keeps
@@ -369,14 +388,24 @@ def plot_ablations(results: dict, path: Path) -> Path:
 
 def write_report(summary: dict, out: Path) -> Path:
     results = summary["results"]
-    lines = ["| setting | faithfulness | identity kept | frame consistency | FID (reader) | s / story |",
+    lines = ["| setting | faithfulness | identity kept | frame consistency | FID (reader) [floor] | s / story |",
              "|---|---|---|---|---|---|"]
-    for name in STORY_SETTINGS + LONG_SETTINGS:
-        if name in results and name != INPAINT_SETTING:
-            r = results[name]
-            n = f" (N={r['num_stories']})" if r["num_stories"] != results.get("arm", r)["num_stories"] else ""
-            lines.append(f"| {r['label']}{n} | {r['faithfulness']:.3f} | {r['identity']:.3f} | {r['consistency']:.3f} "
-                         f"| {r['fid_reader']:.1f} | {r['s_per_story']:.2f} |")
+    rows = [n for n in STORY_SETTINGS + LONG_SETTINGS if n in results and n != INPAINT_SETTING]
+    for name in rows:
+        r = results[name]
+        n = f" (N={r['num_stories']})" if r["num_stories"] != results.get("arm", r)["num_stories"] else ""
+        floor = f" [{r['fid_reader_floor']:.1f}]" if "fid_reader_floor" in r else ""
+        lines.append(f"| {r['label']}{n} | {r['faithfulness']:.3f} | {r['identity']:.3f} | {r['consistency']:.3f} "
+                     f"| {r['fid_reader']:.1f}{floor} | {r['s_per_story']:.2f} |")
+    following = [n for n in rows if "text_following" in results[n]]
+    if following:
+        lines += ["", "| text following | frame 1 faithfulness | frame 1 kind | row and column, frames 2+ "
+                      "| colour at frame 2 |", "|---|---|---|---|---|"]
+        for name in following:
+            f = results[name]["text_following"]
+            cells = [f"{v:.3f}" if v is not None else "-" for v in
+                     (f["frame1_faithfulness"], f["frame1_kind"], f["later_row_col"], f["frame2_colour"])]
+            lines.append(f"| {results[name]['label']} | " + " | ".join(cells) + " |")
     ablations = [n for n in ABLATION_SETTINGS if n in results]
     if ablations:
         lines += ["", "| ablation | faithfulness | per frame | ARM's layout kept | identity kept |",

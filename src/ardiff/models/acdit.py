@@ -175,6 +175,8 @@ class ACDiT(nn.Module):
         pos = None
         if config.rope == "absolute":
             pos = sincos_embedding(D, raster_coordinates(config.token_grid)[order], config.rope_axis_weights).float()
+        elif config.spatial_pos_embed:  # (row, column) of each token; the same table in every frame
+            pos = sincos_embedding(D, raster_coordinates(config.token_grid)[order][:, -2:]).float()
         self.register_buffer("pos_embed", pos, persistent=False)
         self.initialize_weights()
 

@@ -60,6 +60,11 @@ class ACDiTConfig:
 
     rope: str = "paper"
     rope_axis_weights: tuple[int, ...] | None = None
+    # Fixed 2-D sine-cosine embeddings of each token's spatial (row, column) position, added
+    # to the tokens on top of RoPE. RoPE is relative only: a model drawing from noise cannot
+    # tell the top left from the centre except by edge effects, so "at the top left" in a
+    # caption goes unlearned. Spatial only: the time axis stays relative (rolling windows).
+    spatial_pos_embed: bool = False
     qk_norm: bool = True
     norm_eps: float = 1e-6
     attention_backend: str = "auto"
@@ -183,4 +188,11 @@ class ACDiTConfig:
                 split_head_dim(self.hidden_size, self.rope_axis_weights or (1,) * len(self.token_grid))
             except ValueError as e:
                 bad(f"rope='absolute': {e}".replace("head dim", "hidden size"))
+        if self.spatial_pos_embed:
+            if self.rope == "absolute":
+                bad("spatial_pos_embed=True with rope='absolute': the absolute embeddings already hold the spatial "
+                    "position; set one of them")
+            if self.hidden_size % 4:
+                bad(f"spatial_pos_embed needs hidden_size divisible by 4 (sine and cosine per spatial axis), "
+                    f"got {self.hidden_size}")
         RopeND(self.head_dim, self.token_grid, self.rope, self.rope_axis_weights)

@@ -61,6 +61,12 @@ class TrainConfig:
     # Per-block loss weights (one per autoregressive block, normalised to mean 1): e.g. more
     # weight on block 0, the only block drawn from the condition alone. None: plain mean.
     block_loss_weights: tuple[float, ...] | None = None
+    # Weight of each timestep's loss: uniform (plain epsilon-MSE, DiT's) or p2
+    # ((p2_k + SNR) ** -p2_gamma, normalised to mean 1): more of the loss on the high-noise
+    # steps, where what to draw is decided from the condition.
+    timestep_weighting: str = "uniform"
+    p2_k: float = 1.0
+    p2_gamma: float = 1.0
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 0
     checkpoint_every: int = 500
@@ -198,6 +204,8 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
 
 
 def _validate(run: RunConfig) -> None:
+    from ardiff.diffusion.schedule import TIMESTEP_WEIGHTINGS
+
     t = run.train
     checks = [
         (t.steps > 0, f"train.steps={t.steps} must be > 0"),
@@ -221,6 +229,9 @@ def _validate(run: RunConfig) -> None:
         (t.block_loss_weights is None
          or (all(w >= 0 for w in t.block_loss_weights) and sum(t.block_loss_weights) > 0),
          f"train.block_loss_weights={t.block_loss_weights} must be >= 0 with a positive sum"),
+        (t.timestep_weighting in TIMESTEP_WEIGHTINGS,
+         f"train.timestep_weighting={t.timestep_weighting!r}; choose one of {', '.join(TIMESTEP_WEIGHTINGS)}"),
+        (t.p2_k > 0 and t.p2_gamma >= 0, f"train.p2_k={t.p2_k} must be > 0 and train.p2_gamma={t.p2_gamma} >= 0"),
         (not (run.sample.clip_denoised and (run.data.vae or run.data.name == "latents")),
          "sample.clip_denoised clips to the pixel range [-1, 1], but this run trains on VAE latents "
          f"(data.name={run.data.name!r}, data.vae={run.data.vae!r}); set sample.clip_denoised=false"),

@@ -112,7 +112,8 @@ class Trainer:
         if self.cfg.activation_checkpointing:
             self.model.gradient_checkpointing = True
         # FSDP2 swaps parameters for DTensors here
-        self.objective = self._wrap(DiffusionLoss(self.model, self.cfg.block_loss_weights))
+        self.objective = self._wrap(DiffusionLoss(self.model, self.cfg.block_loss_weights, self.cfg.timestep_weighting,
+                                                   self.cfg.p2_k, self.cfg.p2_gamma))
         self.names = {p: n for n, p in self.model.named_parameters()}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
