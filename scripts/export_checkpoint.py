@@ -10,7 +10,6 @@ Without --step the newest complete checkpoint is used.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ardiff.models.acdit import ACDiT
 from ardiff.models.checkpoint import save_pretrained
 from ardiff.train import checkpoint as ckpt
 from ardiff.train.config import build_run_config
+from ardiff.train.trainer import model_record
 
 
 def main() -> None:
@@ -29,14 +29,13 @@ def main() -> None:
     root = args.run / "checkpoints"
     path = root / f"step_{args.step:08d}" if args.step is not None else ckpt.latest_checkpoint(root)
     if path is None or not path.is_dir():
-        raise SystemExit(f"no checkpoint {'step ' + str(args.step) if args.step is not None else ''} under {root}; "
+        raise SystemExit(f"no checkpoint{f' step {args.step}' if args.step is not None else ''} under {root}; "
                          f"have: {', '.join(p.name for p in sorted(root.glob('step_*'))) or 'none'}")
     state = ckpt.read_checkpoint(path)
     run = build_run_config(json.loads((args.run / "run_config.json").read_text()))
     model = ACDiT(run.model)
     model.load_state_dict(state["ema"])
-    extra = {"_sampling": dataclasses.asdict(run.sample.settings()), "_data": dataclasses.asdict(run.data),
-             "_checkpoint": {"run": str(args.run), "step": state["trainer_state"].get("step")}}
+    extra = {**model_record(run), "_checkpoint": {"run": str(args.run), "step": state["trainer_state"].get("step")}}
     save_pretrained(model.eval(), args.out, extra_config=extra)
     print(f"wrote {args.out} (EMA weights of {path})")
 

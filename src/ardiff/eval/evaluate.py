@@ -177,6 +177,11 @@ def _real_floor_samples(cfg, data: dict | None, num: int) -> tuple[torch.Tensor,
     return train.images[index].float() / 127.5 - 1, wanted
 
 
+def proportion_interval(value: float, num: int) -> float:
+    """Half width of the normal-approximation 95% interval of a proportion over ``num`` items."""
+    return 1.96 * (max(value * (1 - value), 0.0) / num) ** 0.5
+
+
 def reliability_notes(result: dict, num: int) -> dict[str, str]:
     """A warning for each metric that means little at the N used, keyed like ``result``."""
     notes = {}
@@ -197,7 +202,7 @@ def reliability_notes(result: dict, num: int) -> dict[str, str]:
         elif key.startswith("is_") and num < 1000:
             notes[key] = f"N={num} < 1000: rough"
         elif key.startswith("class_accuracy") and num < 400:
-            half_width = 1.96 * (max(value * (1 - value), 0.0) / num) ** 0.5
+            half_width = proportion_interval(value, num)
             notes[key] = f"+-{half_width:.3f} (95% interval at N={num})"
     return notes
 

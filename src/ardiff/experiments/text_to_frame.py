@@ -13,15 +13,11 @@ import time
 
 import torch
 
+from ardiff.eval.evaluate import proportion_interval
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, render_batch, state_labels
 from ardiff.worlds.story import StoryWorld
 
 _ATTRIBUTE_ORDER = tuple(READ_ATTRIBUTES)
-
-
-def proportion_interval(value: float, num: int) -> float:
-    """Half width of the normal-approximation 95% interval of a proportion over ``num`` items."""
-    return 1.96 * (max(value * (1 - value), 0.0) / num) ** 0.5
 
 
 @torch.no_grad()

@@ -83,6 +83,13 @@ def initialise_from(model: ACDiT, directory: str) -> None:
             p.copy_(source[k].to(p.dtype))
 
 
+def model_record(run: RunConfig) -> dict:
+    """What an exported model carries beside its weights: the run's sampling settings
+    (`ardiff sample` / eval / demo defaults) and its data (eval draws its reference clips
+    from the same data)."""
+    return {"_sampling": dataclasses.asdict(run.sample.settings()), "_data": dataclasses.asdict(run.data)}
+
+
 class Trainer:
     def __init__(self, run: RunConfig, dataset=None, resume: bool = False, device: str | None = None,
                  progress: bool = True):
@@ -373,10 +380,7 @@ class Trainer:
         model = self.ema_model()
         if not self.is_main:
             return None
-        # The run's sampling settings travel with the model (`ardiff sample` / eval / demo defaults),
-        # and so does what it was trained on (eval draws its reference clips from the same data).
-        extra = {"_sampling": dataclasses.asdict(self.run.sample.settings()),
-                 "_data": dataclasses.asdict(self.run.data)}
+        extra = model_record(self.run)
         if self.vae:
             extra["_vae"] = self.vae.to_dict()
         return save_pretrained(model, self.out / "model", extra_config=extra)
