@@ -67,7 +67,7 @@ def test_image_reference_and_floor_are_framed_like_the_samples():
 
     cfg = ACDiTConfig.preset("S", input_size=(32, 32), in_channels=1, patch_size=4, block_size=16, num_classes=10)
     reference = _default_real(cfg)
-    floor, labels = _real_floor_samples(cfg, None, 200)
+    floor, _ = _real_floor_samples(cfg, None, 200)
     assert reference.shape[1:] == floor.shape[1:] == (1, 32, 32)
     padded = FashionMNIST(split="train", pad_to=32)
     assert torch.equal(floor[0], padded.images[torch.nonzero(padded.labels == 0)[0, 0]].float() / 127.5 - 1)

@@ -30,7 +30,7 @@ from ardiff.eval.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from ardiff.eval.reference import moving_fmnist_motion, moving_fmnist_test_clips
+from ardiff.eval.reference import fmnist_canvas, moving_fmnist_motion, moving_fmnist_test_clips
 from ardiff.generate.sampler import make_generators, sample
 
 
@@ -168,7 +168,7 @@ def _real_floor_samples(cfg, data: dict | None, num: int) -> tuple[torch.Tensor,
         return moving_fmnist_test_clips(num, frames, h, first=1000, **moving_fmnist_motion(data))
     from ardiff.data.fashion_mnist import FashionMNIST
 
-    train = FashionMNIST(split="train", pad_to=_fmnist_canvas(cfg))
+    train = FashionMNIST(split="train", pad_to=fmnist_canvas(cfg.input_size))
     wanted = torch.arange(num) % cfg.num_classes if cfg.num_classes else None
     if wanted is None:
         return train.images[:num].float() / 127.5 - 1, train.labels[:num]
@@ -215,18 +215,7 @@ def _default_real(cfg, data: dict | None = None) -> torch.Tensor:
         return moving_fmnist_test_clips(1000, frames, h, **moving_fmnist_motion(data))[0]
     from ardiff.data.fashion_mnist import FashionMNIST
 
-    return FashionMNIST(split="test", pad_to=_fmnist_canvas(cfg)).images.float() / 127.5 - 1
-
-
-def _fmnist_canvas(cfg) -> int | None:
-    """The canvas a Fashion-MNIST image model draws on (items padded from 28, as in training).
-
-    Real images are framed the same way before scoring, so generated and real images reach
-    the classifier through the same crop. Scoring 28x28 originals against cropped 32x32
-    samples instead put a framing mismatch into every FID-FMNIST (real padded images scored
-    76 against the 28x28 test split, against 23 when framed alike)."""
-    size = max(cfg.input_size[-2:])
-    return size if size > 28 else None
+    return FashionMNIST(split="test", pad_to=fmnist_canvas(cfg.input_size)).images.float() / 127.5 - 1
 
 
 # ---------------------------------------------------------------------------

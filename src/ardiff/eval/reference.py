@@ -147,9 +147,7 @@ def load_reference(spec: str, sample_shape: tuple[int, ...], data: dict | None =
 
         if len(sample_shape) != 3:
             raise ValueError("fmnist-test holds images; these samples are clips: use --reference moving-fmnist-test")
-        size = max(sample_shape[-2:])
-        pad = size if size > FMNIST_MIN_SIZE else None  # centred on a black canvas, as training pads them
-        images = FashionMNIST(split="test", pad_to=pad).images.float() / 127.5 - 1
+        images = FashionMNIST(split="test", pad_to=fmnist_canvas(sample_shape)).images.float() / 127.5 - 1
         return Reference(spec, "builtin", samples=images)
     if spec == "moving-fmnist-test":
         if len(sample_shape) != 4:
@@ -165,6 +163,14 @@ def load_reference(spec: str, sample_shape: tuple[int, ...], data: dict | None =
     if path.is_file() and path.suffix.lower() == ".npz":
         return _read_reference_npz(path)
     raise ValueError(f"reference {spec!r} is not a folder, an .npz file, or one of {', '.join(BUILTIN_REFERENCES)}")
+
+
+def fmnist_canvas(shape: tuple[int, ...]) -> int | None:
+    """The canvas Fashion-MNIST items are padded to for samples whose last two sizes are
+    ``shape[-2:]``: the same centring on black as training, so real and generated images reach
+    the classifier through the same crop (None: the items' own 28 x 28)."""
+    size = max(shape[-2:])
+    return size if size > FMNIST_MIN_SIZE else None
 
 
 def moving_fmnist_motion(data: dict | None) -> dict:
