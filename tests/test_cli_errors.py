@@ -144,6 +144,8 @@ CASES = [
     ("acdc make-stories --prompt-file {root}/empty.txt --out {out}/s.jsonl", "must contain the {examples} field"),
     ("acdc benchmark --settings nope --out {out}/b", "unknown benchmark setting 'nope'"),
     ("acdc benchmark --num-stories 0 --out {out}/b", "--num-stories: 0 must be a whole number >= 1"),
+    ("acdc benchmark --arm {root}/nothing --settings arm --out {out}/b", "is neither a model directory"),
+    ("acdc benchmark --video-arm {root}/nothing --settings video_arm --out {out}/b", "is neither a model directory"),
     ("acdc make-stories --num 0 --out {out}/s.jsonl", "--num: 0 must be a whole number >= 1"),
     # world, demo, analyze, bench
     ("world render --num 0 --out {out}/w", "--num: 0 must be a whole number >= 1"),

@@ -272,9 +272,10 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
             and not (Path(config.out) / "settings" / "arm.json").is_file():
         raise ValueError("the inpaint setting repairs the ARM's frames: run the arm setting too (or first)")
     out = Path(config.out)
-    (out / "settings").mkdir(parents=True, exist_ok=True)
     story_names = [n for n in ALL_SETTINGS if n in config.settings and n not in VIDEO_SETTINGS]  # arm before inpaint
     bench = StoryBench(config, device) if story_names else None
+    if bench is not None:  # after the models load: a bad path writes nothing (video: run_video_settings)
+        (out / "settings").mkdir(parents=True, exist_ok=True)
     results = {}
     for name in story_names:
         path = out / "settings" / f"{name}.json"

@@ -158,6 +158,7 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
 
     directory = Path(directory)
     bench = VideoBench(config, device)
+    directory.mkdir(parents=True, exist_ok=True)  # after the models load: a bad path writes nothing
     F, H = bench.trained_frames, bench.arm.config.input_size[1]
     network = FMNISTFeatures(device=device)
     motion = moving_fmnist_motion(bench.arm_data)
