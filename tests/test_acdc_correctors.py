@@ -168,7 +168,8 @@ def test_schedule_guard_names_both_values_and_the_fix():
         sdedit_schedule(0.5, 1000, 2000)
 
 
-@pytest.mark.parametrize("prediction_type,clip", [("epsilon", False), ("v_prediction", False), ("sample", True)])
+@pytest.mark.parametrize("prediction_type,clip", [("epsilon", False), ("v_prediction", False), ("sample", True),
+                                                   ("epsilon", True)])
 def test_ddim_step_equals_diffusers_on_a_uniform_grid(prediction_type, clip):
     """Where DDIMScheduler.step infers the right previous timestep (stride T // S), ours agrees."""
     config = dict(SCHEDULER, clip_sample=clip, prediction_type=prediction_type)
@@ -182,7 +183,7 @@ def test_ddim_step_equals_diffusers_on_a_uniform_grid(prediction_type, clip):
         output = torch.randn(2, 4, 8, 8, generator=g)
         prev = timesteps[k + 1] if k + 1 < len(timesteps) else None
         ours = ddim_step(scheduler, output, t, prev, sample)
-        theirs = scheduler.step(output, t, sample, eta=0.0).prev_sample
+        theirs = scheduler.step(output, t, sample, eta=0.0, use_clipped_model_output=True).prev_sample
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
         sample = theirs
 

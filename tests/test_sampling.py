@@ -109,6 +109,28 @@ def test_seeds_are_batch_independent():
     assert torch.equal(batch, again)
 
 
+def test_guidance_interval():
+    """Guidance only at the steps whose t / T lies in the interval; the others run one group."""
+    model = tiny_model()
+    kw = dict(num_steps=4, cfg_scale=3.0)
+    gens = lambda: make_generators([1, 2])  # noqa: E731
+    always = sample(model, labels(2), generator=gens(), **kw)
+    assert torch.equal(always, sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 1.0), **kw))
+    # an interval that holds no step (the 4 steps sit near t = 999, 749, 499, 249) is the conditional branch
+    never = sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 0.1), **kw)
+    plain = sample(model, labels(2), generator=gens(), num_steps=4, cfg_scale=1.0)
+    assert (never - plain).abs().max() < TOL
+    # a partial interval differs from both, and the KV cache agrees with the recomputed context
+    # although the number of noisy groups changes from step to step
+    partial = sample(model, labels(2), generator=gens(), guidance_interval=(0.4, 1.0), **kw)
+    assert (partial - always).abs().max() > 1e-3 and (partial - plain).abs().max() > 1e-3
+    uncached = sample(model, labels(2), generator=gens(), guidance_interval=(0.4, 1.0), use_cache=False, **kw)
+    assert (partial - uncached).abs().max() < TOL
+    for bad in [(0.5, 0.5), (0.7, 0.2), (-0.1, 0.5), (0.2, 1.5), (float("nan"), 1.0)]:
+        with pytest.raises(ValueError, match="guidance_interval"):
+            sample(model, labels(2), generator=gens(), guidance_interval=bad, **kw)
+
+
 def test_cfg_scale_one_is_conditional_branch():
     model = tiny_model()
     kw = dict(num_steps=4, generator=make_generators([1, 2]))
@@ -194,6 +216,67 @@ def test_named_samplers_are_exact_and_batch_independent(name, clip_denoised):
     alone = sample(model, labels()[1:2], generator=make_generators([2]), **kw)
     assert (cached - uncached).abs().max() < TOL
     assert (cached[1] - alone[0]).abs().max() < 1e-12
+
+
+class CleanPredictionModel:
+    """A tiny model's interface around a known clean-sample prediction ``x0 = f(x_t)``,
+    returned as the matching epsilon: what a sampler does with it can be checked exactly."""
+
+    def __init__(self, model, predict_clean):
+        from ardiff.diffusion.schedule import NoiseSchedule
+
+        self._model, self._predict_clean = model, predict_clean
+        self._alphas_cumprod = NoiseSchedule.from_config(model.config).alphas_cumprod
+        self._t = None
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def condition_vectors(self, t, emb):
+        self._t = int(t.flatten()[0])
+        return self._model.condition_vectors(t, emb)
+
+    def run(self, *, noisy, **_):
+        ab = self._alphas_cumprod[self._t].to(noisy.dtype)
+        return (noisy - ab.sqrt() * self._predict_clean(noisy)) / (1 - ab).sqrt()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_clipping_is_the_step_of_the_clipped_prediction(name):
+    """clip_denoised must act as if the model had predicted the clipped sample. diffusers' DDIM
+    by default clips its clean sample but keeps stepping along the unclipped epsilon."""
+    model = tiny_model()
+    overshooting = CleanPredictionModel(model, lambda x: 1.2 * x + 0.3)
+    clipped_by_model = CleanPredictionModel(model, lambda x: (1.2 * x + 0.3).clamp(-1, 1))
+    kw = dict(num_steps=6, cfg_scale=1.0, scheduler=name, use_cache=False)
+    a = sample(overshooting, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, **kw)
+    b = sample(clipped_by_model, labels(), generator=make_generators([1, 2, 3]), **kw)
+    # 1e-5: the schedulers hold their coefficients in float32 (DDIM without the fix: 0.04)
+    assert (a - b).abs().max() < 1e-5
+    unclipped = sample(overshooting, labels(), generator=make_generators([1, 2, 3]), **kw)
+    assert (a - unclipped).abs().max() > 0.1  # the clipping did bind
+
+
+def test_ddim_steps_between_the_grid_timesteps():
+    """DDIM moves the sample to the next timestep of its grid (linspace: 999, 799, 599, 400, 200, 0
+    for 6 steps), not to diffusers' guess t - 1000 // 6, and ends at the clean level."""
+    from ardiff.diffusion.schedule import NoiseSchedule
+
+    model = tiny_model(num_classes=0)
+    mock = CleanPredictionModel(model, lambda x: 1.2 * x + 0.3)
+    got = sample(mock, None, batch_size=2, num_steps=6, scheduler="ddim", use_cache=False, output="blocks",
+                 generator=make_generators([4, 5]))
+    ab = NoiseSchedule.from_config(model.config).alphas_cumprod
+    grid = [999, 799, 599, 400, 200, 0]
+    gens = make_generators([4, 5])
+    for i in range(got.shape[1]):
+        x = torch.stack([torch.randn(got.shape[2:], generator=g, dtype=torch.float64) for g in gens])
+        for k, t in enumerate(grid):
+            x0 = 1.2 * x + 0.3
+            eps = (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()
+            a_next = ab[grid[k + 1]] if k + 1 < len(grid) else torch.tensor(1.0, dtype=torch.float64)
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        assert (got[:, i] - x).abs().max() < 1e-5  # float32 alphas; the guessed stride is off by 1e-3
 
 
 def test_sde_sampler_adds_noise_the_default_ode_does_not():

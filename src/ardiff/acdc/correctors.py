@@ -7,7 +7,7 @@ with 10 steps starts at timestep 401, i.e. t' = 0.402). ACDC's t' is a controlle
 here the t' asked for is the t' used.
 
 The exact-t' schedule (start timestep, steps, the ``t' * S < 1`` guard) is
-:func:`ardiff.acdc.sdedit.sdedit_schedule`; the DDIM update on it is :func:`ddim_step`.
+:func:`ardiff.acdc.sdedit.sdedit_schedule`; the DDIM update on it is :func:`ardiff.diffusion.schedule.ddim_step`.
 
 Masks (user constraints by inpainting), ``(F or 1, 1, H, W)`` in {0, 1}, 1 = may change:
 blended latent diffusion — after every step the latents outside the mask (max-pooled to the
@@ -34,43 +34,9 @@ import torch.nn.functional as F
 
 from ardiff.acdc.base import Correction, Corrector, check_frames
 from ardiff.acdc.sdedit import SDEditSchedule, sdedit_schedule
+from ardiff.diffusion.schedule import ddim_step
 
 SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
-
-
-def ddim_step(scheduler: Any, model_output: torch.Tensor, timestep: int, prev_timestep: int | None,
-              sample: torch.Tensor) -> torch.Tensor:
-    """One deterministic (eta = 0) DDIM update from ``timestep`` to ``prev_timestep``.
-
-    ``DDIMScheduler.step`` infers the previous timestep as ``t - T // num_inference_steps``,
-    which is wrong for a schedule that is not a uniform grid of the full range (and DDIM takes
-    no custom timesteps), so the update is written here with the scheduler's own alphas,
-    prediction type and clipping. ``prev_timestep`` None (or < 0) means the final (clean) level.
-    """
-    config = scheduler.config
-    alphas = scheduler.alphas_cumprod.to(sample.device)
-    alpha_t = alphas[timestep]
-    if prev_timestep is None or prev_timestep < 0:
-        alpha_prev = torch.as_tensor(scheduler.final_alpha_cumprod, device=sample.device)
-    else:
-        alpha_prev = alphas[prev_timestep]
-    beta_t = 1 - alpha_t
-    if config.prediction_type == "epsilon":
-        x0, eps = (sample - beta_t.sqrt() * model_output) / alpha_t.sqrt(), model_output
-    elif config.prediction_type == "sample":
-        x0 = model_output
-        eps = (sample - alpha_t.sqrt() * x0) / beta_t.sqrt()
-    elif config.prediction_type == "v_prediction":
-        x0 = alpha_t.sqrt() * sample - beta_t.sqrt() * model_output
-        eps = alpha_t.sqrt() * model_output + beta_t.sqrt() * sample
-    else:
-        raise ValueError(f"scheduler prediction_type={config.prediction_type!r}: expected epsilon, sample or "
-                         "v_prediction")
-    if config.thresholding:
-        x0 = scheduler._threshold_sample(x0)
-    elif config.clip_sample:
-        x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-    return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * eps
 
 
 def check_model_dir(path: str | Path, who: str, subfolders: Sequence[str] = SUBFOLDERS) -> Path:

@@ -16,7 +16,9 @@ from ardiff.cli.common import (
     SAMPLER_CHOICES,
     CommandError,
     Parser,
+    add_guidance_interval_flag,
     add_sampling_flags,
+    checked_guidance_interval,
     eval_source,
     existing_dir,
     existing_file,
@@ -103,6 +105,7 @@ def cmd_sample(args) -> int:
     if not is_video and out.suffix.lower() != ".png":
         raise CommandError(f"--out {out}: this model makes images; give a .png file")
     classes = parse_classes(args.classes, config.get("num_classes", 0))
+    interval = checked_guidance_interval(args)
 
     import torch
 
@@ -136,7 +139,8 @@ def cmd_sample(args) -> int:
         labels = None
         settings = settings.but(cfg_scale=1.0)
     n = len(labels) if labels is not None else args.num
-    samples = sample(model, labels, **settings.sample_kwargs(), use_cache=not args.no_cache,
+    samples = sample(model, labels, **settings.sample_kwargs(), guidance_interval=interval,
+                     use_cache=not args.no_cache,
                      generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
         with torch.no_grad():
@@ -206,6 +210,9 @@ def cmd_eval_reference(args) -> int:
     elif any(v is not None for v in (args.cfg, args.steps, args.sampler, args.clip_denoised, args.vae)):
         raise CommandError("--cfg, --steps, --sampler, --clip-denoised and --vae apply when sampling a model; "
                            f"{args.model_dir} already holds samples")
+    if args.guidance_interval:
+        raise CommandError("--guidance-interval applies when ardiff eval samples a model against its built-in "
+                           "reference (without --reference)")
     result = evaluate_against_reference(
         args.model_dir, args.reference, args.features or "fmnist", num=args.num, seed=args.seed, cfg_scale=args.cfg,
         num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised, vae_dir=args.vae,
@@ -237,6 +244,7 @@ def cmd_eval(args) -> int:
         raise CommandError(f"{args.model_dir} holds samples: give the reference to score them against, "
                            f"--reference (fmnist-test, a folder, or an .npz)")
     directory, _ = read_model_summary(args.model_dir)
+    interval = checked_guidance_interval(args)
 
     import torch
 
@@ -250,6 +258,7 @@ def cmd_eval(args) -> int:
                                                  clip_denoised=args.clip_denoised)
     result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
                       clip_denoised=s.clip_denoised, seed=args.seed, classifier_path=args.classifier, progress=True,
+                      guidance_interval=interval,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
     return _report_metrics(result, args.num, args.out)
@@ -388,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--classes", help="comma-separated class ids; --num samples of each, one row per class")
     samp.add_argument("--num", type=positive_int, default=8, help="samples (per class when --classes is given)")
     add_sampling_flags(samp)
+    add_guidance_interval_flag(samp)
     samp.add_argument("--seed", type=nonnegative_int, default=0, help="sample i uses seed + i")
     samp.add_argument("--out", type=output_file(".png", ".gif", ".mp4"),
                       help="output file: .png for images; .gif, .mp4 or .png (filmstrip) for videos (default: "
@@ -439,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num", type=positive_int, default=1000, help="generated samples (class-balanced; models "
                                                                   "only)")
     add_sampling_flags(ev)
+    add_guidance_interval_flag(ev)
     ev.add_argument("--seed", type=nonnegative_int, default=0)
     ev.add_argument("--no-floor", action="store_true", help="skip the real-data floor of the Frechet distances")
     ev.add_argument("--classifier", type=existing_file,

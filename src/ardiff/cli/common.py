@@ -224,6 +224,23 @@ def add_sampling_flags(parser, cfg_help: str = "classifier-free guidance scale (
                              "recorded with the model, else off)")
 
 
+def add_guidance_interval_flag(parser) -> None:
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="guide only the steps with LOW <= t / training timesteps <= HIGH (0 = clean, 1 = pure "
+                             "noise); the others run the conditional branch alone (default: guide every step)")
+
+
+def checked_guidance_interval(args) -> tuple[float, float] | None:
+    """``--guidance-interval`` as a tuple, checked before any model loads."""
+    if args.guidance_interval is None:
+        return None
+    low, high = args.guidance_interval
+    if not 0.0 <= low < high <= 1.0:
+        raise CommandError(f"--guidance-interval {low:g} {high:g}: give LOW HIGH with 0 <= LOW < HIGH <= 1 "
+                           f"(fractions of the training timesteps, e.g. --guidance-interval 0.1 0.7)")
+    return (low, high)
+
+
 # ---------------------------------------------------------------------------
 #                              The error boundary
 # ---------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from ardiff.generate.sampler import make_generators, sample
 
 def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, batch_size: int = 100,
              progress: bool = False, sampler: str = DEFAULT_SAMPLER,
-             clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             clip_denoised: bool = False, guidance_interval: tuple[float, float] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced samples (label i % K) and their labels."""
     K = model.config.num_classes
     labels = torch.arange(num) % K
@@ -49,7 +50,7 @@ def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, b
     for start in chunks:
         y = labels[start : start + batch_size]
         out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, scheduler=sampler,
-                          clip_denoised=clip_denoised,
+                          clip_denoised=clip_denoised, guidance_interval=guidance_interval,
                           generator=make_generators(range(seed + start, seed + start + len(y)), model.device)).cpu())
     return torch.cat(out), labels
 
@@ -103,7 +104,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
              classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
              inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
              data: dict | None = None, clip_denoised: bool = False, return_samples: bool = False,
-             real_floor: bool = True):
+             real_floor: bool = True, guidance_interval: tuple[float, float] | None = None):
     """Sample ``num`` class-balanced samples and score them (see module docstring).
 
     Returns the metrics dict, or with ``return_samples`` ``(metrics, samples, labels)``: sample
@@ -137,7 +138,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
             floor_samples = _real_floor_samples(cfg, data, num)
     t0 = time.perf_counter()
     fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler,
-                            clip_denoised=clip_denoised)
+                            clip_denoised=clip_denoised, guidance_interval=guidance_interval)
     seconds = time.perf_counter() - t0
     result = {}
     stages = [(False, i, n) for i, n in enumerate(networks)]
@@ -157,7 +158,8 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
             scores = {f"{k}_floor": v for k, v in scores.items() if k.startswith(("fid_", "fvd_"))}
         result.update(scores)
     result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
-                   "sampler": sampler, "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
+                   "sampler": sampler, "guidance_interval": list(guidance_interval or (0.0, 1.0)),
+                   "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
     return (result, fake, labels) if return_samples else result
 
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ardiff.diffusion.schedule import DEFAULT_SAMPLER, sampling_scheduler
+from ardiff.diffusion.schedule import DEFAULT_SAMPLER, sampling_scheduler, scheduler_step
 from ardiff.generate.cache import KVCache
 from ardiff.generate.context import blocks_to_input, check_frame_blocks, context_schedule, update_context
 from ardiff.generate.settings import SamplingSettings
 from ardiff.utils.seeding import make_generators
 
-__all__ = ["BlockEvent", "BlockHook", "SamplingSettings", "blocks_to_input", "context_schedule", "make_generators",
-           "sample"]
+__all__ = ["BlockEvent", "BlockHook", "SamplingSettings", "blocks_to_input", "check_guidance_interval",
+           "context_schedule", "make_generators", "sample"]
 
 
 @dataclass
@@ -111,6 +111,26 @@ def _group_conditions(cond_emb, null_emb, index: int) -> torch.Tensor | None:
     return emb[:, None] if emb is not None else None
 
 
+def check_guidance_interval(interval) -> tuple[float, float] | None:
+    """``interval`` as ``(low, high)`` floats, or ``None``; raises on anything else."""
+    if interval is None:
+        return None
+    values = tuple(float(v) for v in interval)
+    if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 1.0:
+        raise ValueError(f"guidance_interval={tuple(interval)} must be (low, high) with 0 <= low < high <= 1 "
+                         f"(fractions of the training timesteps: 0 = clean, 1 = pure noise)")
+    return values
+
+
+def _guidance_predicate(interval, num_train_timesteps: int) -> Callable[[object], bool]:
+    """Whether a step at timestep ``t`` is guided (see ``guidance_interval`` of :func:`sample`)."""
+    interval = check_guidance_interval(interval)
+    if interval is None:
+        return lambda t: True
+    low, high = interval
+    return lambda t: low <= float(t) / num_train_timesteps <= high
+
+
 def _finish_block(on_block_end, index, x, blocks, cache, model) -> torch.Tensor:
     """The finished block, or the replacement ``on_block_end`` returns for it."""
     if on_block_end is None:
@@ -131,7 +151,8 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
            generator: torch.Generator | list[torch.Generator] | None = None, use_cache: bool = True,
            context_pass: str = "ride", on_block_end: BlockHook | None = None, batch_size: int | None = None,
            progress: bool = False, output: str = "input", num_blocks: int | None = None, window: int | None = None,
-           sink_blocks: int = 0, prefix: torch.Tensor | None = None, clip_denoised: bool = False) -> torch.Tensor:
+           sink_blocks: int = 0, prefix: torch.Tensor | None = None, clip_denoised: bool = False,
+           guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
     """Generate samples block by block.
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
@@ -155,6 +176,11 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
     clip_denoised: clip the clean sample predicted at every step to [-1, 1] (pixel-space
         models; see ``diffusion.schedule.sampling_scheduler``). Only with a sampler given by
         name: a scheduler object carries its own clipping settings.
+    guidance_interval: ``(low, high)`` fractions of the training timesteps; guidance applies
+        only at steps with ``low <= t / num_train_timesteps <= high`` and the other steps run
+        the conditional branch alone (half the compute). Guidance at the highest noise levels
+        mostly costs variety and at the lowest does little; Kynkaenniemi et al. (2024) guide a
+        middle interval. Default: every step.
     """
     cfg, device, dtype = model.config, model.device, model.dtype
     B = _batch_size(cond, generator, batch_size)
@@ -164,6 +190,7 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
     K = _check_arguments(cfg, B, N, generator, prefix, context_pass, output)
     guided = cfg_scale != 1.0
     groups = 2 if guided else 1
+    guided_at = _guidance_predicate(guidance_interval, cfg.num_train_timesteps)
     cond_emb, null_emb = _prepare_conditions(model, cond, B, N, guided)
     base_scheduler = _prepare_scheduler(cfg, scheduler, clip_denoised)
 
@@ -188,18 +215,22 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
         sched.set_timesteps(num_steps, device=device)
         x = randn_tensor((B, S, P), generator=generator, device=device, dtype=dtype) * sched.init_noise_sigma
         group_emb = _group_conditions(cond_emb, null_emb, i)
-        for t in sched.timesteps:
+        timesteps = sched.timesteps
+        for k, t in enumerate(timesteps):
             x_in = sched.scale_model_input(x, t)
-            c = model.condition_vectors(torch.as_tensor(t, device=device).expand(B, groups), group_emb)
-            noisy = x_in[:, None].expand(B, groups, S, P)
+            step_guided = guided and guided_at(t)
+            step_groups = 2 if step_guided else 1
+            step_emb = group_emb if step_guided or group_emb is None else group_emb[:, :1]
+            c = model.condition_vectors(torch.as_tensor(t, device=device).expand(B, step_groups), step_emb)
+            noisy = x_in[:, None].expand(B, step_groups, S, P)
             if use_cache:
-                eps = model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c,
+                eps = model.run(noisy=noisy, noisy_blocks=(position,) * step_groups, cond=c,
                                 clean=pending_clean, clean_first_block=position - 1, cache=cache)
                 pending_clean = None
             else:
-                eps = model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c,
+                eps = model.run(noisy=noisy, noisy_blocks=(position,) * step_groups, cond=c,
                                 clean=blocks[:, list(context)] if context else None)
-            eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if guided else eps[:, 0]
-            x = sched.step(eps, t, x, generator=generator).prev_sample
+            eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if step_guided else eps[:, 0]
+            x = scheduler_step(sched, eps, t, timesteps[k + 1] if k + 1 < len(timesteps) else None, x, generator)
         blocks[:, i] = _finish_block(on_block_end, i, x, blocks, cache, model)
     return blocks if output == "blocks" else blocks_to_input(model, blocks)
