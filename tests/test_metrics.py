@@ -5,6 +5,7 @@ import torch
 from ardiff.eval import (
     class_accuracy,
     frame_consistency,
+    frame_consistency_by_pair,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -67,3 +68,13 @@ def test_class_accuracy_and_frame_consistency():
     assert frame_consistency(alternating) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="frame features must be"):
         frame_consistency(torch.randn(3, 8))
+
+
+def test_frame_consistency_by_pair_finds_the_cut():
+    """A clip that changes item between frames 2 and 3 loses consistency at pair 2 only, and the
+    pairs average to the overall consistency."""
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    clips = torch.stack([a, a, b, b]).repeat(5, 1, 1)  # (5 clips, 4 frames, 2)
+    assert frame_consistency_by_pair(clips) == pytest.approx([1.0, 0.0, 1.0])
+    noisy = torch.randn(6, 5, 8)
+    assert sum(frame_consistency_by_pair(noisy)) / 4 == pytest.approx(frame_consistency(noisy))

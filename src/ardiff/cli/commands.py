@@ -153,7 +153,8 @@ def cmd_sample(args) -> int:
     nrow = args.num if classes is not None else None  # one row per class
     path = save_media(samples.cpu(), out, scale=scale, captions=captions, nrow=nrow)
     print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path} (seeds {args.seed}..{args.seed + n - 1}, "
-          f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g})")
+          f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g}"
+          f"{f' at t/T in [{interval[0]:g}, {interval[1]:g}]' if interval else ''})")
     return 0
 
 

@@ -234,11 +234,14 @@ def checked_guidance_interval(args) -> tuple[float, float] | None:
     """``--guidance-interval`` as a tuple, checked before any model loads."""
     if args.guidance_interval is None:
         return None
-    low, high = args.guidance_interval
-    if not 0.0 <= low < high <= 1.0:
+    from ardiff.generate.sampler import check_guidance_interval
+
+    try:
+        return check_guidance_interval(args.guidance_interval)
+    except ValueError:
+        low, high = args.guidance_interval
         raise CommandError(f"--guidance-interval {low:g} {high:g}: give LOW HIGH with 0 <= LOW < HIGH <= 1 "
-                           f"(fractions of the training timesteps, e.g. --guidance-interval 0.1 0.7)")
-    return (low, high)
+                           f"(fractions of the training timesteps, e.g. --guidance-interval 0.1 0.7)") from None
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ardiff.eval.features import FeatureNetwork, FMNISTFeatures, FrameFeatures, 
 from ardiff.eval.metrics import (
     class_accuracy,
     frame_consistency,
+    frame_consistency_by_pair,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -89,6 +90,7 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
         f"fvd_proxy_{name}": frechet_distance(rf.flatten(1), ff.flatten(1)),
         "frame_consistency": frame_consistency(ff),
         "frame_consistency_real": frame_consistency(rf),
+        "frame_consistency_by_pair": frame_consistency_by_pair(ff),
     }
     if frame_network.predicts_fmnist_classes:
         result["class_accuracy_frames"] = class_accuracy(fl.flatten(0, 1), labels.repeat_interleave(F))
@@ -255,6 +257,7 @@ def evaluate_samples(samples: torch.Tensor, labels: torch.Tensor | None, referen
         if frames[1] is not None:
             result[f"fid_{name}_frames"] = frechet_distance(frames[1].flatten(0, 1), frames[0].flatten(0, 1))
         result["frame_consistency"] = frame_consistency(frames[0])
+        result["frame_consistency_by_pair"] = frame_consistency_by_pair(frames[0])
         if frames[1] is not None:
             result["frame_consistency_real"] = frame_consistency(frames[1])
     if ref.features is not None:

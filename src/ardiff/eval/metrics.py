@@ -133,9 +133,20 @@ def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).double().mean())
 
 
-def frame_consistency(frame_features: torch.Tensor) -> float:
-    """Mean cosine similarity of consecutive frames' features; input (N, F, D)."""
+def _consecutive_cosines(frame_features: torch.Tensor) -> torch.Tensor:
+    """(N, F - 1) cosine similarities of consecutive frames' features; input (N, F, D)."""
     f = torch.as_tensor(frame_features).to(torch.float64)
     if f.dim() != 3 or f.shape[1] < 2:
         raise ValueError(f"frame features must be (N, F >= 2, D), got {tuple(f.shape)}")
-    return float(torch.nn.functional.cosine_similarity(f[:, 1:], f[:, :-1], dim=-1).mean())
+    return torch.nn.functional.cosine_similarity(f[:, 1:], f[:, :-1], dim=-1)
+
+
+def frame_consistency(frame_features: torch.Tensor) -> float:
+    """Mean cosine similarity of consecutive frames' features; input (N, F, D)."""
+    return float(_consecutive_cosines(frame_features).mean())
+
+
+def frame_consistency_by_pair(frame_features: torch.Tensor) -> list[float]:
+    """Frame consistency per pair of consecutive frames (1-2, 2-3, ...): where it is lost,
+    e.g. at the boundaries between autoregressive blocks."""
+    return _consecutive_cosines(frame_features).mean(0).tolist()
