@@ -216,6 +216,9 @@ def _fsdp_worker(rank, world, port, out_dir, result_dir):
     state = {n: ckpt.full_tensor(p.detach()) for n, p in trainer.model.named_parameters()}
     if rank == 0:
         torch.save(state, Path(result_dir) / "fsdp.pt")
+    # Both ranks reach here before either tears down gloo: a rank that destroys the group while
+    # the other still has collectives in flight aborts ("terminate called without an active exception").
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
