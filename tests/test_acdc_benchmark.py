@@ -144,7 +144,8 @@ def test_ablations_t_prime_sweep_and_acdc_k(models, tmp_path):
 
     from ardiff.experiments.benchmark_settings import expand_settings
 
-    settings = expand_settings(["arm", "acdc_rule", "acdc1_rule", "acdc3_raw", "acdc_raw", "acdc_rule_t03"])
+    settings = expand_settings(["arm", "acdc_rule", "acdc1_rule", "acdc3_raw", "acdc_raw", "acdc_rule_t03",
+                                "acdc_state_t03", "dm_alone_state"])
     config = BenchmarkConfig(out=str(tmp_path / "bench"), arm=str(models / "arm"), corrector=str(models / "corrector"),
                              reader=str(models / "reader"), num_stories=2, arm_steps=2, corrector_steps=4, arm_cfg=2.0,
                              corrector_cfg=2.0, settings=settings)
@@ -156,10 +157,15 @@ def test_ablations_t_prime_sweep_and_acdc_k(models, tmp_path):
     assert not torch.allclose(f["acdc_rule_t03"], f["acdc_rule"])  # another t'
     assert not torch.allclose(f["acdc1_rule"][:, 1:], f["acdc_rule"][:, 1:])  # later frames differ
     results = summary["results"]
-    assert all(0 <= results[n]["layout_kept"] <= 1 for n in settings if n != "arm")
+    assert all(0 <= results[n]["layout_kept"] <= 1 for n in settings if n not in ("arm", "dm_alone_state"))
     table = (out / "story_table.md").read_text()
     assert "| ablation | faithfulness | per frame | ARM's layout kept |" in table and "t'=0.3" in table
     assert (out / "ablations.png").stat().st_size > 0
+    # the state memory hands the corrector each frame's true caption, read from the text
+    story = StoryWorld("test").story(0)
+    assert results["acdc_state_t03"]["example_prompts"] == [s.caption() for s in story.states]
+    assert results["dm_alone_state"]["example_prompts"] == [s.caption() for s in story.states]
+    assert "ARM + ACDC (state memory), t'=0.3" in table
     assert expand_settings(["ablations"])[0] == "acdc1_rule" and "acdc_rule_t07" in expand_settings(["all"])
     with pytest.raises(ValueError, match="unknown benchmark setting 'nope'"):
         expand_settings(["nope"])

@@ -10,8 +10,10 @@ from ardiff.worlds.story import (
     KIND_NAMES,
     SIZES,
     FrameState,
+    StoryStateMemory,
     StoryWorld,
     item_offset,
+    read_story_states,
     render_frame,
 )
 from ardiff.worlds.text import ATTRIBUTES, StoryTextEncoder, build_vocab, sentence_attributes
@@ -161,6 +163,33 @@ def test_rule_memory_carries_the_subject_of_world_stories(world):
         for sentence in memory.rewrite(story.sentences)[1:]:
             said = sentence_attributes(sentence)
             assert said["kind"] < len(KIND_NAMES) and said["colour"] < len(ITEM_COLOURS), sentence
+
+
+def test_state_memory_reads_every_state_back_from_the_text(world):
+    train = StoryWorld("train")
+    stories = [world.story(i) for i in range(150)] + [world.story(i, 12) for i in range(50)] + \
+              [train.story(i) for i in range(50)]
+    assert {s.sentences[0].split()[0] for s in stories} >= {"Meet", "At"}  # several intro phrasings
+    memory = StoryStateMemory()
+    for story in stories:
+        assert read_story_states(story.sentences) == story.states, story.sentences
+        captions = memory.rewrite(story.sentences)
+        assert captions == [s.caption(with_layout=True) for s in story.states]
+        assert memory.rewrite(story.sentences[:3]) == captions[:3]  # causal: later sentences change nothing
+    assert memory.rewrite([]) == []
+
+
+def test_state_memory_refuses_text_outside_the_grammar():
+    memory = StoryStateMemory()
+    intro = "Nova, the small yellow sneaker, rests at the top left of a teal floor."
+    with pytest.raises(ValueError, match="sentence 1 .*rule memory"):
+        memory.rewrite(["Once upon a time a fox lived in a wood.", "It hops to the left."])
+    with pytest.raises(ValueError, match="sentence 2 'It dances.'"):
+        memory.rewrite([intro, "It dances."])
+    with pytest.raises(ValueError, match="sentence 2 .*'left'.*top left"):  # already in the left column
+        memory.rewrite([intro, "It hops to the left."])
+    assert memory.rewrite([intro, "It slides right.", "Nova grows."])[1:] == [
+        "a small yellow sneaker at the top of a teal floor.", "a large yellow sneaker at the top of a teal floor."]
 
 
 def test_corrector_score_reads_frames_drawn_from_full_captions(tmp_path):

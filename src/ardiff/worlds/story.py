@@ -18,11 +18,13 @@ Everything is a pure function of a seed: :func:`make_story` (grammar) and
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
+from ardiff.acdc.base import Memory
 from ardiff.data.fashion_mnist import load_fashion_mnist
 from ardiff.utils.seeding import RANDOM_FRAME_STREAM, STORY_STREAM, seeded_generator
 
@@ -146,6 +148,72 @@ def make_story(g: torch.Generator, item_index: int, kind: str, length: int = 6, 
         states.append(state)
         actions.append(action)
     return Story(name, sentences, states, actions, item_index, split)
+
+
+# ---------------------------------------------------------------------------
+#                 Reading a story back: the state memory
+# ---------------------------------------------------------------------------
+def _intro_pattern(template: str) -> re.Pattern:
+    """An intro template -> a regex whose named groups are its slots (exact words only)."""
+    where = sorted((w for row in WHERE for w in row), key=len, reverse=True)  # "top left" before "top"
+    slots = {"Name": r"[A-Z][A-Za-z'-]*", "size": "|".join(SIZES), "colour": "|".join(ITEM_COLOURS),
+             "kind": "|".join(KINDS.values()), "where": "|".join(where), "bg": "|".join(BACKGROUNDS)}
+    pattern = re.escape(template)
+    for slot, choices in slots.items():
+        pattern = pattern.replace(re.escape("{" + slot + "}"), f"(?P<{slot}>{choices})")
+    return re.compile(f"^{pattern}$")
+
+
+_INTRO_PATTERNS = tuple(_intro_pattern(t) for t in _INTRO)
+_PHRASE_ACTIONS = {phrase: action for action, phrases in _ACTION_PHRASES.items() for phrase in phrases}
+_ACTION_SENTENCE = re.compile(
+    r"^(?P<subject>.+?) (?P<phrase>" + "|".join(sorted(map(re.escape, _PHRASE_ACTIONS), key=len, reverse=True))
+    + r")\.$")
+_WHERE_CELL = {w: (r, c) for r, row in enumerate(WHERE) for c, w in enumerate(row)}
+
+
+def read_story_states(sentences: list[str]) -> list[FrameState]:
+    """The frame state each sentence leaves, read from the text alone (the inverse of
+    :func:`make_story`'s grammar; state i depends on sentences 0..i only)."""
+    if not sentences:
+        return []
+    intro = sentences[0].strip()
+    match = next((m for m in (p.match(intro) for p in _INTRO_PATTERNS) if m), None)
+    if match is None:
+        raise ValueError(f"story sentence 1 {intro!r} is not a story-world introduction (one of its four "
+                         "phrasings); the state memory reads story-world stories only: use the rule memory "
+                         "for free text")
+    row, col = _WHERE_CELL[match["where"]]
+    state = FrameState(kind=match["kind"], colour=match["colour"], background=match["bg"], size=match["size"],
+                       row=row, col=col)
+    states = [state]
+    for i, sentence in enumerate(sentences[1:], 2):
+        m = _ACTION_SENTENCE.match(sentence.strip())
+        if m is None:
+            raise ValueError(f"story sentence {i} {sentence!r} does not end in one of the story world's actions "
+                             f"({', '.join(ACTIONS)} phrasings); the state memory reads story-world stories only")
+        action = _PHRASE_ACTIONS[m["phrase"]]
+        if action not in state.allowed_actions():
+            raise ValueError(f"story sentence {i} {sentence!r} asks for {action!r}, which the subject cannot do "
+                             f"from {state.caption()!r}")
+        state = state.apply(action)
+        states.append(state)
+    return states
+
+
+class StoryStateMemory(Memory):
+    """ACDC's memory with the story's state tracked exactly: sentence i becomes the full caption
+    of the frame that sentences 1..i describe ("It hops to the left." -> "a small yellow sneaker
+    at the top of a teal floor.").
+
+    This is what the paper asks of its LLM refiner (each sentence carrying the crucial
+    information of the sentences before it), done without error for this world's grammar: an
+    upper bound for a memory, where :class:`~ardiff.acdc.memory.RuleBasedMemory` carries the
+    subject but not where it is. It reads the text only, causally; a sentence outside the
+    grammar is an error, not a guess."""
+
+    def rewrite(self, prompts: list[str]) -> list[str]:
+        return [state.caption(with_layout=True) for state in read_story_states([str(p) for p in prompts])]
 
 
 # ---------------------------------------------------------------------------
