@@ -10,7 +10,6 @@ from ardiff.worlds.story import (
     KIND_NAMES,
     SIZES,
     FrameState,
-    StoryStateMemory,
     StoryWorld,
     item_offset,
     read_story_states,
@@ -166,6 +165,8 @@ def test_rule_memory_carries_the_subject_of_world_stories(world):
 
 
 def test_state_memory_reads_every_state_back_from_the_text(world):
+    from ardiff.experiments.story_benchmark import StoryStateMemory
+
     train = StoryWorld("train")
     stories = [world.story(i) for i in range(150)] + [world.story(i, 12) for i in range(50)] + \
               [train.story(i) for i in range(50)]
@@ -180,6 +181,8 @@ def test_state_memory_reads_every_state_back_from_the_text(world):
 
 
 def test_state_memory_refuses_text_outside_the_grammar():
+    from ardiff.experiments.story_benchmark import StoryStateMemory
+
     memory = StoryStateMemory()
     intro = "Nova, the small yellow sneaker, rests at the top left of a teal floor."
     with pytest.raises(ValueError, match="sentence 1 .*rule memory"):

