@@ -22,6 +22,9 @@ def saved_models(tmp_path):
 
 def test_story_with_rule_memory(saved_models, tmp_path, capsys):
     video, image = saved_models
+    config = json.loads((video / "config.json").read_text())  # the ARM records how it is to be sampled
+    config["_sampling"] = {"cfg_scale": 2.0, "num_steps": 3, "sampler": "sde-dpmsolver++", "clip_denoised": True}
+    (video / "config.json").write_text(json.dumps(config))
     prompts = tmp_path / "story.txt"
     prompts.write_text("A sneaker rests on the floor.\nIt slides left.\nThe sneaker stops.\nIt spins.\n")
     out = tmp_path / "out"
@@ -39,6 +42,9 @@ def test_story_with_rule_memory(saved_models, tmp_path, capsys):
     assert record["memory"] == {"spec": "rule", "class": "RuleBasedMemory", "fell_back": False,
                                 "fallback_reasons": []}
     assert record["arguments"]["arm_steps"] == 2 and record["seed"] == 0 and record["t_prime"] == 0.5
+    # the recorded sampler and clipping reach the ARM; --arm-steps overrides the recorded steps
+    assert {k: record["arm"][k] for k in ("sampler", "clip_denoised", "cfg_scale", "num_steps")} == {
+        "sampler": "sde-dpmsolver++", "clip_denoised": True, "cfg_scale": 2.0, "num_steps": 2}
     assert set(record["versions"]) >= {"ardiff", "torch", "diffusers"}
     page = (out / "index.html").read_text()
     assert "It slides left." in page and record["rewritten_prompts"][1] in page

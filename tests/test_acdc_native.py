@@ -140,6 +140,21 @@ def test_corrected_blocks_enter_the_kv_cache_exactly():
     assert not torch.allclose(plain.uncorrected[1], result.uncorrected[1])
 
 
+def test_acdit_arm_samples_with_the_sampler_it_is_given():
+    """An ARM given a sampler name and clipping samples exactly as ``sample`` does with them
+    (the CLI passes a model's recorded settings this way), and not as the default sampler."""
+    model = video_model()
+    arm = ACDiTARM(model, prompt_to_cond=lambda p: int(p), num_steps=3, cfg_scale=2.0,
+                   scheduler="sde-dpmsolver++", clip_denoised=True)
+    result = ACDCPipeline(arm, None, progress=False).story(["1", "2", "3", "4"], seed=5)
+    ref = sample(model, torch.tensor([[1, 2, 3, 4]]), num_steps=3, cfg_scale=2.0, scheduler="sde-dpmsolver++",
+                 clip_denoised=True, generator=[torch.Generator().manual_seed(5)])
+    torch.testing.assert_close(result.frames(), ref[0].transpose(0, 1).clamp(-1, 1), atol=1e-9, rtol=0)
+    default = ACDCPipeline(ACDiTARM(model, prompt_to_cond=lambda p: int(p), num_steps=3, cfg_scale=2.0), None,
+                           progress=False).story(["1", "2", "3", "4"], seed=5)
+    assert not torch.allclose(default.frames(), result.frames())
+
+
 def test_acdit_arm_errors():
     with pytest.raises(ValueError, match="video model whose blocks are whole frames"):
         ACDiTARM(tiny_model(), prompt_to_cond=int)

@@ -74,11 +74,13 @@ class ACDiTARM(ARM):
     each chunk is sampled after the ones before it, which enter as a clean prefix, so a
     corrected chunk is exactly the context the next one sees. ``window``/``sink_blocks``: a
     rolling KV window to go past the trained length (see :func:`ardiff.generate.sample`).
+    ``scheduler`` (a diffusers scheduler or a sampler name) and ``clip_denoised``: how each
+    block is sampled; :meth:`SamplingSettings.recorded` gives the ones a model was tuned with.
     """
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
                  cfg_scale: float = 1.0, scheduler=None, window: int | None = None, sink_blocks: int = 0,
-                 chunk_blocks: int = 1):
+                 chunk_blocks: int = 1, clip_denoised: bool = False):
         c = model.config
         if not c.is_video or c.block_size % c.tokens_per_frame:
             raise ValueError(f"ACDiTARM needs a video model whose blocks are whole frames (block_size a multiple of "
@@ -89,6 +91,7 @@ class ACDiTARM(ARM):
         self.model = model.eval()
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model, allow_none=True)
         self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
+        self.clip_denoised = clip_denoised  # with a sampler given by name (see generate.sampler.sample)
         self.frames_per_block = c.block_size // c.tokens_per_frame
         self.chunk_blocks = chunk_blocks
         self.frames_per_chunk = self.frames_per_block * chunk_blocks
@@ -113,7 +116,7 @@ class ACDiTARM(ARM):
 
     def _sample_kwargs(self, generator) -> dict:
         return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.scheduler,
-                    generator=[generator], window=self.window, sink_blocks=self.sink_blocks, output="blocks")
+                    clip_denoised=self.clip_denoised, generator=[generator], window=self.window, sink_blocks=self.sink_blocks, output="blocks")
 
     @torch.no_grad()
     def generate(self, prompts: list[str], on_chunk: ChunkCallback, generator: torch.Generator) -> list[Any]:
