@@ -123,6 +123,11 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
         assert len(r["per_frame_accuracy"]) == 8 and 0 <= r["first"]["class_accuracy"] <= 1
     table = (out / "story_table.md").read_text()
     assert "| class acc. 1-4 | class acc. 5-8 |" in table and "real test clips (N=3)" in table
+    assert table.startswith("| setting | class acc.")  # only the video table: no empty story table above it
+    # every Frechet distance of a generated row stands beside the real row's, its floor at the same N
+    real, arm = summary["video"]["real"], summary["video"]["video_arm"]
+    assert f"| {arm['first']['fid_frames']:.1f} [{real['first']['fid_frames']:.1f}] |" in table
+    assert f"| {arm['second']['fvd_proxy']:.0f} [{real['second']['fvd_proxy']:.0f}] |" in table
     assert (out / "video_accuracy.png").is_file() and (out / "strip_video_0.png").is_file()
     # real clips scored against themselves: a perfect classifier-free check of the FVD proxy's floor
     real = torch.rand(6, 1, 8, 32, 32) * 2 - 1

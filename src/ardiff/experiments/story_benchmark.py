@@ -408,9 +408,9 @@ def plot_ablations(results: dict, path: Path) -> Path:
 
 def write_report(summary: dict, out: Path) -> Path:
     results = summary["results"]
-    lines = ["| setting | faithfulness | identity kept | frame consistency | FID (reader) [floor] | s / story |",
-             "|---|---|---|---|---|---|"]
     rows = [n for n in STORY_SETTINGS + LONG_SETTINGS if n in results and n != INPAINT_SETTING]
+    lines = ["| setting | faithfulness | identity kept | frame consistency | FID (reader) [floor] | s / story |",
+             "|---|---|---|---|---|---|"] if rows else []  # no empty table when only the video table ran
     for name in rows:
         r = results[name]
         n = f" (N={r['num_stories']})" if r["num_stories"] != results.get("arm", r)["num_stories"] else ""
@@ -445,7 +445,7 @@ def write_report(summary: dict, out: Path) -> Path:
                          f"| {r['frames']} | {r[f'defect_rate_{tag}']:.3f} | {counts.get('missing', 0)} "
                          f"| {counts.get('duplicate', 0)} |")
     if summary.get("video"):
-        lines += ["", *write_video_table(summary["video"], summary["video"]["real"]["trained_frames"])]
+        lines += [""] * bool(lines) + write_video_table(summary["video"], summary["video"]["real"]["trained_frames"])
     path = out / "story_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path
