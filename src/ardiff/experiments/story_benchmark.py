@@ -445,7 +445,9 @@ def write_report(summary: dict, out: Path) -> Path:
                          f"| {r['frames']} | {r[f'defect_rate_{tag}']:.3f} | {counts.get('missing', 0)} "
                          f"| {counts.get('duplicate', 0)} |")
     if summary.get("video"):
-        lines += [""] * bool(lines) + write_video_table(summary["video"], summary["video"]["real"]["trained_frames"])
+        if lines:
+            lines.append("")
+        lines += write_video_table(summary["video"], summary["video"]["real"]["trained_frames"])
     path = out / "story_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path

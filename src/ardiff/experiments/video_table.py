@@ -119,11 +119,10 @@ def write_video_table(results: dict, trained: int) -> list[str]:
     F = trained
     real = results.get("real")
 
-    def frechet(r: dict, half: str, key: str, floor: bool) -> str:
-        value = f"{r[half][key]:.0f}" if key == "fvd_proxy" else f"{r[half][key]:.1f}"
-        if floor and real is not None and r is not real:
-            value += f" [{real[half][key]:.0f}]" if key == "fvd_proxy" else f" [{real[half][key]:.1f}]"
-        return value
+    def frechet(r: dict, half: str, key: str) -> str:
+        digits = 0 if key == "fvd_proxy" else 1
+        value = f"{r[half][key]:.{digits}f}"
+        return value if real is None or r is real else f"{value} [{real[half][key]:.{digits}f}]"
 
     lines = [f"| setting | class acc. 1-{F} | class acc. {F + 1}-{2 * F} | consistency 1-{F} "
              f"| consistency {F + 1}-{2 * F} | FVD proxy 1-{F} [floor] | FVD proxy {F + 1}-{2 * F} [floor] "
@@ -135,7 +134,7 @@ def write_video_table(results: dict, trained: int) -> list[str]:
         r = results[name]
         first, second = r["first"], r["second"]
         seconds = f"{r['s_per_clip']:.2f}" if r.get("s_per_clip") is not None else "-"
-        cells = [frechet(r, half, key, True) for key in ("fvd_proxy", "fid_frames") for half in ("first", "second")]
+        cells = [frechet(r, half, key) for key in ("fvd_proxy", "fid_frames") for half in ("first", "second")]
         lines.append(f"| {VIDEO_LABELS[name]} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
                      f"| {second['class_accuracy']:.3f} | {first['consistency']:.3f} | {second['consistency']:.3f} "
                      f"| {' | '.join(cells)} | {seconds} |")
