@@ -182,3 +182,25 @@ def test_metrics_with_a_tiny_random_clip(tmp_path):
         assert -1 <= scores[row]["clip_frame_consistency"] <= 1
         assert -100 <= scores[row]["clip_text_similarity"] <= 100
     assert scores["arm_alone"]["clip_frame_consistency"] != 1.0
+
+
+def test_benchmark_guidance_flags_reach_the_configs(monkeypatch, tmp_path):
+    """--corrector-cfg and --video-corrector-cfg override the correctors' recorded guidance;
+    without them the benchmark keeps the recorded one (None)."""
+    import ardiff.experiments.story_benchmark as story_benchmark
+
+    seen = []
+
+    def fake_run(config, device="cpu", rescore=False):
+        seen.append(config)
+        (tmp_path / "b" / "story_table.md").parent.mkdir(exist_ok=True)
+        (tmp_path / "b" / "story_table.md").write_text("table\n")
+        return {"results": {"arm": {}}, "video": {}}
+
+    monkeypatch.setattr(story_benchmark, "run_benchmark", fake_run)
+    out = str(tmp_path / "b")
+    assert main(["acdc", "benchmark", "--out", out, "--corrector-cfg", "3", "--video-corrector-cfg", "6",
+                 "--video-t-prime", "0.3"]) == 0
+    assert main(["acdc", "benchmark", "--out", out]) == 0
+    assert (seen[0].corrector_cfg, seen[0].video.corrector_cfg, seen[0].video.t_prime) == (3.0, 6.0, 0.3)
+    assert (seen[1].corrector_cfg, seen[1].video.corrector_cfg) == (None, None)

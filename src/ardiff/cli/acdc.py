@@ -377,9 +377,11 @@ def cmd_benchmark(args) -> int:
 
     settings = args.settings or DEFAULT_SETTINGS
     video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
-                             t_prime=args.video_t_prime, window=args.video_window, seed=args.seed)
+                             t_prime=args.video_t_prime, corrector_cfg=args.video_corrector_cfg,
+                             window=args.video_window, seed=args.seed)
     config = BenchmarkConfig(out=args.out, arm=args.arm, corrector=args.corrector, num_stories=args.num_stories,
-                             long_stories=args.long_stories, t_prime=args.t_prime, seed=args.seed, settings=settings,
+                             long_stories=args.long_stories, t_prime=args.t_prime, corrector_cfg=args.corrector_cfg,
+                             seed=args.seed, settings=settings,
                              window=args.window, sink_blocks=args.sink_blocks, smollm2_stories=args.smollm2_stories,
                              video=video)
     summary = run_benchmark(config, device=args.device or "cpu", rescore=args.rescore)
@@ -435,12 +437,16 @@ def add_parser(sub) -> None:
     b.add_argument("--sink-blocks", type=nonnegative_int, default=1,
                    help="blocks kept from the start in the rolling window")
     b.add_argument("--t-prime", type=t_prime, default=0.5, help="SDEdit noise level of the corrections")
+    b.add_argument("--corrector-cfg", type=guidance_scale,
+                   help="the story corrector's guidance scale (default: recorded with the corrector)")
     b.add_argument("--video-arm", default="moving-fmnist-16", help="video ACDiT with whole-frame blocks (video table)")
     b.add_argument("--video-corrector", default="moving-fmnist-16-dit",
                    help="full-sequence video model of the ARM's clip size (one block)")
     b.add_argument("--video-clips", type=positive_int, default=100,
                    help="clips of twice the trained length (class-balanced)")
     b.add_argument("--video-t-prime", type=t_prime, default=0.5, help="SDEdit noise level of the video correction")
+    b.add_argument("--video-corrector-cfg", type=guidance_scale,
+                   help="the video corrector's guidance scale (default: recorded with the corrector)")
     b.add_argument("--video-window", type=positive_int, default=6,
                    help="rolling KV window of the video ARM (blocks), plus one sink block")
     b.add_argument("--settings", type=_settings_list,

@@ -201,6 +201,21 @@ def _write_json(path, result: dict) -> None:
     print(f"wrote {path}")
 
 
+def cmd_loss_bands(args) -> int:
+    from ardiff.models import ACDiT
+    from ardiff.train.loss_bands import LossBandConfig, loss_band_table, loss_by_band, recorded_splits
+
+    directory, _ = read_model_summary(args.model_dir)  # a bad model directory fails before torch loads
+    splits = recorded_splits(directory, args.data_root)
+    model = ACDiT.from_pretrained(directory, device=args.device or "cpu")
+    config = LossBandConfig(num=args.num, bands=args.bands, batch_size=args.batch_size, seed=args.seed)
+    result = loss_by_band(model, splits, config)
+    print("\n".join(loss_band_table(result, model.config.num_train_timesteps)))
+    if args.out:
+        _write_json(args.out, {"model": str(directory), **vars(config), **result})
+    return 0
+
+
 def cmd_eval_reference(args) -> int:
     """``ardiff eval SOURCE --reference REF``: a sample file or a model against a named reference."""
     from ardiff.eval.evaluate import evaluate_against_reference
@@ -463,6 +478,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=output_file(".json"), help="write the metrics as JSON")
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ev.set_defaults(func=cmd_eval)
+
+    lb = sub.add_parser("loss-bands", help="the training loss by timestep band, training vs held-out data",
+                        description="Score a model's training objective (epsilon MSE, condition kept) in bands of "
+                                    "timesteps, on items of the split it was trained on and of the held-out split "
+                                    "(the same noise draws for both). Low bands are detail and texture, high bands "
+                                    "content and layout; held-out about equal to training means more training or "
+                                    "capacity helps, held-out well above training means more data does.")
+    lb.add_argument("model_dir", metavar="MODEL_DIR", help="model directory or shipped model name")
+    lb.add_argument("--num", type=positive_int, default=1000, help="items per split")
+    lb.add_argument("--bands", type=positive_int, default=10, help="equal-width bands of training timesteps")
+    lb.add_argument("--batch-size", type=positive_int, default=100)
+    lb.add_argument("--seed", type=nonnegative_int, default=0)
+    lb.add_argument("--data-root", type=existing_dir, help="the dataset's directory (default: the recorded one)")
+    lb.add_argument("--out", type=output_file(".json"), help="write the losses as JSON")
+    lb.add_argument("--device", help="cpu, cuda, ...")
+    lb.set_defaults(func=cmd_loss_bands)
 
     snpz = sub.add_parser("sample-npz", help="sample a model into an ADM/DiT sample file (.npz) for evaluation",
                           description="Write N class-balanced samples (label i % K, seed SEED + i) as an ADM/DiT "

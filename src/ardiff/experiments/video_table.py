@@ -135,7 +135,10 @@ def write_video_table(results: dict, trained: int) -> list[str]:
         first, second = r["first"], r["second"]
         seconds = f"{r['s_per_clip']:.2f}" if r.get("s_per_clip") is not None else "-"
         cells = [frechet(r, half, key) for key in ("fvd_proxy", "fid_frames") for half in ("first", "second")]
-        lines.append(f"| {VIDEO_LABELS[name]} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
+        label = VIDEO_LABELS[name]
+        if name == "video_acdc" and r.get("t_prime") is not None:  # the correction's settings, as run
+            label = f"{label[:-1]}, t'={r['t_prime']:g}, CFG {r['corrector_cfg']:g})"
+        lines.append(f"| {label} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
                      f"| {second['class_accuracy']:.3f} | {first['consistency']:.3f} | {second['consistency']:.3f} "
                      f"| {' | '.join(cells)} | {seconds} |")
     return lines
