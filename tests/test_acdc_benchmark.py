@@ -125,6 +125,9 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     assert "| class acc. 1-4 | class acc. 5-8 |" in table and "real test clips (N=3)" in table
     assert table.startswith("| setting | class acc.")  # only the video table: no empty story table above it
     assert "| ARM + ACDC (first half corrected, t'=0.5, CFG 2) (N=3) |" in table  # the correction as run
+    assert "ACDC minus ARM alone, class accuracy (the same 3 clips, paired bootstrap 95% interval): frames 1-4 " \
+        in table
+    assert len(summary["video"]["video_acdc"]["second"]["class_accuracy_by_clip"]) == 3
     # every Frechet distance of a generated row stands beside the real row's, its floor at the same N
     real, arm = summary["video"]["real"], summary["video"]["video_arm"]
     assert f"| {arm['first']['fid_frames']:.1f} [{real['first']['fid_frames']:.1f}] |" in table

@@ -78,3 +78,22 @@ def test_frame_consistency_by_pair_finds_the_cut():
     assert frame_consistency_by_pair(clips) == pytest.approx([1.0, 0.0, 1.0])
     noisy = torch.randn(6, 5, 8)
     assert sum(frame_consistency_by_pair(noisy)) / 4 == pytest.approx(frame_consistency(noisy))
+
+
+def test_paired_bootstrap():
+    from ardiff.eval import paired_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(200, generator=g)
+    mean, lo, hi = paired_bootstrap(a, a + 0.1)  # a constant shift: no spread at all
+    assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    # pairing resolves a small shift that the items' own spread (std 0.29) would hide
+    b = a + 0.02 + 0.01 * torch.randn(200, generator=g)
+    mean, lo, hi = paired_bootstrap(a, b)
+    assert 0 < lo < mean < hi and mean == pytest.approx(0.02, abs=0.003)
+    assert paired_bootstrap(a, b, seed=1) != (mean, lo, hi)  # its own resampling stream
+    unrelated = torch.rand(200, generator=g)
+    _, lo, hi = paired_bootstrap(a, unrelated)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap(a, a[:10])

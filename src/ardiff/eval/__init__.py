@@ -8,6 +8,7 @@ from ardiff.eval.metrics import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    paired_bootstrap,
     precision_recall,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "frechet_distance",
     "inception_score",
     "kernel_inception_distance",
+    "paired_bootstrap",
     "precision_recall",
 ]

@@ -77,9 +77,10 @@ def image_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
 
 
 def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, frame_network: FeatureNetwork,
-                  clip_network: FeatureNetwork | None = None) -> dict:
+                  clip_network: FeatureNetwork | None = None, per_clip: bool = False) -> dict:
     """fake/real: (N, C, F, H, W) clips. Frame-wise FID, the concatenated-frame FVD proxy, frame
-    consistency (generated and real), per-frame class accuracy, and FVD when a clip network is given."""
+    consistency (generated and real), per-frame class accuracy, and FVD when a clip network is given.
+    ``per_clip``: also each clip's share of frames read as its class (for paired comparisons)."""
     frames = FrameFeatures(frame_network)
     ff, fl = frames.per_frame(fake)
     rf, _ = frames.per_frame(real)
@@ -97,6 +98,9 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
         # Per frame index: where along the clip the class is lost (the first block is drawn
         # from the condition alone, later ones also from the frames before them).
         result["class_accuracy_by_frame"] = [class_accuracy(fl[:, f], labels) for f in range(F)]
+        if per_clip:
+            right = fl.argmax(-1) == torch.as_tensor(labels).to(fl.device)[:, None]
+            result["class_accuracy_by_clip"] = right.double().mean(1).tolist()
     if clip_network is not None:
         result[f"fvd_{clip_network.name}"] = frechet_distance(clip_network(real)[0], clip_network(fake)[0])
     return result

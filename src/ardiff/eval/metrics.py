@@ -133,6 +133,23 @@ def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).double().mean())
 
 
+def paired_bootstrap(a, b, num: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``b - a`` over paired items (the same seed, prompt or clip under two settings)
+    and its bootstrap interval: items resampled with replacement, ``num`` times. Pairing
+    removes what the items share, so a difference between settings resolves at far smaller N
+    than two separate intervals would suggest."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
+        raise ValueError(f"paired_bootstrap needs two 1-d score lists of the same length >= 2, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    d = b - a
+    picks = torch.randint(0, len(d), (num, len(d)), generator=torch.Generator().manual_seed(seed))
+    means = d[picks].mean(1)
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return float(d.mean()), lo, hi
+
+
 def _consecutive_cosines(frame_features: torch.Tensor) -> torch.Tensor:
     """(N, F - 1) cosine similarities of consecutive frames' features; input (N, F, D)."""
     f = torch.as_tensor(frame_features).to(torch.float64)

@@ -49,9 +49,10 @@ def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
     F = clips.shape[2] // 2
     out = {}
     for name, part in (("first", slice(0, F)), ("second", slice(F, 2 * F)), ("all", slice(None))):
-        m = video_metrics(clips[:, :, part], labels, real[:, :, part], network)
+        m = video_metrics(clips[:, :, part], labels, real[:, :, part], network, per_clip=True)
         out[name] = {"class_accuracy": m["class_accuracy_frames"], "consistency": m["frame_consistency"],
-                     "fvd_proxy": m[f"fvd_proxy_{network.name}"], "fid_frames": m[f"fid_{network.name}_frames"]}
+                     "fvd_proxy": m[f"fvd_proxy_{network.name}"], "fid_frames": m[f"fid_{network.name}_frames"],
+                     "class_accuracy_by_clip": m["class_accuracy_by_clip"]}
     out["per_frame_accuracy"] = m["class_accuracy_by_frame"]  # m: the last part scored, all frames
     return out
 
@@ -141,7 +142,25 @@ def write_video_table(results: dict, trained: int) -> list[str]:
         lines.append(f"| {label} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
                      f"| {second['class_accuracy']:.3f} | {first['consistency']:.3f} | {second['consistency']:.3f} "
                      f"| {' | '.join(cells)} | {seconds} |")
+    lines += paired_difference_lines(results, F)
     return lines
+
+
+def paired_difference_lines(results: dict, trained: int) -> list[str]:
+    """ACDC minus the ARM alone in class accuracy, per half, with a paired bootstrap interval
+    over clips (both settings draw clip k from the same seed), when both ran on the same clips."""
+    from ardiff.eval.metrics import paired_bootstrap
+
+    arm, acdc = results.get("video_arm"), results.get("video_acdc")
+    if arm is None or acdc is None or arm["num_clips"] != acdc["num_clips"] \
+            or "class_accuracy_by_clip" not in arm["first"] or "class_accuracy_by_clip" not in acdc["first"]:
+        return []
+    cells = []
+    for half, frames in (("first", f"1-{trained}"), ("second", f"{trained + 1}-{2 * trained}")):
+        mean, lo, hi = paired_bootstrap(arm[half]["class_accuracy_by_clip"], acdc[half]["class_accuracy_by_clip"])
+        cells.append(f"frames {frames} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    return ["", f"ACDC minus ARM alone, class accuracy (the same {arm['num_clips']} clips, paired bootstrap 95% "
+                f"interval): {'; '.join(cells)}"]
 
 
 def plot_video_accuracy(results: dict, trained: int, path) -> None:
