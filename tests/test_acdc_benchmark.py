@@ -30,7 +30,7 @@ def models(tmp_path_factory):
 def test_benchmark_writes_every_table_plot_and_strip(models, tmp_path):
     settings = ("dm_alone", "arm", "acdc_rule", "acdc_raw", "acdc2_rule", "long_arm", "long_acdc_rule", "inpaint")
     config = BenchmarkConfig(out=str(tmp_path / "bench"), arm=str(models / "arm"), corrector=str(models / "corrector"),
-                             reader=str(models / "reader"), num_stories=2, long_stories=1, long_length=8,
+                             reader=str(models / "reader"), num_stories=2, long_stories=2, long_length=8,
                              window=3, sink_blocks=1, arm_steps=2, corrector_steps=4, arm_cfg=2.0,
                              corrector_cfg=2.0, settings=settings)
     logs = []
@@ -47,6 +47,13 @@ def test_benchmark_writes_every_table_plot_and_strip(models, tmp_path):
         assert len(r["per_frame"]["faithfulness"]) == frames
     table = (out / "story_table.md").read_text()
     assert table.startswith("| setting |") and "| ARM, defects inpainted | 12 |" in table
+    # every setting beside the ARM alone on the same stories, with a paired interval (12-frame: the 12-frame ARM)
+    assert "| minus ARM alone (same stories and seeds; paired bootstrap 95% interval) |" in table
+    paired = table.split("| minus ARM alone")[1].split("\n\n")[0]
+    assert f"| {summary['results']['acdc_rule']['label']} | " in paired
+    assert f"| {summary['results']['long_acdc_rule']['label']} | " in paired
+    assert f"| {summary['results']['arm']['label']} | " not in paired
+    assert len(summary["results"]["arm"]["per_story"]["faithfulness"]) == 2
     assert (out / "error_accumulation.png").stat().st_size > 0
     assert (out / "strip_story_0.png").is_file() and (out / "strip_long_0.png").is_file()
     # the rule memory's rewrites are what the corrector saw

@@ -141,6 +141,8 @@ def score_frames(frames: torch.Tensor, stories: list[Story], world: StoryWorld, 
             "later_row_col": correct[[at["row"], at["col"]], :, 1:].mean().item() if F > 1 else None,
             "frame2_colour": correct[at["colour"], :, 1].mean().item() if F > 1 else None,
         },
+        # Per story, for paired comparisons of settings (the same stories and seeds).
+        "per_story": {"faithfulness": correct.mean(dim=(0, 2)).tolist(), "identity": identity.mean(1).tolist()},
         "per_frame": {
             "faithfulness": correct.mean(dim=(0, 1)).tolist(),
             "identity": identity.mean(0).tolist(),
@@ -435,6 +437,7 @@ def write_report(summary: dict, out: Path) -> Path:
             per = " ".join(f"{v:.2f}" for v in r["per_frame"]["faithfulness"])
             kept = f"{r['layout_kept']:.3f}" if "layout_kept" in r else "-"
             lines.append(f"| {r['label']} | {r['faithfulness']:.3f} | {per} | {kept} | {r['identity']:.3f} |")
+    lines += paired_table(results, rows + [n for n in ablations if n not in rows])
     if INPAINT_SETTING in results:
         r = results[INPAINT_SETTING]
         lines += ["", "| user constraint (inpainting) | frames | defect rate | missing | duplicate |",
@@ -451,6 +454,31 @@ def write_report(summary: dict, out: Path) -> Path:
     path = out / "story_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def paired_table(results: dict, names: list[str]) -> list[str]:
+    """Each setting minus the ARM alone on the same stories and seeds (12-frame settings: minus
+    the 12-frame ARM), with a bootstrap 95% interval over stories: whether a difference in the
+    tables above is resolved at this N."""
+    from ardiff.eval.metrics import paired_bootstrap
+
+    lines = []
+    for name in names:
+        base = results.get("long_arm" if name.startswith("long_") else "arm")
+        r = results[name]
+        if base is None or base is r or "per_story" not in r or "per_story" not in base \
+                or len(r["per_story"]["faithfulness"]) != len(base["per_story"]["faithfulness"]) \
+                or len(r["per_story"]["faithfulness"]) < 2:
+            continue
+        cells = []
+        for key in ("faithfulness", "identity"):
+            mean, lo, hi = paired_bootstrap(base["per_story"][key], r["per_story"][key])
+            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {r['label']} | {' | '.join(cells)} |")
+    if not lines:
+        return []
+    return ["", "| minus ARM alone (same stories and seeds; paired bootstrap 95% interval) | faithfulness "
+                "| identity kept |", "|---|---|---|", *lines]
 
 
 def inpaint_defects(bench: StoryBench, arm_frames: torch.Tensor, directory: Path) -> dict:
