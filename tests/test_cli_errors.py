@@ -150,7 +150,16 @@ CASES = [
     ("acdc benchmark --num-stories 0 --out {out}/b", "--num-stories: 0 must be a whole number >= 1"),
     ("acdc benchmark --arm {root}/nothing --settings arm --out {out}/b", "is neither a model directory"),
     ("acdc benchmark --video-arm {root}/nothing --settings video_arm --out {out}/b", "is neither a model directory"),
+    ("acdc benchmark --video-corrector-cfg -1 --out {out}/b", "a guidance scale is >= 0"),
+    ("acdc benchmark --corrector-cfg x --out {out}/b", "'x' is not a number"),
     ("acdc make-stories --num 0 --out {out}/s.jsonl", "--num: 0 must be a whole number >= 1"),
+    # loss-bands
+    ("loss-bands {model} --num 2", "does not record the data it was trained on"),
+    ("loss-bands fmnist --bands 5000", "bands=5000: give 1 to 1000"),
+    ("loss-bands fmnist --num 0", "--num: 0 must be a whole number >= 1"),
+    ("loss-bands {root}/nothing", "is neither a model directory"),
+    ("loss-bands fmnist --data-root {root}/nothing", "no such directory"),
+    ("loss-bands fmnist --out {out}/l.txt", "must end in .json"),
     # world, demo, analyze, bench
     ("world render --num 0 --out {out}/w", "--num: 0 must be a whole number >= 1"),
     ("world train-reader --lr 0 --out {out}/w", "--lr: 0 must be > 0"),
