@@ -206,14 +206,21 @@ class DiffusionLoss(torch.nn.Module):
             if not (w == w[0]).all():  # equal weights: the plain mean, bit for bit
                 self.block_weights = (w / w.mean()).to(model.device)  # on the model's device: no copy per step
 
-    def forward(self, x, cond, t, noise, drop=None):
+    def _prediction(self, x, cond, t, noise, drop=None) -> torch.Tensor:
+        """The model's epsilon prediction for every block, (B, T, S, P)."""
         model = self.model
         x0 = model.to_blocks(x)
         x_t = model.from_blocks(self.schedule.add_noise(x0, noise.to(x0.dtype), t))
-        pred = model(x_t, t, cond, x, drop_cond=drop)
+        return model.to_blocks(model(x_t, t, cond, x, drop_cond=drop))
+
+    def per_item(self, x, cond, t, noise, drop=None) -> torch.Tensor:
+        """The unweighted epsilon MSE of every (sample, block), (B, T): what ``forward`` weighs."""
+        return (self._prediction(x, cond, t, noise, drop).float() - noise.float()).square().mean(dim=(2, 3))
+
+    def forward(self, x, cond, t, noise, drop=None):
         if self.block_weights is None and self.timestep_weights is None:
-            return F.mse_loss(model.to_blocks(pred).float(), noise.float())
-        per_item = (model.to_blocks(pred).float() - noise.float()).square().mean(dim=(2, 3))  # (B, T)
+            return F.mse_loss(self._prediction(x, cond, t, noise, drop).float(), noise.float())
+        per_item = self.per_item(x, cond, t, noise, drop)  # (B, T)
         if self.timestep_weights is not None:
             per_item = per_item * self.timestep_weights.to(per_item.device)[t]
         per_block = per_item.mean(dim=0)

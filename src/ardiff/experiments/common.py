@@ -40,6 +40,14 @@ def describe_settings(s) -> str:
     return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}{clip}"
 
 
+def paired_cell(before, after) -> str:
+    """``after - before`` over paired items with its bootstrap 95% interval, as a table cell."""
+    from ardiff.eval.metrics import paired_bootstrap
+
+    mean, lo, hi = paired_bootstrap(before, after)
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]

@@ -58,7 +58,7 @@ from ardiff.experiments.benchmark_settings import (
     T_PRIME_SWEEP,
     VIDEO_SETTINGS,
 )
-from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
+from ardiff.experiments.common import CorrectionSettings, paired_cell, pyplot, recorded_settings, write_json
 from ardiff.experiments.video_table import (
     VideoBenchConfig,
     plot_video_accuracy,
@@ -460,8 +460,6 @@ def paired_table(results: dict, names: list[str]) -> list[str]:
     """Each setting minus the ARM alone on the same stories and seeds (12-frame settings: minus
     the 12-frame ARM), with a bootstrap 95% interval over stories: whether a difference in the
     tables above is resolved at this N."""
-    from ardiff.eval.metrics import paired_bootstrap
-
     lines = []
     for name in names:
         base = results.get("long_arm" if name.startswith("long_") else "arm")
@@ -470,10 +468,7 @@ def paired_table(results: dict, names: list[str]) -> list[str]:
                 or len(r["per_story"]["faithfulness"]) != len(base["per_story"]["faithfulness"]) \
                 or len(r["per_story"]["faithfulness"]) < 2:
             continue
-        cells = []
-        for key in ("faithfulness", "identity"):
-            mean, lo, hi = paired_bootstrap(base["per_story"][key], r["per_story"][key])
-            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        cells = [paired_cell(base["per_story"][key], r["per_story"][key]) for key in ("faithfulness", "identity")]
         lines.append(f"| {r['label']} | {' | '.join(cells)} |")
     if not lines:
         return []

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ardiff.experiments.benchmark_settings import VIDEO_LABELS, VIDEO_SETTINGS
-from ardiff.experiments.common import CorrectionSettings, pyplot, recorded_settings, write_json
+from ardiff.experiments.common import CorrectionSettings, paired_cell, pyplot, recorded_settings, write_json
 from ardiff.utils.seeding import generator, item_seed, make_generators
 
 
@@ -149,16 +149,12 @@ def write_video_table(results: dict, trained: int) -> list[str]:
 def paired_difference_lines(results: dict, trained: int) -> list[str]:
     """ACDC minus the ARM alone in class accuracy, per half, with a paired bootstrap interval
     over clips (both settings draw clip k from the same seed), when both ran on the same clips."""
-    from ardiff.eval.metrics import paired_bootstrap
-
     arm, acdc = results.get("video_arm"), results.get("video_acdc")
     if arm is None or acdc is None or arm["num_clips"] != acdc["num_clips"] \
             or "class_accuracy_by_clip" not in arm["first"] or "class_accuracy_by_clip" not in acdc["first"]:
         return []
-    cells = []
-    for half, frames in (("first", f"1-{trained}"), ("second", f"{trained + 1}-{2 * trained}")):
-        mean, lo, hi = paired_bootstrap(arm[half]["class_accuracy_by_clip"], acdc[half]["class_accuracy_by_clip"])
-        cells.append(f"frames {frames} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    cells = [f"frames {frames} {paired_cell(arm[half]['class_accuracy_by_clip'], acdc[half]['class_accuracy_by_clip'])}"
+             for half, frames in (("first", f"1-{trained}"), ("second", f"{trained + 1}-{2 * trained}"))]
     return ["", f"ACDC minus ARM alone, class accuracy (the same {arm['num_clips']} clips, paired bootstrap 95% "
                 f"interval): {'; '.join(cells)}"]
 

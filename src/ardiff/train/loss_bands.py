@@ -11,9 +11,9 @@ same bands on training and held-out items (the same noise draws, paired) says wh
 - held-out loss well above training loss: it has started to memorise; more data (or
   regularisation) is what helps.
 
-The loss is the trainer's (:class:`~ardiff.diffusion.schedule.DiffusionLoss`: epsilon
-MSE over the noisy copy, every block at its own timestep), with the condition always kept and
-every block's timestep drawn inside the band.
+The loss is exactly the trainer's (``DiffusionLoss.per_item``: epsilon MSE over the noisy
+copy, every block at its own timestep), with the condition always kept and every block's
+timestep drawn inside the band.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ardiff.diffusion.schedule import NoiseSchedule
+from ardiff.diffusion.schedule import DiffusionLoss
+from ardiff.train.trainer import model_condition
 from ardiff.utils.seeding import seeded_generator
 
 # Datasets whose data section names a held-out split by ``split``.
@@ -60,11 +61,6 @@ def _items(dataset, num: int, seed: int) -> list[int]:
     return order[:num].tolist()
 
 
-def _condition(model, y: torch.Tensor):
-    c = model.config
-    return None if c.num_classes == 0 and c.cond_dim == 0 else y
-
-
 @torch.no_grad()
 def loss_by_band(model, splits: dict, config: LossBandConfig | None = None) -> dict:
     """``splits``: name -> dataset of (x, y) items (e.g. ``{"train": ..., "held_out": ...}``).
@@ -76,7 +72,7 @@ def loss_by_band(model, splits: dict, config: LossBandConfig | None = None) -> d
     config = config or LossBandConfig()
     model = model.eval()
     c = model.config
-    schedule = NoiseSchedule.from_config(c)
+    objective = DiffusionLoss(model)
     edges = band_edges(c.num_train_timesteps, config.bands)
     out = {"bands": [list(e) for e in edges], "loss": {}, "loss_by_block": {}, "num": {}}
     for name, dataset in splits.items():
@@ -87,15 +83,13 @@ def loss_by_band(model, splits: dict, config: LossBandConfig | None = None) -> d
             batch = [dataset[i] for i in items[start:start + config.batch_size]]
             x = torch.stack([b[0] for b in batch]).to(model.device, model.dtype)
             y = torch.stack([torch.as_tensor(b[1]) for b in batch]).to(model.device)
-            x0 = model.to_blocks(x)
+            cond = model_condition(c, y)
             for k, (lo, hi) in enumerate(edges):
                 # The draws depend on (seed, batch start, band) only: the same for every split.
                 g = seeded_generator(config.seed, start, k)
                 t = torch.randint(lo, hi, (len(batch), c.num_blocks), generator=g)
                 noise = torch.randn((len(batch), c.num_blocks, c.block_size, c.patch_dim), generator=g)
-                x_t = model.from_blocks(schedule.add_noise(x0, noise.to(x0), t.to(model.device)))
-                pred = model(x_t, t.to(model.device), _condition(model, y), x)
-                per_item = (model.to_blocks(pred).float() - noise.to(pred.device).float()).square().mean(dim=(2, 3))
+                per_item = objective.per_item(x, cond, t.to(model.device), noise.to(x))
                 band_sums[k] += per_item.double().sum().item() / c.num_blocks
                 block_sums += per_item.double().sum(dim=0).cpu()
         n = len(items)

@@ -90,6 +90,11 @@ def model_record(run: RunConfig) -> dict:
     return {"_sampling": dataclasses.asdict(run.sample.settings()), "_data": dataclasses.asdict(run.data)}
 
 
+def model_condition(model_config, y):
+    """What a batch's labels mean to the model: None for an unconditional one."""
+    return None if model_config.num_classes == 0 and model_config.cond_dim == 0 else y
+
+
 class Trainer:
     def __init__(self, run: RunConfig, dataset=None, resume: bool = False, device: str | None = None,
                  progress: bool = True):
@@ -222,9 +227,7 @@ class Trainer:
         return x, y
 
     def _condition(self, y):
-        if self.run.model.num_classes == 0 and self.run.model.cond_dim == 0:
-            return None
-        return y
+        return model_condition(self.run.model, y)
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> dict:
