@@ -73,6 +73,19 @@ def test_benchmark_writes_every_table_plot_and_strip(models, tmp_path):
     again = run_benchmark(config, log=logs.append, rescore=True)
     assert sum("rescored" in line for line in logs) == len(settings) - 1
     assert again["results"]["arm"]["faithfulness"] == summary["results"]["arm"]["faithfulness"]
+    assert again["results"]["acdc_rule"]["made_with"] == summary["results"]["acdc_rule"]["made_with"]
+    # a finished setting made with other run parameters is an error, not a stale row
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"acdc_rule.json was made with t_prime=0.5, but this run asks for "
+                                         r"t_prime=0.3: give another --out, or delete acdc_rule.json"):
+        run_benchmark(replace(config, t_prime=0.3, settings=("arm", "acdc_rule")), log=logs.append)
+    with pytest.raises(ValueError, match=r"arm.json was made with seed=0, but this run asks for seed=1"):
+        run_benchmark(replace(config, seed=1, settings=("arm",)), log=logs.append)
+    # what a setting does not depend on may change: the ARM alone is reused at another t'
+    logs.clear()
+    run_benchmark(replace(config, t_prime=0.3, settings=("arm", "dm_alone")), log=logs.append)
+    assert all("already done" in line for line in logs)
 
 
 def test_score_frames_on_the_truth_is_perfect_for_a_perfect_reader(monkeypatch):
@@ -140,6 +153,17 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     assert f"| {arm['first']['fid_frames']:.1f} [{real['first']['fid_frames']:.1f}] |" in table
     assert f"| {arm['second']['fvd_proxy']:.0f} [{real['second']['fvd_proxy']:.0f}] |" in table
     assert (out / "video_accuracy.png").is_file() and (out / "strip_video_0.png").is_file()
+    # a rerun with another t' reuses the ARM's clips and refuses the stale correction
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"video_acdc.json was made with t_prime=0.5, but this run asks for "
+                                         r"t_prime=0.3"):
+        run_benchmark(replace(config, video=replace(cfg, t_prime=0.3)), log=lambda *_: None)
+    # unless told otherwise the corrector is guided as strongly as the ARM
+    from ardiff.experiments.video_table import VideoBench
+
+    assert VideoBench(replace(cfg, arm_cfg=3.0, corrector_cfg=None)).corrector_cfg == 3.0
+    assert VideoBench(replace(cfg, arm_cfg=3.0, corrector_cfg=1.5)).corrector_cfg == 1.5
     # real clips scored against themselves: a perfect classifier-free check of the FVD proxy's floor
     real = torch.rand(6, 1, 8, 32, 32) * 2 - 1
     from ardiff.eval.features import FMNISTFeatures

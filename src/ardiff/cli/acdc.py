@@ -446,7 +446,8 @@ def add_parser(sub) -> None:
                    help="clips of twice the trained length (class-balanced)")
     b.add_argument("--video-t-prime", type=t_prime, default=0.5, help="SDEdit noise level of the video correction")
     b.add_argument("--video-corrector-cfg", type=guidance_scale,
-                   help="the video corrector's guidance scale (default: recorded with the corrector)")
+                   help="the video corrector's guidance scale (default: the video ARM's, which beat the "
+                        "corrector's recorded one on the shipped models)")
     b.add_argument("--video-window", type=positive_int, default=6,
                    help="rolling KV window of the video ARM (blocks), plus one sink block")
     b.add_argument("--settings", type=_settings_list,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ardiff.utils.io import atomic_write_json
 
-SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
-                 "ddpm": "DDPM"}
+SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++",
+                 "dpmsolver++-karras": "DPM-Solver++ (ODE), Karras noise levels",
+                 "sde-dpmsolver++-karras": "SDE-DPM-Solver++, Karras noise levels", "ddim": "DDIM", "ddpm": "DDPM"}
 
 
 @dataclass
@@ -51,6 +53,19 @@ def paired_cell(before, after) -> str:
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
+
+
+def check_reusable(path: str | os.PathLike, recorded: dict, wanted: dict) -> None:
+    """A finished setting (``path``, its JSON) is reused only if it was made with the run
+    parameters this run asks for (``wanted``; its ``made_with`` record). Parameters a file
+    does not record (files written before the record existed) are not compared."""
+    made_with = recorded.get("made_with", {})
+    differ = sorted(k for k in wanted if k in made_with and made_with[k] != wanted[k])
+    if differ:
+        was = ", ".join(f"{k}={made_with[k]!r}" for k in differ)
+        now = ", ".join(f"{k}={wanted[k]!r}" for k in differ)
+        raise ValueError(f"{path} was made with {was}, but this run asks for {now}: give another --out, or delete "
+                         f"{Path(path).name} and its .safetensors to make the setting again")
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

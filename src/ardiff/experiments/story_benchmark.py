@@ -58,7 +58,14 @@ from ardiff.experiments.benchmark_settings import (
     T_PRIME_SWEEP,
     VIDEO_SETTINGS,
 )
-from ardiff.experiments.common import CorrectionSettings, paired_cell, pyplot, recorded_settings, write_json
+from ardiff.experiments.common import (
+    CorrectionSettings,
+    check_reusable,
+    paired_cell,
+    pyplot,
+    recorded_settings,
+    write_json,
+)
 from ardiff.experiments.video_table import (
     VideoBenchConfig,
     plot_video_accuracy,
@@ -176,6 +183,25 @@ class StoryBench:
                                          cfg_scale=self.corrector_cfg)
         self.world = StoryWorld("test", length=self.arm_model.config.num_blocks, seed=config.seed)
         self._memories = {}
+
+    def made_with(self, name: str) -> dict:
+        """The run parameters a setting's frames depend on (see ``check_reusable``)."""
+        c = self.config
+        if name == INPAINT_SETTING:  # repairs the arm setting's frames, itself checked
+            return dict(seed=c.seed, corrector=c.corrector, corrector_cfg=self.corrector_cfg,
+                        inpaint_t_prime=c.inpaint_t_prime)
+        s = STORY_TABLE[name]
+        out = dict(seed=c.seed, num_stories=len(self.stories(s.long, name)))
+        if not s.corrector_alone:
+            out.update(arm=c.arm, arm_cfg=self.arm_cfg, arm_steps=self.arm_settings.num_steps)
+        if s.memory is not None:
+            out.update(corrector=c.corrector, corrector_cfg=self.corrector_cfg,
+                       corrector_steps=self.corrector_settings.num_steps)
+            if not s.corrector_alone:
+                out.update(t_prime=c.t_prime if s.t_prime is None else s.t_prime)
+        if s.long:
+            out.update(long_length=c.long_length, window=c.window, sink_blocks=c.sink_blocks)
+        return out
 
     def stories(self, long: bool, setting: str | None = None) -> list[Story]:
         c = self.config
@@ -300,6 +326,8 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     for name in story_names:
         path = out / "settings" / f"{name}.json"
         frames_path = out / "settings" / f"{name}.safetensors"
+        if path.is_file() and frames_path.is_file():
+            check_reusable(path, json.loads(path.read_text()), bench.made_with(name))
         # inpaint reads no reader: rescoring leaves it as it is
         if path.is_file() and frames_path.is_file() and (not rescore or name == INPAINT_SETTING):
             results[name] = json.loads(path.read_text())
@@ -311,8 +339,8 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
                 stories = bench.stories(STORY_TABLE[name].long, name)
                 frames = load_file(str(frames_path))["frames"]
                 metrics = score_frames(frames, stories, bench.world, bench.reader)
-                kept = ("setting", "label", "s_per_story", "num_stories", "example_prompts")
-                metrics.update({k: old[k] for k in kept})
+                kept = ("setting", "label", "s_per_story", "num_stories", "example_prompts", "made_with")
+                metrics.update({k: old[k] for k in kept if k in old})
                 write_json(path, metrics)
                 results[name] = metrics
                 log(f"{name}: rescored from {frames_path}")
@@ -327,7 +355,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
         stories = bench.stories(STORY_TABLE[name].long, name)
         metrics = score_frames(frames, stories, bench.world, bench.reader)
         metrics.update(setting=name, label=LABELS[name], s_per_story=seconds, num_stories=len(stories),
-                       example_prompts=prompts[0])
+                       example_prompts=prompts[0], made_with=bench.made_with(name))
         save_file({"frames": frames.float().contiguous()}, str(frames_path))
         write_json(path, metrics)  # written last: a present .json means the setting is complete
         results[name] = metrics
@@ -511,7 +539,8 @@ def inpaint_defects(bench: StoryBench, arm_frames: torch.Tensor, directory: Path
               "defect_rate_before": sum(d is not None for d in before) / n,
               "defect_rate_after": sum(d is not None for d in after) / n,
               "counts_truth": count(truth), "counts_before": count(before), "counts_after": count(after),
-              "t_prime": bench.config.inpaint_t_prime, "seconds": time.perf_counter() - t0}
+              "t_prime": bench.config.inpaint_t_prime, "seconds": time.perf_counter() - t0,
+              "made_with": bench.made_with(INPAINT_SETTING)}
     write_json(directory / "inpaint.json", result)
     return result
 
