@@ -193,7 +193,8 @@ class StoryBench:
         s = STORY_TABLE[name]
         out = dict(seed=c.seed, num_stories=len(self.stories(s.long, name)))
         if not s.corrector_alone:
-            out.update(arm=c.arm, arm_cfg=self.arm_cfg, arm_steps=self.arm_settings.num_steps)
+            out.update(arm=c.arm, arm_cfg=self.arm_cfg, arm_steps=self.arm_settings.num_steps,
+                       arm_sampler=self.arm_settings.sampler)
         if s.memory is not None:
             out.update(corrector=c.corrector, corrector_cfg=self.corrector_cfg,
                        corrector_steps=self.corrector_settings.num_steps)

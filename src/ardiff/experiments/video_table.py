@@ -89,8 +89,7 @@ class VideoBench:
         # The corrector is guided as strongly as the ARM unless told otherwise: on the shipped
         # models CFG 6 (the ARM's) beat the corrector's own recorded 4 in class accuracy, FVD proxy
         # and frame FID (100 clips, docs/story_world.md).
-        self.corrector_cfg = recorded_settings(
-            corrector_dir, self.arm_cfg if config.corrector_cfg is None else config.corrector_cfg).cfg_scale
+        self.corrector_cfg = self.arm_cfg if config.corrector_cfg is None else config.corrector_cfg
         self.corrector = NativeCorrector(corrector, num_steps=config.corrector_steps, cfg_scale=self.corrector_cfg)
         self.trained_frames = a.input_size[0]
         self.labels = torch.arange(config.clips) % a.num_classes
@@ -98,8 +97,7 @@ class VideoBench:
 
     def made_with(self, name: str) -> dict:
         """The run parameters a setting's clips depend on (see ``check_reusable``)."""
-        c = self.config
-        s = self.arm_settings
+        c, s = self.config, self.arm_settings
         out = dict(seed=c.seed, num_clips=c.clips, arm=c.arm, arm_cfg=s.cfg_scale, arm_steps=s.num_steps,
                    arm_sampler=s.sampler, window=c.window, sink_blocks=c.sink_blocks)
         if name == "video_acdc":
