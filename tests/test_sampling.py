@@ -368,3 +368,12 @@ def test_karras_samplers_spend_their_steps_at_low_noise():
         assert steps[plain][0] == steps[plain + "-karras"][0] == 999
         assert sum(t < 100 for t in steps[plain]) == 2  # 80, 40
         assert sum(t < 100 for t in steps[plain + "-karras"]) == 6  # 86, 47, 24, 10, 3, 0
+
+
+def test_reports_name_the_solver_and_its_noise_levels():
+    from ardiff.experiments.common import describe_settings
+
+    assert describe_settings(SamplingSettings(2.5, 25, "sde-dpmsolver++-karras", True)) == (
+        "25 SDE-DPM-Solver++ steps per block on Karras noise levels, CFG 2.5, predicted clean samples clipped to "
+        "[-1, 1]")
+    assert describe_settings(SamplingSettings(6, 20, "dpmsolver++")) == "20 DPM-Solver++ (ODE) steps per block, CFG 6"

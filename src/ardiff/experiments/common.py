@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ardiff.utils.io import atomic_write_json
 
-SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++",
-                 "dpmsolver++-karras": "DPM-Solver++ (ODE), Karras noise levels",
-                 "sde-dpmsolver++-karras": "SDE-DPM-Solver++, Karras noise levels", "ddim": "DDIM", "ddpm": "DDPM"}
+SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
+                 "ddpm": "DDPM"}
+KARRAS = "-karras"  # a sampler name's suffix: the same solver on Karras noise levels
 
 
 @dataclass
@@ -39,7 +39,10 @@ def recorded_settings(model_dir: str | os.PathLike, cfg_scale: float | None = No
 def describe_settings(s) -> str:
     """SamplingSettings in words, for reports."""
     clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
-    return f"{s.num_steps} {SAMPLER_NAMES.get(s.sampler, s.sampler)} steps per block, CFG {s.cfg_scale:g}{clip}"
+    solver = s.sampler.removesuffix(KARRAS)
+    levels = " on Karras noise levels" if s.sampler.endswith(KARRAS) else ""
+    return (f"{s.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, CFG {s.cfg_scale:g}"
+            f"{clip}")
 
 
 def paired_cell(before, after) -> str:
