@@ -100,7 +100,9 @@ Groups: default, story, long, video, ablations, all.
 
 Cost: the defaults (200 stories, 100 long stories, 100 clips) take about 2 hours on a 2-core
 CPU, the SmolLM2 row about 40 minutes of it. Finished settings are skipped on a rerun, so the
-settings can run in separate processes. A quick run (a few minutes):
+settings can run in separate processes; one made with other run parameters (seed, number of
+stories or clips, t', guidance, models) is an error, not a reused row. A quick run (a few
+minutes):
 
   ardiff acdc benchmark --num-stories 8 --long-stories 4 --smollm2-stories 2 --video-clips 4 \\
       --out out/acdc-benchmark-quick
