@@ -34,6 +34,7 @@ def scheduler_config(model_config) -> dict:
 # DDIM and DDPM are built with clip_sample=False: diffusers clips their predicted clean
 # sample by default, which would silently change results for latent-space models and make
 # them disagree with the DPM solvers. Clipping is an explicit choice (``clip_denoised``).
+KARRAS_SUFFIX = "-karras"  # a sampler name's suffix: the same solver on Karras noise levels
 SAMPLERS = {
     "dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2)),
     "sde-dpmsolver++": (DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_order=2)),

@@ -11,7 +11,6 @@ from ardiff.utils.io import atomic_write_json
 
 SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
                  "ddpm": "DDPM"}
-KARRAS = "-karras"  # a sampler name's suffix: the same solver on Karras noise levels
 
 
 @dataclass
@@ -39,8 +38,10 @@ def recorded_settings(model_dir: str | os.PathLike, cfg_scale: float | None = No
 def describe_settings(s) -> str:
     """SamplingSettings in words, for reports."""
     clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
-    solver = s.sampler.removesuffix(KARRAS)
-    levels = " on Karras noise levels" if s.sampler.endswith(KARRAS) else ""
+    from ardiff.diffusion.schedule import KARRAS_SUFFIX
+
+    solver = s.sampler.removesuffix(KARRAS_SUFFIX)
+    levels = " on Karras noise levels" if s.sampler.endswith(KARRAS_SUFFIX) else ""
     return (f"{s.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, CFG {s.cfg_scale:g}"
             f"{clip}")
 

@@ -327,21 +327,21 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
     for name in story_names:
         path = out / "settings" / f"{name}.json"
         frames_path = out / "settings" / f"{name}.safetensors"
-        if path.is_file() and frames_path.is_file():
-            check_reusable(path, json.loads(path.read_text()), bench.made_with(name))
+        finished = json.loads(path.read_text()) if path.is_file() and frames_path.is_file() else None
+        if finished is not None:
+            check_reusable(path, finished, bench.made_with(name))
         # inpaint reads no reader: rescoring leaves it as it is
-        if path.is_file() and frames_path.is_file() and (not rescore or name == INPAINT_SETTING):
-            results[name] = json.loads(path.read_text())
+        if finished is not None and (not rescore or name == INPAINT_SETTING):
+            results[name] = finished
             log(f"{name}: already done ({path})")
             continue
-        if frames_path.is_file() and name != INPAINT_SETTING:  # generated before: score the saved frames again
-            old = json.loads(path.read_text()) if path.is_file() else {}
-            if old.get("s_per_story") is not None:
+        if finished is not None and name != INPAINT_SETTING:  # generated before: score the saved frames again
+            if finished.get("s_per_story") is not None:
                 stories = bench.stories(STORY_TABLE[name].long, name)
                 frames = load_file(str(frames_path))["frames"]
                 metrics = score_frames(frames, stories, bench.world, bench.reader)
                 kept = ("setting", "label", "s_per_story", "num_stories", "example_prompts", "made_with")
-                metrics.update({k: old[k] for k in kept if k in old})
+                metrics.update({k: finished[k] for k in kept if k in finished})
                 write_json(path, metrics)
                 results[name] = metrics
                 log(f"{name}: rescored from {frames_path}")

@@ -215,14 +215,15 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
     results = {}
     for name in names:
         path, clips_path = directory / f"{name}.json", directory / f"{name}.safetensors"
-        if path.is_file() and clips_path.is_file():
-            check_reusable(path, json.loads(path.read_text()), bench.made_with(name))
-        if path.is_file() and clips_path.is_file() and not rescore:
-            results[name] = json.loads(path.read_text())
+        finished = json.loads(path.read_text()) if path.is_file() and clips_path.is_file() else None
+        if finished is not None:
+            check_reusable(path, finished, bench.made_with(name))
+        if finished is not None and not rescore:
+            results[name] = finished
             log(f"{name}: already done ({path})")
             continue
-        if clips_path.is_file() and path.is_file():
-            clips, seconds = load_file(str(clips_path))["clips"], json.loads(path.read_text())["s_per_clip"]
+        if finished is not None:
+            clips, seconds = load_file(str(clips_path))["clips"], finished["s_per_clip"]
         else:
             clips, seconds = bench.run(corrected=name == "video_acdc")
             save_file({"clips": clips.float().contiguous()}, str(clips_path))
