@@ -20,6 +20,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     model = ACDiT(ACDiTConfig.preset("tiny"))
     good = save_pretrained(model, root / "model")
+    rows = save_pretrained(ACDiT(ACDiTConfig.preset("tiny", block_layout="raster", block_size=4)), root / "rows")
     bad_json = save_pretrained(model, root / "bad_json")
     (bad_json / "config.json").write_text("{not json")
     wrong = save_pretrained(model, root / "wrong_shape")
@@ -44,8 +45,8 @@ def files(tmp_path_factory):
     save_sample_npz(root / "rgb32.npz", np.zeros((4, 32, 32, 3), np.uint8))
     save_sample_npz(root / "grey16.npz", np.zeros((4, 16, 16, 1), np.uint8))
     (root / "junk.npz").write_bytes(b"not a zip archive")
-    return {"model": str(good), "bad_json": str(bad_json), "wrong_shape": str(wrong), "garbage": str(garbage),
-            "root": root}
+    return {"model": str(good), "rows": str(rows), "bad_json": str(bad_json), "wrong_shape": str(wrong),
+            "garbage": str(garbage), "root": root}
 
 
 # (argv with {model}/{root}/{out} placeholders, a fragment the error line must contain)
@@ -72,6 +73,16 @@ CASES = [
     ("eval {model} --guidance-interval 0 2 --num 10 --out {out}/m.json", "--guidance-interval 0 2: give LOW HIGH"),
     ("eval {model} --reference fmnist-test --guidance-interval 0.1 0.5 --out {out}/m.json",
      "--guidance-interval applies when"),
+    ("sample {model} --guide-model {model} --out {out}/s.png", "--guide-model needs --guide-scale W with W > 1"),
+    ("sample {model} --guide-model {model} --guide-scale 1 --out {out}/s.png", "--guide-scale W with W > 1"),
+    ("sample {model} --guide-scale 2 --out {out}/s.png", "--guide-scale W needs --guide-model"),
+    ("eval {model} --guide-model {root}/nowhere --guide-scale 2 --num 10 --out {out}/m.json", "nowhere"),
+    ("eval {model} --guide-model {wrong_shape} --guide-scale 2 --num 10 --out {out}/m.json",
+     "does not match the architecture"),
+    ("sample {model} --guide-model {rows} --guide-scale 2 --out {out}/s.png",
+     "they differ in block_layout: 'tiles' vs 'raster'"),
+    ("eval {model} --reference fmnist-test --guide-model {model} --guide-scale 2 --out {out}/m.json",
+     "--guide-model and --guide-scale apply when"),
     ("sample {root}/nothing --out {out}/s.png", "is neither a model directory"),
     ("sample {bad_json} --out {out}/s.png", "config.json is not valid JSON"),
     ("sample {wrong_shape} --out {out}/s.png", "(64,) in the file, (32,) by the config"),

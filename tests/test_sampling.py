@@ -131,6 +131,80 @@ def test_guidance_interval():
             sample(model, labels(2), generator=gens(), guidance_interval=bad, **kw)
 
 
+class AutoguidedModel:
+    """Reference for autoguidance: one model whose prediction adds ``(w - 1) (m(c) - g(c))`` to
+    every group (the conditional one and, under CFG, the unconditional one), run with the
+    context recomputed at every step (no cache)."""
+
+    def __init__(self, model, guide, guide_scale, y):
+        self._model, self._guide, self._guide_scale, self._y = model, guide, guide_scale, y
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def condition_vectors(self, t, cond_emb):
+        self._t = t[:, :1]  # each model embeds the step's t with its own t-embedder
+        return self._model.condition_vectors(t, cond_emb)
+
+    def run(self, *, noisy, noisy_blocks, cond, clean=None, **_):
+        guide_cond = self._guide.condition_vectors(self._t, self._guide.embed_condition(self._y))
+        m = self._model.run(noisy=noisy, noisy_blocks=noisy_blocks, cond=cond, clean=clean)
+        g = self._guide.run(noisy=noisy[:, :1], noisy_blocks=noisy_blocks[:1], cond=guide_cond, clean=clean)
+        return m + (self._guide_scale - 1) * (m[:, :1] - g)
+
+
+@pytest.mark.parametrize("setting", ["image_tiles", "video_frames"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_autoguidance_matches_its_formula_with_and_without_cache(setting, cfg_scale):
+    """A guided step is m(c) + (cfg - 1)(m(c) - m(null)) + (w - 1)(m(c) - g(c)); the guide keeps its own cache."""
+    model = tiny_model(**SETTINGS[setting])
+    guide = tiny_model(seed=1, **SETTINGS[setting])
+    kw = dict(num_steps=4, cfg_scale=cfg_scale, scheduler="sde-dpmsolver++")
+    gens = lambda: make_generators([1, 2, 3])  # noqa: E731
+    y = labels()
+    cached = sample(model, y, generator=gens(), guide_model=guide, guide_scale=2.0, **kw)
+    for other in (dict(use_cache=False), dict(context_pass="separate")):
+        again = sample(model, y, generator=gens(), guide_model=guide, guide_scale=2.0, **kw, **other)
+        assert (cached - again).abs().max() < TOL
+    expected = sample(AutoguidedModel(model, guide, 2.0, y), y, generator=gens(), use_cache=False, **kw)
+    assert cached.abs().max() > 0.1 and (cached - expected).abs().max() < TOL
+    assert (cached - sample(model, y, generator=gens(), **kw)).abs().max() > 1e-3  # the guide matters
+    # a model guiding itself adds nothing
+    itself = sample(model, y, generator=gens(), guide_model=model, guide_scale=2.0, **kw)
+    assert (itself - sample(model, y, generator=gens(), **kw)).abs().max() < TOL
+
+
+def test_autoguidance_follows_the_guidance_interval_and_rolls_past_the_trained_length():
+    model = tiny_model(**SETTINGS["video_frames"])
+    guide = tiny_model(seed=1, **SETTINGS["video_frames"])
+    gens = lambda: make_generators([4, 5])  # noqa: E731
+    kw = dict(num_steps=4, cfg_scale=1.0, guide_model=guide, guide_scale=3.0)
+    plain = sample(model, labels(2), generator=gens(), num_steps=4)
+    never = sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 0.1), **kw)  # no step in it
+    assert (never - plain).abs().max() < TOL
+    partial = sample(model, labels(2), generator=gens(), guidance_interval=(0.4, 1.0), **kw)
+    assert (partial - plain).abs().max() > 1e-3
+    roll = dict(num_blocks=4, window=1, **kw)
+    cached = sample(model, labels(2), generator=gens(), **roll)
+    uncached = sample(model, labels(2), generator=gens(), use_cache=False, **roll)
+    assert cached.shape[2] == 8 and (cached - uncached).abs().max() < TOL
+
+
+def test_autoguidance_rejects_a_guide_that_does_not_fit():
+    model = tiny_model()
+    kw = dict(num_steps=2, cfg_scale=1.0)
+    with pytest.raises(ValueError, match="guide_scale=1 leaves it unused"):
+        sample(model, labels(2), guide_model=tiny_model(seed=1), **kw)
+    with pytest.raises(ValueError, match="needs a guide_model"):
+        sample(model, labels(2), guide_scale=2.0, **kw)
+    with pytest.raises(ValueError, match="block_size: 4 vs 1"):
+        sample(model, labels(2), guide_model=tiny_model(block_layout="raster", block_size=1), guide_scale=2.0, **kw)
+    with pytest.raises(ValueError, match="num_classes"):
+        sample(model, labels(2), guide_model=tiny_model(num_classes=5), guide_scale=2.0, **kw)
+    with pytest.raises(ValueError, match="move it"):
+        sample(model, labels(2), guide_model=tiny_model(dtype=torch.float32), guide_scale=2.0, **kw)
+
+
 def test_cfg_scale_one_is_conditional_branch():
     model = tiny_model()
     kw = dict(num_steps=4, generator=make_generators([1, 2]))

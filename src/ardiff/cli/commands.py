@@ -17,7 +17,9 @@ from ardiff.cli.common import (
     CommandError,
     Parser,
     add_guidance_interval_flag,
+    add_guide_model_flags,
     add_sampling_flags,
+    check_guide_flags,
     checked_guidance_interval,
     eval_source,
     existing_dir,
@@ -25,6 +27,7 @@ from ardiff.cli.common import (
     feature_spec,
     guidance_scale,
     leaf_parsers,
+    load_guide_model,
     nonnegative_int,
     output_dir,
     output_file,
@@ -106,6 +109,7 @@ def cmd_sample(args) -> int:
         raise CommandError(f"--out {out}: this model makes images; give a .png file")
     classes = parse_classes(args.classes, config.get("num_classes", 0))
     interval = checked_guidance_interval(args)
+    check_guide_flags(args)
 
     import torch
 
@@ -138,9 +142,10 @@ def cmd_sample(args) -> int:
     else:
         labels = None
         settings = settings.but(cfg_scale=1.0)
+    guide = load_guide_model(args, model)
     n = len(labels) if labels is not None else args.num
     samples = sample(model, labels, **settings.sample_kwargs(), guidance_interval=interval,
-                     use_cache=not args.no_cache,
+                     guide_model=guide, guide_scale=args.guide_scale or 1.0, use_cache=not args.no_cache,
                      generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
         with torch.no_grad():
@@ -154,7 +159,8 @@ def cmd_sample(args) -> int:
     path = save_media(samples.cpu(), out, scale=scale, captions=captions, nrow=nrow)
     print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path} (seeds {args.seed}..{args.seed + n - 1}, "
           f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g}"
-          f"{f' at t/T in [{interval[0]:g}, {interval[1]:g}]' if interval else ''})")
+          f"{f' at t/T in [{interval[0]:g}, {interval[1]:g}]' if interval else ''}"
+          f"{f', autoguided by {args.guide_model} at {args.guide_scale:g}' if guide is not None else ''})")
     return 0
 
 
@@ -229,6 +235,9 @@ def cmd_eval_reference(args) -> int:
     if args.guidance_interval:
         raise CommandError("--guidance-interval applies when ardiff eval samples a model against its built-in "
                            "reference (without --reference)")
+    if args.guide_model or args.guide_scale is not None:
+        raise CommandError("--guide-model and --guide-scale apply when ardiff eval samples a model against its "
+                           "built-in reference (without --reference)")
     result = evaluate_against_reference(
         args.model_dir, args.reference, args.features or "fmnist", num=args.num, seed=args.seed, cfg_scale=args.cfg,
         num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised, vae_dir=args.vae,
@@ -261,6 +270,7 @@ def cmd_eval(args) -> int:
                            f"--reference (fmnist-test, a folder, or an .npz)")
     directory, _ = read_model_summary(args.model_dir)
     interval = checked_guidance_interval(args)
+    check_guide_flags(args)
 
     import torch
 
@@ -272,11 +282,14 @@ def cmd_eval(args) -> int:
     model = ACDiT.from_pretrained(directory, device=device)
     s = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
                                                  clip_denoised=args.clip_denoised)
+    guide = load_guide_model(args, model)
     result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
                       clip_denoised=s.clip_denoised, seed=args.seed, classifier_path=args.classifier, progress=True,
-                      guidance_interval=interval,
+                      guidance_interval=interval, guide_model=guide, guide_scale=args.guide_scale or 1.0,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
+    if guide is not None:
+        result["guide_model"] = str(args.guide_model)
     return _report_metrics(result, args.num, args.out)
 
 
@@ -414,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--num", type=positive_int, default=8, help="samples (per class when --classes is given)")
     add_sampling_flags(samp)
     add_guidance_interval_flag(samp)
+    add_guide_model_flags(samp)
     samp.add_argument("--seed", type=nonnegative_int, default=0, help="sample i uses seed + i")
     samp.add_argument("--out", type=output_file(".png", ".gif", ".mp4"),
                       help="output file: .png for images; .gif, .mp4 or .png (filmstrip) for videos (default: "
@@ -466,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "only)")
     add_sampling_flags(ev)
     add_guidance_interval_flag(ev)
+    add_guide_model_flags(ev)
     ev.add_argument("--seed", type=nonnegative_int, default=0)
     ev.add_argument("--no-floor", action="store_true", help="skip the real-data floor of the Frechet distances")
     ev.add_argument("--classifier", type=existing_file,

@@ -230,6 +230,45 @@ def add_guidance_interval_flag(parser) -> None:
                              "noise); the others run the conditional branch alone (default: guide every step)")
 
 
+def add_guide_model_flags(parser) -> None:
+    parser.add_argument("--guide-model", metavar="MODEL_DIR",
+                        help="autoguidance (Karras et al. 2024): also guide away from this weaker model of the same "
+                             "layout and conditioning (an earlier training stage, or a smaller model); a step is "
+                             "m(c) + (cfg - 1)(m(c) - m(null)) + (guide_scale - 1)(m(c) - g(c)). Pass --cfg 1 for "
+                             "autoguidance alone")
+    parser.add_argument("--guide-scale", type=guidance_scale, metavar="W",
+                        help="the autoguidance weight (> 1; needs --guide-model)")
+
+
+def check_guide_flags(args) -> None:
+    """``--guide-model`` and ``--guide-scale`` go together; checked before any model loads."""
+    if args.guide_model is None:
+        if args.guide_scale is not None:
+            raise CommandError("--guide-scale W needs --guide-model MODEL_DIR (the weaker model to guide with)")
+        return
+    if args.guide_scale is None or args.guide_scale <= 1.0:
+        raise CommandError("--guide-model needs --guide-scale W with W > 1 (e.g. --guide-scale 2): the "
+                           "autoguidance weight")
+    read_model_summary(args.guide_model)
+
+
+def load_guide_model(args, model):
+    """``--guide-model`` loaded beside ``model`` (flags checked by :func:`check_guide_flags`), or None."""
+    check_guide_flags(args)
+    if args.guide_model is None:
+        return None
+    from ardiff import ACDiT
+    from ardiff.generate.sampler import check_guide_model
+
+    directory, _ = read_model_summary(args.guide_model)
+    guide = ACDiT.from_pretrained(directory, device=model.device, dtype=model.dtype)
+    try:
+        check_guide_model(model, guide)
+    except ValueError as e:
+        raise CommandError(f"--guide-model {args.guide_model}: {e}") from None
+    return guide
+
+
 def checked_guidance_interval(args) -> tuple[float, float] | None:
     """``--guidance-interval`` as a tuple, checked before any model loads."""
     if args.guidance_interval is None:

@@ -30,8 +30,8 @@ from ardiff.generate.context import blocks_to_input, check_frame_blocks, context
 from ardiff.generate.settings import SamplingSettings
 from ardiff.utils.seeding import make_generators
 
-__all__ = ["BlockEvent", "BlockHook", "SamplingSettings", "blocks_to_input", "check_guidance_interval",
-           "context_schedule", "make_generators", "sample"]
+__all__ = ["Autoguide", "BlockEvent", "BlockHook", "SamplingSettings", "blocks_to_input", "check_guidance_interval",
+           "check_guide_model", "context_schedule", "make_generators", "sample"]
 
 
 @dataclass
@@ -111,6 +111,21 @@ def _group_conditions(cond_emb, null_emb, index: int) -> torch.Tensor | None:
     return emb[:, None] if emb is not None else None
 
 
+def check_guide_model(model, guide_model) -> None:
+    """Autoguidance needs a guide that reads and writes the same tokens under the same conditions."""
+    a, b = model.config, guide_model.config
+    fields = ("input_size", "in_channels", "patch_size", "block_size", "num_blocks", "block_layout",
+              "num_classes", "cond_dim", "num_train_timesteps", "beta_start", "beta_end")
+    differ = [f"{f}: {getattr(a, f, None)!r} vs {getattr(b, f, None)!r}" for f in fields
+              if getattr(a, f, None) != getattr(b, f, None)]
+    if differ:
+        raise ValueError("guide_model must share the model's token layout and conditioning; they differ in "
+                         + "; ".join(differ))
+    if guide_model.device != model.device or guide_model.dtype != model.dtype:
+        raise ValueError(f"guide_model is on {guide_model.device} / {guide_model.dtype}, the model on "
+                         f"{model.device} / {model.dtype}; move it with .to()")
+
+
 def check_guidance_interval(interval) -> tuple[float, float] | None:
     """``interval`` as ``(low, high)`` floats, or ``None``; raises on anything else."""
     if interval is None:
@@ -143,6 +158,63 @@ def _finish_block(on_block_end, index, x, blocks, cache, model) -> torch.Tensor:
     return replacement.to(device=x.device, dtype=x.dtype)
 
 
+def _predict(model, x_in, t, groups: int, emb, position: int, context, blocks, cache, pending_clean) -> torch.Tensor:
+    """The model's epsilon for ``groups`` copies of the noisy block (B, G, S, P): read from the KV
+    cache (``pending_clean`` riding along), or, without a cache, with the context recomputed."""
+    B, S, P = x_in.shape
+    c = model.condition_vectors(torch.as_tensor(t, device=x_in.device).expand(B, groups), emb)
+    noisy = x_in[:, None].expand(B, groups, S, P)
+    if cache is not None:
+        return model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c, clean=pending_clean,
+                         clean_first_block=position - 1, cache=cache)
+    return model.run(noisy=noisy, noisy_blocks=(position,) * groups, cond=c,
+                     clean=blocks[:, list(context)] if context else None)
+
+
+# ---------------------------------------------------------------------------
+#                 Autoguidance: the weaker model and its cache
+# ---------------------------------------------------------------------------
+@dataclass
+class Autoguide:
+    """Autoguidance (Karras et al., 2024, "Guiding a diffusion model with a bad version of
+    itself"): a weaker model of the same layout and conditioning (an earlier training stage,
+    or a smaller model) guides with the same condition, pushing away from its errors rather
+    than towards the class's mode. A guided step is
+    ``m(c) + (cfg_scale - 1) (m(c) - m(null)) + (scale - 1) (m(c) - g(c))``; with
+    ``cfg_scale=1`` that is ``g(c) + scale (m(c) - g(c))``. The guide keeps its own KV cache,
+    its context K/V written by a separate clean pass (so guidance intervals need no ride).
+    """
+
+    model: object
+    scale: float
+    cond_emb: torch.Tensor | None  # (B, 1 or N, D), the guide's own embedding of the condition
+    cache: KVCache | None
+
+    @classmethod
+    def prepare(cls, model, guide_model, scale: float, cond, B: int, N: int, contexts, use_cache: bool):
+        """The guide for :func:`sample`, or None without one; raises when model and scale disagree."""
+        if guide_model is None:
+            if scale != 1.0:
+                raise ValueError(f"guide_scale={scale} needs a guide_model (the weaker model to guide with)")
+            return None
+        if scale == 1.0:
+            raise ValueError("guide_model is given but guide_scale=1 leaves it unused; pass guide_scale > 1 (e.g. 2)")
+        check_guide_model(model, guide_model)
+        cond_emb = _prepare_conditions(guide_model, cond, B, N, False)[0]
+        cache = (KVCache.allocate(guide_model, B, max_context_blocks=max(len(c) for c in contexts), max_groups=1)
+                 if use_cache else None)
+        return cls(guide_model, float(scale), cond_emb, cache)
+
+    def update_context(self, blocks, index: int, context: tuple[int, ...], cached: tuple[int, ...]) -> None:
+        update_context(self.model, self.cache, blocks, index, context, cached, "separate")
+
+    def apply(self, eps, eps_cond, x_in, t, index: int, position: int, blocks, context) -> torch.Tensor:
+        """``eps`` (the model's guided prediction) moved by ``(scale - 1) (m(c) - g(c))``."""
+        emb = _group_conditions(self.cond_emb, None, index)
+        g = _predict(self.model, x_in, t, 1, emb, position, context, blocks, self.cache, None)
+        return eps + (self.scale - 1.0) * (eps_cond - g[:, 0])
+
+
 # ---------------------------------------------------------------------------
 #                              The block loop
 # ---------------------------------------------------------------------------
@@ -152,7 +224,8 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
            context_pass: str = "ride", on_block_end: BlockHook | None = None, batch_size: int | None = None,
            progress: bool = False, output: str = "input", num_blocks: int | None = None, window: int | None = None,
            sink_blocks: int = 0, prefix: torch.Tensor | None = None, clip_denoised: bool = False,
-           guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
+           guidance_interval: tuple[float, float] | None = None, guide_model=None,
+           guide_scale: float = 1.0) -> torch.Tensor:
     """Generate samples block by block.
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
@@ -181,6 +254,8 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
         the conditional branch alone (half the compute). Guidance at the highest noise levels
         mostly costs variety and at the lowest does little; Kynkaenniemi et al. (2024) guide a
         middle interval. Default: every step.
+    guide_model, guide_scale: autoguidance: guided steps also add ``(guide_scale - 1) (m(c) -
+        g(c))`` for a weaker model g of the same layout (see :class:`Autoguide`).
     """
     cfg, device, dtype = model.config, model.device, model.dtype
     B = _batch_size(cond, generator, batch_size)
@@ -189,6 +264,7 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
     contexts = context_schedule(N, T, window, sink_blocks)
     K = _check_arguments(cfg, B, N, generator, prefix, context_pass, output)
     guided = cfg_scale != 1.0
+    guide = Autoguide.prepare(model, guide_model, guide_scale, cond, B, N, contexts, use_cache)
     groups = 2 if guided else 1
     guided_at = _guidance_predicate(guidance_interval, cfg.num_train_timesteps)
     cond_emb, null_emb = _prepare_conditions(model, cond, B, N, guided)
@@ -210,6 +286,8 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
         pending_clean = None  # the previous block, riding on this block's first step
         if use_cache:
             pending_clean = update_context(model, cache, blocks, i, context, cached, context_pass)
+            if guide is not None:
+                guide.update_context(blocks, i, context, cached)
             cached = context
         sched = copy.deepcopy(base_scheduler)
         sched.set_timesteps(num_steps, device=device)
@@ -221,16 +299,12 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
             step_guided = guided and guided_at(t)
             step_groups = 2 if step_guided else 1
             step_emb = group_emb if step_guided or group_emb is None else group_emb[:, :1]
-            c = model.condition_vectors(torch.as_tensor(t, device=device).expand(B, step_groups), step_emb)
-            noisy = x_in[:, None].expand(B, step_groups, S, P)
-            if use_cache:
-                eps = model.run(noisy=noisy, noisy_blocks=(position,) * step_groups, cond=c,
-                                clean=pending_clean, clean_first_block=position - 1, cache=cache)
-                pending_clean = None
-            else:
-                eps = model.run(noisy=noisy, noisy_blocks=(position,) * step_groups, cond=c,
-                                clean=blocks[:, list(context)] if context else None)
+            eps = _predict(model, x_in, t, step_groups, step_emb, position, context, blocks, cache, pending_clean)
+            pending_clean = None
+            eps_cond = eps[:, 0]
             eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if step_guided else eps[:, 0]
+            if guide is not None and guided_at(t):
+                eps = guide.apply(eps, eps_cond, x_in, t, i, position, blocks, context)
             x = scheduler_step(sched, eps, t, timesteps[k + 1] if k + 1 < len(timesteps) else None, x, generator)
         blocks[:, i] = _finish_block(on_block_end, i, x, blocks, cache, model)
     return blocks if output == "blocks" else blocks_to_input(model, blocks)
