@@ -86,13 +86,17 @@ def test_dropped_blocks_do_not_matter():
         assert torch.equal(plain[:, 4], edited[:, 4]) is same
 
 
+@pytest.mark.parametrize("autoguided", [False, True])
 @pytest.mark.parametrize("split", [1, 3, 5])
-def test_prefix_continues_a_run_exactly(split):
+def test_prefix_continues_a_run_exactly(split, autoguided):
     """Blocks 0..K-1 given as a prefix, with the generators that made them: the rest equals the
-    one-call run (within and past the trained length, cache rebuilt or riding)."""
+    one-call run (within and past the trained length, cache rebuilt or riding; the
+    autoguidance model's own cache too)."""
     model = tiny_model(torch.float64, **VIDEO)
     labels = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 1, 2, 2, 3]])
     kw = dict(num_steps=3, cfg_scale=2.0, num_blocks=7, window=2, sink_blocks=1, output="blocks")
+    if autoguided:
+        kw.update(guide_model=tiny_model(torch.float64, seed=1, **VIDEO), guide_scale=1.5)
     whole = sample(model, labels, generator=make_generators([5, 6]), **kw)
     generators = make_generators([5, 6])
     head = sample(model, labels[:, :split], generator=generators, **{**kw, "num_blocks": split})
