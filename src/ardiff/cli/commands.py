@@ -142,10 +142,10 @@ def cmd_sample(args) -> int:
     else:
         labels = None
         settings = settings.but(cfg_scale=1.0)
-    guide = load_guide_model(args, model)
+    guide, guide_scale = load_guide_model(args, model)
     n = len(labels) if labels is not None else args.num
     samples = sample(model, labels, **settings.sample_kwargs(), guidance_interval=interval,
-                     guide_model=guide, guide_scale=args.guide_scale or 1.0, use_cache=not args.no_cache,
+                     guide_model=guide, guide_scale=guide_scale, use_cache=not args.no_cache,
                      generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
         with torch.no_grad():
@@ -160,7 +160,7 @@ def cmd_sample(args) -> int:
     print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path} (seeds {args.seed}..{args.seed + n - 1}, "
           f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g}"
           f"{f' at t/T in [{interval[0]:g}, {interval[1]:g}]' if interval else ''}"
-          f"{f', autoguided by {args.guide_model} at {args.guide_scale:g}' if guide is not None else ''})")
+          f"{f', autoguided by {args.guide_model} at {guide_scale:g}' if guide is not None else ''})")
     return 0
 
 
@@ -282,10 +282,10 @@ def cmd_eval(args) -> int:
     model = ACDiT.from_pretrained(directory, device=device)
     s = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
                                                  clip_denoised=args.clip_denoised)
-    guide = load_guide_model(args, model)
+    guide, guide_scale = load_guide_model(args, model)
     result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
                       clip_denoised=s.clip_denoised, seed=args.seed, classifier_path=args.classifier, progress=True,
-                      guidance_interval=interval, guide_model=guide, guide_scale=args.guide_scale or 1.0,
+                      guidance_interval=interval, guide_model=guide, guide_scale=guide_scale,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
     if guide is not None:

@@ -253,10 +253,10 @@ def check_guide_flags(args) -> None:
 
 
 def load_guide_model(args, model):
-    """``--guide-model`` loaded beside ``model`` (flags checked by :func:`check_guide_flags`), or None."""
-    check_guide_flags(args)
+    """``(guide, guide_scale)``: ``--guide-model`` loaded beside ``model``, or ``(None, 1.0)``; the
+    flags were checked by :func:`check_guide_flags` before any model loaded."""
     if args.guide_model is None:
-        return None
+        return None, 1.0
     from ardiff import ACDiT
     from ardiff.generate.sampler import check_guide_model
 
@@ -266,7 +266,7 @@ def load_guide_model(args, model):
         check_guide_model(model, guide)
     except ValueError as e:
         raise CommandError(f"--guide-model {args.guide_model}: {e}") from None
-    return guide
+    return guide, args.guide_scale
 
 
 def checked_guidance_interval(args) -> tuple[float, float] | None:
