@@ -69,3 +69,33 @@ def test_demo_quick(tmp_path, capsys):
     assert Image.open(tmp_path / "fmnist_classes.png").size[1] > 2 * Image.open(tmp_path / "fmnist_classes.png").size[0]
     assert main(["demo", "--out", str(tmp_path), "--num-eval", "5"]) == 2
     assert "at least 10 images" in capsys.readouterr().err
+
+
+def test_history_scale_from_the_flag_and_as_recorded(tmp_path, capsys):
+    """--history-scale reaches the sampler, a recorded _sampling.history_scale is the default,
+    and sample files record it in their job."""
+    import torch
+
+    from ardiff.eval.sample_files import load_sample_npz
+    from ardiff.models.checkpoint import save_pretrained
+    from helpers import tiny_model
+
+    video = dict(input_size=(4, 8, 8), in_channels=1, patch_size=2, block_layout="raster", block_size=32,
+                 rope_axis_weights=(2, 1, 1), num_classes=10)
+    model = tiny_model(dtype=torch.float32, **video)
+    plain = save_pretrained(model, tmp_path / "plain")
+    recorded = save_pretrained(model, tmp_path / "recorded", extra_config={"_sampling": {"history_scale": 1.5}})
+    assert SamplingSettings.recorded(recorded).history_scale == 1.5
+    argv = ["--num", "1", "--steps", "2", "--classes", "3"]
+    assert main(["sample", str(plain), *argv, "--history-scale", "2", "--out", str(tmp_path / "a.gif")]) == 0
+    assert "history guidance 2)" in capsys.readouterr().out
+    assert main(["sample", str(recorded), *argv, "--out", str(tmp_path / "b.gif")]) == 0
+    assert "history guidance 1.5)" in capsys.readouterr().out
+    assert main(["sample", str(recorded), *argv, "--history-scale", "1", "--out", str(tmp_path / "c.gif")]) == 0
+    assert "history guidance" not in capsys.readouterr().out
+    assert main(["sample-npz", str(plain), "--num", "2", "--steps", "2", "--history-scale", "2",
+                 "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    assert load_sample_npz(tmp_path / "s.npz").job["history_scale"] == 2.0
+    assert main(["sample-npz", str(plain), "--num", "2", "--steps", "2", "--out", str(tmp_path / "t.npz"),
+                 "--no-progress"]) == 0
+    assert "history_scale" not in load_sample_npz(tmp_path / "t.npz").job  # as files made before it existed

@@ -205,6 +205,78 @@ def test_autoguidance_rejects_a_guide_that_does_not_fit():
         sample(model, labels(2), guide_model=tiny_model(dtype=torch.float32), guide_scale=2.0, **kw)
 
 
+class HistoryGuidedModel:
+    """Reference for history guidance: a block with context adds ``(w - 1) (m(c, h) - m(c, none))``
+    to every group, ``m(c, none)`` being the block run alone as the first block; no cache."""
+
+    def __init__(self, model, history_scale):
+        self._model, self._history_scale = model, history_scale
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def run(self, *, noisy, noisy_blocks, cond, clean=None, **_):
+        m = self._model.run(noisy=noisy, noisy_blocks=noisy_blocks, cond=cond, clean=clean)
+        if clean is None:
+            return m
+        alone = self._model.run(noisy=noisy[:, :1], noisy_blocks=(0,), cond=cond[:, :1])
+        return m + (self._history_scale - 1) * (m[:, :1] - alone)
+
+
+@pytest.mark.parametrize("setting", ["video_frames", "video_spatial_pos"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_history_guidance_matches_its_formula_and_leaves_the_first_block(setting, cfg_scale):
+    """A guided step of a block with context adds (w - 1)(m(c, h) - m(c, none)); block 0 has no history."""
+    model = tiny_model(**SETTINGS[setting])
+    kw = dict(num_steps=4, cfg_scale=cfg_scale, scheduler="sde-dpmsolver++", output="blocks")
+    gens = lambda: make_generators([1, 2, 3])  # noqa: E731
+    y = labels()
+    cached = sample(model, y, generator=gens(), history_scale=2.0, **kw)
+    for other in (dict(use_cache=False), dict(context_pass="separate")):
+        assert (cached - sample(model, y, generator=gens(), history_scale=2.0, **kw, **other)).abs().max() < TOL
+    expected = sample(HistoryGuidedModel(model, 2.0), y, generator=gens(), use_cache=False, **kw)
+    assert cached.abs().max() > 0.1 and (cached - expected).abs().max() < TOL
+    plain = sample(model, y, generator=gens(), **kw)
+    assert (cached[:, 0] - plain[:, 0]).abs().max() < TOL  # the first block is drawn from the condition alone
+    assert (cached[:, 1:] - plain[:, 1:]).abs().max() > 1e-3
+    both = sample(model, y, generator=gens(), history_scale=2.0, guide_model=tiny_model(seed=1, **SETTINGS[setting]),
+                  guide_scale=1.5, **kw)
+    assert (both - cached).abs().max() > 1e-3  # the two guidances add up
+
+
+def test_a_frame_block_alone_reads_the_same_at_every_position():
+    """Why history guidance may run the block at position 0: with relative RoPE (and a spatial
+    table shared by every frame) a block without context does not know where it is."""
+    for setting in ("video_frames", "video_spatial_pos"):
+        model = tiny_model(**SETTINGS[setting])
+        S, P = model.config.block_size, model.config.patch_dim
+        x = torch.randn(2, 1, S, P, dtype=torch.float64)
+        c = model.condition_vectors(torch.full((2, 1), 500), model.embed_condition(labels(2)))
+        first = model.run(noisy=x, noisy_blocks=(0,), cond=c)
+        for position in range(1, model.config.num_blocks):
+            assert (model.run(noisy=x, noisy_blocks=(position,), cond=c) - first).abs().max() < TOL
+
+
+def test_history_guidance_follows_the_interval_and_rolls_past_the_trained_length():
+    model = tiny_model(**SETTINGS["video_frames"])
+    gens = lambda: make_generators([4, 5])  # noqa: E731
+    kw = dict(num_steps=4, cfg_scale=1.0, history_scale=3.0)
+    plain = sample(model, labels(2), generator=gens(), num_steps=4)
+    never = sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 0.1), **kw)  # no step in it
+    assert (never - plain).abs().max() < TOL
+    roll = dict(num_blocks=4, window=1, **kw)
+    cached = sample(model, labels(2), generator=gens(), **roll)
+    uncached = sample(model, labels(2), generator=gens(), use_cache=False, **roll)
+    assert cached.shape[2] == 8 and (cached - uncached).abs().max() < TOL
+
+
+def test_history_guidance_rejects_what_it_cannot_guide():
+    with pytest.raises(ValueError, match="history_scale needs a video model whose blocks are whole frames"):
+        sample(tiny_model(), labels(2), num_steps=2, history_scale=2.0)
+    with pytest.raises(ValueError, match=r"history_scale=0.5 must be >= 1"):
+        sample(tiny_model(**SETTINGS["video_frames"]), labels(2), num_steps=2, history_scale=0.5)
+
+
 def test_cfg_scale_one_is_conditional_branch():
     model = tiny_model()
     kw = dict(num_steps=4, generator=make_generators([1, 2]))
@@ -418,7 +490,8 @@ def test_clip_denoised_needs_a_sampler_by_name():
 
 def test_sample_kwargs_carry_every_setting():
     s = SamplingSettings(cfg_scale=3.0, num_steps=7, sampler="ddpm", clip_denoised=True)
-    assert s.sample_kwargs() == dict(num_steps=7, cfg_scale=3.0, scheduler="ddpm", clip_denoised=True)
+    assert s.sample_kwargs() == dict(num_steps=7, cfg_scale=3.0, scheduler="ddpm", clip_denoised=True,
+                                     history_scale=1.0)
     model = tiny_model()
     a = sample(model, labels(), generator=make_generators([1, 2, 3]), **s.sample_kwargs())
     b = sample(model, labels(), generator=make_generators([1, 2, 3]), num_steps=7, cfg_scale=3.0,

@@ -20,6 +20,7 @@ from ardiff.cli.common import (
     add_guide_model_flags,
     add_sampling_flags,
     check_guide_flags,
+    check_history_scale,
     checked_guidance_interval,
     eval_source,
     existing_dir,
@@ -118,7 +119,9 @@ def cmd_sample(args) -> int:
     from ardiff.utils.media import save_media
 
     settings = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps,
-                                                        sampler=args.sampler, clip_denoised=args.clip_denoised)
+                                                        sampler=args.sampler, clip_denoised=args.clip_denoised,
+                                                        history_scale=args.history_scale)
+    check_history_scale(settings.history_scale, config, args.model_dir)
     vae_record = VAERecord.recorded(directory)
     if args.vae:
         vae_record = VAERecord(args.vae, *(vae_record.scaling_factor, vae_record.shift_factor) if vae_record
@@ -160,7 +163,8 @@ def cmd_sample(args) -> int:
     print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path} (seeds {args.seed}..{args.seed + n - 1}, "
           f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g}"
           f"{f' at t/T in [{interval[0]:g}, {interval[1]:g}]' if interval else ''}"
-          f"{f', autoguided by {args.guide_model} at {guide_scale:g}' if guide is not None else ''})")
+          f"{f', autoguided by {args.guide_model} at {guide_scale:g}' if guide is not None else ''}"
+          f"{f', history guidance {settings.history_scale:g}' if settings.history_scale != 1 else ''})")
     return 0
 
 
@@ -235,9 +239,9 @@ def cmd_eval_reference(args) -> int:
     if args.guidance_interval:
         raise CommandError("--guidance-interval applies when ardiff eval samples a model against its built-in "
                            "reference (without --reference)")
-    if args.guide_model or args.guide_scale is not None:
-        raise CommandError("--guide-model and --guide-scale apply when ardiff eval samples a model against its "
-                           "built-in reference (without --reference)")
+    if args.guide_model or args.guide_scale is not None or args.history_scale is not None:
+        raise CommandError("--guide-model, --guide-scale and --history-scale apply when ardiff eval samples a model "
+                           "against its built-in reference (without --reference)")
     result = evaluate_against_reference(
         args.model_dir, args.reference, args.features or "fmnist", num=args.num, seed=args.seed, cfg_scale=args.cfg,
         num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised, vae_dir=args.vae,
@@ -268,7 +272,7 @@ def cmd_eval(args) -> int:
     if args.model_dir.lower().endswith(".npz"):
         raise CommandError(f"{args.model_dir} holds samples: give the reference to score them against, "
                            f"--reference (fmnist-test, a folder, or an .npz)")
-    directory, _ = read_model_summary(args.model_dir)
+    directory, config = read_model_summary(args.model_dir)
     interval = checked_guidance_interval(args)
     check_guide_flags(args)
 
@@ -278,14 +282,16 @@ def cmd_eval(args) -> int:
     from ardiff.eval.evaluate import evaluate
     from ardiff.models.checkpoint import load_extras
 
+    s = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
+                                                 clip_denoised=args.clip_denoised, history_scale=args.history_scale)
+    check_history_scale(s.history_scale, config, args.model_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ACDiT.from_pretrained(directory, device=device)
-    s = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
-                                                 clip_denoised=args.clip_denoised)
     guide, guide_scale = load_guide_model(args, model)
     result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                      clip_denoised=s.clip_denoised, seed=args.seed, classifier_path=args.classifier, progress=True,
-                      guidance_interval=interval, guide_model=guide, guide_scale=guide_scale,
+                      clip_denoised=s.clip_denoised, history_scale=s.history_scale, seed=args.seed,
+                      classifier_path=args.classifier, progress=True, guidance_interval=interval,
+                      guide_model=guide, guide_scale=guide_scale,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
     if guide is not None:
@@ -294,13 +300,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample_npz(args) -> int:
-    read_model_summary(args.model_dir)
+    _, config = read_model_summary(args.model_dir)
+    check_history_scale(args.history_scale, config, args.model_dir)
     from ardiff.eval.sample_files import sample_model_to_npz
 
     summary = sample_model_to_npz(args.model_dir, args.out, args.num, seed=args.seed, cfg_scale=args.cfg,
                                   num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised,
-                                  batch_size=args.batch_size, vae_dir=args.vae, rgb=args.rgb, device=args.device,
-                                  progress=not args.no_progress)
+                                  history_scale=args.history_scale, batch_size=args.batch_size, vae_dir=args.vae,
+                                  rgb=args.rgb, device=args.device, progress=not args.no_progress)
     if summary["rank"] == 0:
         job = summary["job"]
         if summary["already_finished"]:

@@ -102,6 +102,14 @@ def guidance_scale(text: str) -> float:
     return value
 
 
+def history_scale(text: str) -> float:
+    """A history guidance scale: finite and >= 1 (1 = off)."""
+    value = _float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a history guidance scale is >= 1 (1 turns it off; e.g. 1.5)")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _float(text)
     if value <= 0:
@@ -222,6 +230,10 @@ def add_sampling_flags(parser, cfg_help: str = "classifier-free guidance scale (
     parser.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
                         help="clip each step's predicted clean sample to [-1, 1] (pixel-space models; default: "
                              "recorded with the model, else off)")
+    parser.add_argument("--history-scale", type=history_scale, metavar="H",
+                        help="history guidance (video models whose blocks are whole frames): guided steps also add "
+                             "(H - 1)(m(c, frames before) - m(c, the block alone)), pulling each block towards its "
+                             "history (default: recorded with the model, else 1 = off)")
 
 
 def add_guidance_interval_flag(parser) -> None:
@@ -324,6 +336,20 @@ def run_command(args, func) -> int:
             raise
         print(f"{args.prog}: error: {one_line(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
         return 2
+
+
+def check_history_scale(scale: float | None, config: dict, model_dir: str) -> None:
+    """History guidance needs whole-frame video blocks; checked on config.json before the model loads."""
+    if scale is None or scale == 1.0:
+        return
+    from ardiff.generate.context import check_frame_blocks
+    from ardiff.models.config import ACDiTConfig
+
+    try:
+        fields = ACDiTConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+        check_frame_blocks(fields, "history guidance (--history-scale)")
+    except ValueError as e:
+        raise CommandError(f"{model_dir}: {e}; drop --history-scale for this model") from None
 
 
 def read_model_summary(name_or_path: str) -> tuple[Path, dict]:

@@ -38,7 +38,8 @@ from ardiff.generate.sampler import make_generators, sample
 def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, batch_size: int = 100,
              progress: bool = False, sampler: str = DEFAULT_SAMPLER,
              clip_denoised: bool = False, guidance_interval: tuple[float, float] | None = None,
-             guide_model=None, guide_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+             guide_model=None, guide_scale: float = 1.0,
+             history_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced samples (label i % K) and their labels."""
     K = model.config.num_classes
     labels = torch.arange(num) % K
@@ -53,7 +54,7 @@ def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, b
         generators = make_generators(range(seed + start, seed + start + len(y)), model.device)
         out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, scheduler=sampler,
                           clip_denoised=clip_denoised, guidance_interval=guidance_interval, guide_model=guide_model,
-                          guide_scale=guide_scale, generator=generators).cpu())
+                          guide_scale=guide_scale, history_scale=history_scale, generator=generators).cpu())
     return torch.cat(out), labels
 
 
@@ -112,7 +113,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
              inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
              data: dict | None = None, clip_denoised: bool = False, return_samples: bool = False,
              real_floor: bool = True, guidance_interval: tuple[float, float] | None = None, guide_model=None,
-             guide_scale: float = 1.0):
+             guide_scale: float = 1.0, history_scale: float = 1.0):
     """Sample ``num`` class-balanced samples and score them (see module docstring).
 
     Returns the metrics dict, or with ``return_samples`` ``(metrics, samples, labels)``: sample
@@ -125,7 +126,8 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
     ``real_floor``: with the built-in reference data, also score ``num`` real samples that are
     not in the reference set (training images; held-out test clips) the same way: the
     ``*_floor`` keys, what a perfect generator would get at this N.
-    ``guide_model``, ``guide_scale``: autoguidance (see :func:`ardiff.generate.sampler.sample`).
+    ``guide_model``, ``guide_scale``, ``history_scale``: autoguidance and history guidance (see
+    :func:`ardiff.generate.sampler.sample`).
     """
     cfg = model.config
     device = model.device
@@ -148,7 +150,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
     t0 = time.perf_counter()
     fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler,
                             clip_denoised=clip_denoised, guidance_interval=guidance_interval,
-                            guide_model=guide_model, guide_scale=guide_scale)
+                            guide_model=guide_model, guide_scale=guide_scale, history_scale=history_scale)
     seconds = time.perf_counter() - t0
     result = {}
     stages = [(False, i, n) for i, n in enumerate(networks)]
@@ -170,6 +172,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
     result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
                    "sampler": sampler, "guidance_interval": list(guidance_interval or (0.0, 1.0)),
                    **({"guide_scale": guide_scale} if guide_model is not None else {}),
+                   **({"history_scale": history_scale} if history_scale != 1.0 else {}),
                    "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
     return (result, fake, labels) if return_samples else result
 

@@ -163,9 +163,13 @@ class SampleJob:
     vae: dict | None  # VAERecord.to_dict() of the decoder, None for pixel models
     rgb: bool = False
     data: dict | None = None  # the model's recorded training data (Moving Fashion-MNIST references read it)
+    history_scale: float = 1.0  # history guidance (video); left out of the record when off, as before it existed
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, **dataclasses.asdict(self)}
+        d = dataclasses.asdict(self)
+        if d["history_scale"] == 1.0:
+            del d["history_scale"]
+        return {"format": FORMAT, **d}
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -270,7 +274,7 @@ def run_sample_job(model, out: str | os.PathLike, job: SampleJob, vae=None, vae_
             labels = (torch.arange(start, start + n) % K) if K else None
             samples = sample(model, labels if labels is not None else None, num_steps=job.num_steps,
                              cfg_scale=job.cfg_scale if K else 1.0, scheduler=job.sampler,
-                             clip_denoised=job.clip_denoised, batch_size=n,
+                             clip_denoised=job.clip_denoised, history_scale=job.history_scale, batch_size=n,
                              generator=make_generators(range(job.seed + start, job.seed + start + n), model.device))
             if vae is not None:
                 with torch.no_grad():
@@ -305,7 +309,8 @@ def torchrun_rank() -> tuple[int, int, int]:
 
 def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, num: int, *, seed: int = 0,
                         cfg_scale: float | None = None, num_steps: int | None = None, sampler: str | None = None,
-                        clip_denoised: bool | None = None, batch_size: int = 64, vae_dir: str | None = None,
+                        clip_denoised: bool | None = None, history_scale: float | None = None, batch_size: int = 64,
+                        vae_dir: str | None = None,
                         rgb: bool = False, device: str | None = None, progress: bool = True) -> dict:
     """``ardiff sample-npz``: ``num`` class-balanced samples of a model (a directory or a shipped
     name) as an ADM sample file, latents decoded with the recorded VAE (or ``vae_dir``).
@@ -322,7 +327,7 @@ def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, nu
 
     directory = resolve_model_dir(model_dir)
     settings = SamplingSettings.recorded(directory).but(cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler,
-                                                        clip_denoised=clip_denoised)
+                                                        clip_denoised=clip_denoised, history_scale=history_scale)
     vae_record = VAERecord.recorded(directory)
     if vae_dir is not None:
         vae_record = VAERecord(str(vae_dir), *((vae_record.scaling_factor, vae_record.shift_factor) if vae_record
@@ -344,7 +349,7 @@ def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, nu
     model = ACDiT.from_pretrained(directory, device=device)
     job = SampleJob(model=str(Path(directory).resolve()), weights_sha256=weights_digest(directory), num=num,
                     seed=seed, cfg_scale=settings.cfg_scale, num_steps=settings.num_steps, sampler=settings.sampler,
-                    clip_denoised=settings.clip_denoised, batch_size=batch_size,
+                    clip_denoised=settings.clip_denoised, history_scale=settings.history_scale, batch_size=batch_size,
                     vae=None if vae_record is None else vae_record.to_dict(), rgb=rgb,
                     data=load_extras(directory).get("data"))
     summary = run_sample_job(model, out, job, vae=vae, vae_record=vae_record, rank=rank, world_size=world_size,

@@ -42,8 +42,9 @@ def describe_settings(s) -> str:
 
     solver = s.sampler.removesuffix(KARRAS_SUFFIX)
     levels = " on Karras noise levels" if s.sampler.endswith(KARRAS_SUFFIX) else ""
+    history = f", history guidance {s.history_scale:g}" if s.history_scale != 1.0 else ""
     return (f"{s.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, CFG {s.cfg_scale:g}"
-            f"{clip}")
+            f"{history}{clip}")
 
 
 def paired_cell(before, after) -> str:

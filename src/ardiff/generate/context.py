@@ -58,10 +58,11 @@ def update_context(model, cache, blocks: torch.Tensor, index: int, context: tupl
     return None
 
 
-def check_frame_blocks(cfg) -> None:
+def check_frame_blocks(cfg, what: str = "generating a number of blocks other than the model's") -> None:
+    """Raise unless the model is a video model whose blocks are whole frames; ``what`` names the need."""
     if not (cfg.is_video and cfg.block_layout == "raster" and cfg.block_size % cfg.tokens_per_frame == 0):
-        raise ValueError("generating a number of blocks other than the model's needs a video model whose blocks "
-                         "are whole frames (block_layout='raster', block_size a multiple of a frame)")
+        raise ValueError(f"{what} needs a video model whose blocks are whole frames (block_layout='raster', "
+                         f"block_size a multiple of a frame)")
 
 
 def blocks_to_input(model, blocks: torch.Tensor) -> torch.Tensor:

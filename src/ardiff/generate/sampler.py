@@ -9,6 +9,9 @@ step: the reference path.
 
 Classifier-free guidance runs the conditional and unconditional branches as two noisy
 groups of one sequence: the label-independent clean context is computed once for both.
+Two further guidances add to a guided step: autoguidance by a weaker model
+(:class:`Autoguide`) and, for video, history guidance by the model's own prediction of the
+block without its context (:class:`HistoryGuide`).
 
 Layout: checks and preparation are named helpers below; the context step (ride, separate,
 rebuild after the window slid) lives in :mod:`ardiff.generate.context`; :func:`sample` is
@@ -30,8 +33,8 @@ from ardiff.generate.context import blocks_to_input, check_frame_blocks, context
 from ardiff.generate.settings import SamplingSettings
 from ardiff.utils.seeding import make_generators
 
-__all__ = ["Autoguide", "BlockEvent", "BlockHook", "SamplingSettings", "blocks_to_input", "check_guidance_interval",
-           "check_guide_model", "context_schedule", "make_generators", "sample"]
+__all__ = ["Autoguide", "BlockEvent", "BlockHook", "HistoryGuide", "SamplingSettings", "blocks_to_input",
+           "check_guidance_interval", "check_guide_model", "context_schedule", "make_generators", "sample"]
 
 
 @dataclass
@@ -146,6 +149,14 @@ def _guidance_predicate(interval, num_train_timesteps: int) -> Callable[[object]
     return lambda t: low <= float(t) / num_train_timesteps <= high
 
 
+def _block_range(first: int, end: int, progress: bool):
+    if not progress:
+        return range(first, end)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(first, end), desc="blocks", unit="block")
+
+
 def _finish_block(on_block_end, index, x, blocks, cache, model) -> torch.Tensor:
     """The finished block, or the replacement ``on_block_end`` returns for it."""
     if on_block_end is None:
@@ -216,6 +227,46 @@ class Autoguide:
 
 
 # ---------------------------------------------------------------------------
+#               History guidance: the same model without its context
+# ---------------------------------------------------------------------------
+@dataclass
+class HistoryGuide:
+    """History guidance (Song et al., 2025, "History-guided video diffusion"): the model's own
+    prediction for the block without its context guides with the same condition, pushing the
+    block towards what the frames before it imply: ``(scale - 1) (m(c, h) - m(c, none))``.
+
+    No extra training: the block is predicted alone at the first block's position, which is
+    what the first block of every training clip is (with relative RoPE the position makes no
+    difference). So it needs blocks of whole frames: an image's tile alone reads as its first.
+    """
+
+    model: object
+    scale: float
+    cond_emb: torch.Tensor | None
+
+    @classmethod
+    def prepare(cls, model, scale: float, cond_emb):
+        """The guide for :func:`sample`, or None at scale 1; raises on a model it cannot guide."""
+        if scale == 1.0:
+            return None
+        if not scale > 1.0:
+            raise ValueError(f"history_scale={scale} must be >= 1 (1 = off; e.g. 1.5)")
+        check_frame_blocks(model.config, "history_scale")
+        return cls(model, float(scale), cond_emb)
+
+    def update_context(self, blocks, index: int, context: tuple[int, ...], cached: tuple[int, ...]) -> None:
+        pass  # the context-free prediction keeps no cache
+
+    def apply(self, eps, eps_cond, x_in, t, index: int, position: int, blocks, context) -> torch.Tensor:
+        """``eps`` moved by ``(scale - 1) (m(c, h) - m(c, none))``; the first block has no history."""
+        if not context:
+            return eps
+        emb = _group_conditions(self.cond_emb, None, index)
+        alone = _predict(self.model, x_in, t, 1, emb, 0, (), blocks, None, None)
+        return eps + (self.scale - 1.0) * (eps_cond - alone[:, 0])
+
+
+# ---------------------------------------------------------------------------
 #                              The block loop
 # ---------------------------------------------------------------------------
 @torch.no_grad()
@@ -225,7 +276,7 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
            progress: bool = False, output: str = "input", num_blocks: int | None = None, window: int | None = None,
            sink_blocks: int = 0, prefix: torch.Tensor | None = None, clip_denoised: bool = False,
            guidance_interval: tuple[float, float] | None = None, guide_model=None,
-           guide_scale: float = 1.0) -> torch.Tensor:
+           guide_scale: float = 1.0, history_scale: float = 1.0) -> torch.Tensor:
     """Generate samples block by block.
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
@@ -256,6 +307,8 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
         middle interval. Default: every step.
     guide_model, guide_scale: autoguidance: guided steps also add ``(guide_scale - 1) (m(c) -
         g(c))`` for a weaker model g of the same layout (see :class:`Autoguide`).
+    history_scale: history guidance for video: guided steps of blocks with context also add
+        ``(history_scale - 1) (m(c, h) - m(c, none))`` (see :class:`HistoryGuide`).
     """
     cfg, device, dtype = model.config, model.device, model.dtype
     B = _batch_size(cond, generator, batch_size)
@@ -264,10 +317,11 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
     contexts = context_schedule(N, T, window, sink_blocks)
     K = _check_arguments(cfg, B, N, generator, prefix, context_pass, output)
     guided = cfg_scale != 1.0
-    guide = Autoguide.prepare(model, guide_model, guide_scale, cond, B, N, contexts, use_cache)
     groups = 2 if guided else 1
     guided_at = _guidance_predicate(guidance_interval, cfg.num_train_timesteps)
     cond_emb, null_emb = _prepare_conditions(model, cond, B, N, guided)
+    guides = [g for g in (Autoguide.prepare(model, guide_model, guide_scale, cond, B, N, contexts, use_cache),
+                          HistoryGuide.prepare(model, history_scale, cond_emb)) if g is not None]
     base_scheduler = _prepare_scheduler(cfg, scheduler, clip_denoised)
 
     blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)
@@ -276,17 +330,12 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
     cache = (KVCache.allocate(model, B, max_context_blocks=max(len(c) for c in contexts), max_groups=groups)
              if use_cache else None)
     cached: tuple[int, ...] = ()  # blocks whose K/V the cache holds, in position order
-    block_iter = range(K, N)
-    if progress:
-        from tqdm.auto import tqdm
-
-        block_iter = tqdm(block_iter, desc="blocks", unit="block")
-    for i in block_iter:
+    for i in _block_range(K, N, progress):
         context, position = contexts[i], len(contexts[i])
         pending_clean = None  # the previous block, riding on this block's first step
         if use_cache:
             pending_clean = update_context(model, cache, blocks, i, context, cached, context_pass)
-            if guide is not None:
+            for guide in guides:
                 guide.update_context(blocks, i, context, cached)
             cached = context
         sched = copy.deepcopy(base_scheduler)
@@ -303,7 +352,7 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
             pending_clean = None
             eps_cond = eps[:, 0]
             eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if step_guided else eps[:, 0]
-            if guide is not None and guided_at(t):
+            for guide in guides if guided_at(t) else ():
                 eps = guide.apply(eps, eps_cond, x_in, t, i, position, blocks, context)
             x = scheduler_step(sched, eps, t, timesteps[k + 1] if k + 1 < len(timesteps) else None, x, generator)
         blocks[:, i] = _finish_block(on_block_end, i, x, blocks, cache, model)

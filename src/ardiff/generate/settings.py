@@ -19,11 +19,14 @@ class SamplingSettings:
     num_steps: int = 25
     sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
+    history_scale: float = 1.0  # history guidance, video models with whole-frame blocks (1 = off)
 
     def __post_init__(self):
         check_sampler(self.sampler)
         if self.num_steps < 1:
             raise ValueError(f"num_steps={self.num_steps} must be >= 1")
+        if not self.history_scale >= 1.0:
+            raise ValueError(f"history_scale={self.history_scale} must be >= 1 (1 = off)")
 
     @classmethod
     def recorded(cls, model_dir: str | os.PathLike) -> "SamplingSettings":
@@ -47,4 +50,4 @@ class SamplingSettings:
     def sample_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`ardiff.generate.sample`."""
         return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.sampler,
-                    clip_denoised=self.clip_denoised)
+                    clip_denoised=self.clip_denoised, history_scale=self.history_scale)

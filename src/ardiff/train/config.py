@@ -91,18 +91,21 @@ class SampleConfig:
     num_images: int = 16
     sampler: str = "dpmsolver++"  # a key of ardiff.diffusion.SAMPLERS
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1]: pixel-space runs only
+    history_scale: float = 1.0  # history guidance: video models with whole-frame blocks (1 = off)
 
     def __post_init__(self):
         from ardiff.diffusion.schedule import check_sampler
 
         check_sampler(self.sampler, "sample.sampler")
+        if not self.history_scale >= 1.0:
+            raise ValueError(f"sample.history_scale={self.history_scale} must be >= 1 (1 = off)")
 
     def settings(self):
         """The :class:`~ardiff.SamplingSettings` this section records with the exported model."""
         from ardiff.generate.sampler import SamplingSettings
 
         return SamplingSettings(cfg_scale=self.cfg_scale, num_steps=self.num_steps, sampler=self.sampler,
-                                clip_denoised=self.clip_denoised)
+                                clip_denoised=self.clip_denoised, history_scale=self.history_scale)
 
 
 @dataclass
