@@ -118,8 +118,7 @@ class ACDiTARM(ARM):
     def _sample_kwargs(self, generator) -> dict:
         return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.scheduler,
                     clip_denoised=self.clip_denoised, history_scale=self.history_scale, generator=[generator],
-                    window=self.window,
-                    sink_blocks=self.sink_blocks, output="blocks")
+                    window=self.window, sink_blocks=self.sink_blocks, output="blocks")
 
     @torch.no_grad()
     def generate(self, prompts: list[str], on_chunk: ChunkCallback, generator: torch.Generator) -> list[Any]:

@@ -281,6 +281,20 @@ def load_guide_model(args, model):
     return guide, args.guide_scale
 
 
+def check_history_scale(scale: float | None, config: dict, model_dir: str) -> None:
+    """History guidance needs whole-frame video blocks; checked on config.json before the model loads."""
+    if scale is None or scale == 1.0:
+        return
+    from ardiff.generate.context import check_frame_blocks
+    from ardiff.models.config import ACDiTConfig
+
+    try:
+        fields = ACDiTConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+        check_frame_blocks(fields, "history guidance (--history-scale)")
+    except ValueError as e:
+        raise CommandError(f"{model_dir}: {e}; drop --history-scale for this model") from None
+
+
 def checked_guidance_interval(args) -> tuple[float, float] | None:
     """``--guidance-interval`` as a tuple, checked before any model loads."""
     if args.guidance_interval is None:
@@ -336,20 +350,6 @@ def run_command(args, func) -> int:
             raise
         print(f"{args.prog}: error: {one_line(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
         return 2
-
-
-def check_history_scale(scale: float | None, config: dict, model_dir: str) -> None:
-    """History guidance needs whole-frame video blocks; checked on config.json before the model loads."""
-    if scale is None or scale == 1.0:
-        return
-    from ardiff.generate.context import check_frame_blocks
-    from ardiff.models.config import ACDiTConfig
-
-    try:
-        fields = ACDiTConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
-        check_frame_blocks(fields, "history guidance (--history-scale)")
-    except ValueError as e:
-        raise CommandError(f"{model_dir}: {e}; drop --history-scale for this model") from None
 
 
 def read_model_summary(name_or_path: str) -> tuple[Path, dict]:

@@ -345,14 +345,15 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
         timesteps = sched.timesteps
         for k, t in enumerate(timesteps):
             x_in = sched.scale_model_input(x, t)
-            step_guided = guided and guided_at(t)
+            in_interval = guided_at(t)
+            step_guided = guided and in_interval
             step_groups = 2 if step_guided else 1
             step_emb = group_emb if step_guided or group_emb is None else group_emb[:, :1]
             eps = _predict(model, x_in, t, step_groups, step_emb, position, context, blocks, cache, pending_clean)
             pending_clean = None
             eps_cond = eps[:, 0]
             eps = eps[:, 1] + cfg_scale * (eps[:, 0] - eps[:, 1]) if step_guided else eps[:, 0]
-            for guide in guides if guided_at(t) else ():
+            for guide in guides if in_interval else ():
                 eps = guide.apply(eps, eps_cond, x_in, t, i, position, blocks, context)
             x = scheduler_step(sched, eps, t, timesteps[k + 1] if k + 1 < len(timesteps) else None, x, generator)
         blocks[:, i] = _finish_block(on_block_end, i, x, blocks, cache, model)
