@@ -176,6 +176,12 @@ CASES = [
     ("loss-bands {root}/nothing", "is neither a model directory"),
     ("loss-bands fmnist --data-root {root}/nothing", "no such directory"),
     ("loss-bands fmnist --out {out}/l.txt", "must end in .json"),
+    # average
+    ("average {model} --out {out}/a", "needs at least two model directories"),
+    ("average {model} story-arm --out {out}/a", "describes another architecture"),
+    ("average {model} {root}/nothing --out {out}/a", "is neither a model directory"),
+    ("average {model} {model} --out {model}", "is one of the models to average"),
+    ("average {model} {model}", "the following arguments are required: --out"),
     # world, demo, analyze, bench
     ("world render --num 0 --out {out}/w", "--num: 0 must be a whole number >= 1"),
     ("world train-reader --lr 0 --out {out}/w", "--lr: 0 must be > 0"),

@@ -25,3 +25,22 @@ def test_mismatched_models_are_refused_with_the_reason(tmp_path):
         initialise_from(wider, tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         initialise_from(wider, tmp_path / "nowhere")
+
+
+def test_average_of_models_is_the_mean_of_their_weights(tmp_path):
+    from ardiff.models.checkpoint import average_pretrained, load_extras
+
+    for seed in (0, 1, 2):
+        tiny_model(dtype=torch.float32, seed=seed).save_pretrained(
+            tmp_path / f"m{seed}", extra_config={"_sampling": {"cfg_scale": 1.5 + seed}})
+    out = average_pretrained([tmp_path / f"m{s}" for s in (0, 1, 2)], tmp_path / "avg")
+    models = [ACDiT.from_pretrained(tmp_path / f"m{s}") for s in (0, 1, 2)]
+    averaged = ACDiT.from_pretrained(out)
+    assert averaged.config == models[0].config
+    for name, p in averaged.state_dict().items():
+        expected = sum(m.state_dict()[name].double() for m in models) / 3
+        torch.testing.assert_close(p.double(), expected, rtol=0, atol=1e-6)
+    assert any(not torch.equal(p, models[0].state_dict()[k]) for k, p in averaged.state_dict().items())
+    extras = load_extras(out)
+    assert extras["sampling"] == {"cfg_scale": 1.5}  # the first model's recorded sampling
+    assert extras["averaged_from"] == [str(tmp_path / f"m{s}") for s in (0, 1, 2)]

@@ -176,6 +176,15 @@ def cmd_convert_official(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from ardiff.models.checkpoint import average_pretrained
+    from ardiff.models.resolve import resolve_model_dir
+
+    out = average_pretrained([resolve_model_dir(m) for m in args.models], args.out)
+    print(f"wrote {out}: the average of {len(args.models)} models' weights")
+    return 0
+
+
 def cmd_encode_latents(args) -> int:
     from ardiff.data.latents import encode_latent_cache
     from ardiff.train import load_run_config
@@ -460,6 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="required: the release is a pickle; it is loaded with weights_only=True and an allow-list")
     conv.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
     conv.set_defaults(func=cmd_convert_official)
+
+    avg = sub.add_parser("average", help="average the weights of models of one architecture (a model soup)",
+                         description="Write the uniform average of the weights of two or more model directories "
+                                     "(or shipped names) of one architecture, e.g. the EMA weights of consecutive "
+                                     "training stages. The first model's recorded sampling and data go with it.")
+    avg.add_argument("models", nargs="+", help="model directories or shipped model names, two or more")
+    avg.add_argument("--out", required=True, type=output_dir, help="model directory to write")
+    avg.set_defaults(func=cmd_average)
 
     ev = sub.add_parser("eval", help="score a model or a sample file (FID, KID, precision/recall, IS, accuracy, FVD)",
                         description="Without --reference: sample a model and score it offline with the project's "

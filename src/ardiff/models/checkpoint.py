@@ -82,3 +82,34 @@ def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):
             f"missing keys {sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}"
         )
     return model.to(device=device, dtype=dtype).eval()
+
+
+def average_pretrained(directories: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """Write the uniform average of the weights of several model directories of one
+    architecture (a "model soup" of training stages, e.g. the EMA weights of consecutive
+    fine-tunes) to ``out_dir``. The sum is taken in float64 and cast back to each tensor's
+    dtype. ``out_dir`` records the first model's ``_``-prefixed extras (recorded sampling,
+    data) and the models averaged (``_averaged_from``)."""
+    from ardiff.models.acdit import ACDiT
+
+    if len(directories) < 2:
+        raise ValueError(f"averaging needs at least two model directories, got {len(directories)}")
+    if any(Path(d).resolve() == Path(out_dir).resolve() for d in directories):
+        raise ValueError(f"{out_dir} is one of the models to average: write the average to a new directory")
+    first = Path(directories[0])
+    first_config = load_config(first)
+    models = [ACDiT.from_pretrained(first)]
+    for directory in directories[1:]:
+        config = load_config(directory)
+        if config != first_config:
+            differing = sorted(k for k, v in config.to_dict().items() if first_config.to_dict().get(k) != v)
+            raise ValueError(f"{Path(directory) / CONFIG_NAME} describes another architecture than "
+                             f"{first / CONFIG_NAME} (differs in {', '.join(differing)}): only weights of one "
+                             f"architecture can be averaged")
+        models.append(ACDiT.from_pretrained(directory))
+    states = [m.state_dict() for m in models]
+    averaged = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype).contiguous()
+                for k, v in states[0].items()}
+    extras = {k: v for k, v in read_config_json(first).items() if k.startswith("_") and k != "_format"}
+    extras["_averaged_from"] = [str(d) for d in directories]
+    return save_pretrained(models[0], out_dir, state_dict=averaged, extra_config=extras)
