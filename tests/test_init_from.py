@@ -33,7 +33,7 @@ def test_average_of_models_is_the_mean_of_their_weights(tmp_path):
     for seed in (0, 1, 2):
         tiny_model(dtype=torch.float32, seed=seed).save_pretrained(
             tmp_path / f"m{seed}", extra_config={"_sampling": {"cfg_scale": 1.5 + seed}})
-    out = average_pretrained([tmp_path / f"m{s}" for s in (0, 1, 2)], tmp_path / "avg")
+    out = average_pretrained(ACDiT, [tmp_path / f"m{s}" for s in (0, 1, 2)], tmp_path / "avg")
     models = [ACDiT.from_pretrained(tmp_path / f"m{s}") for s in (0, 1, 2)]
     averaged = ACDiT.from_pretrained(out)
     assert averaged.config == models[0].config

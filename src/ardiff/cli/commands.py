@@ -177,10 +177,11 @@ def cmd_convert_official(args) -> int:
 
 
 def cmd_average(args) -> int:
+    from ardiff.models import ACDiT
     from ardiff.models.checkpoint import average_pretrained
     from ardiff.models.resolve import resolve_model_dir
 
-    out = average_pretrained([resolve_model_dir(m) for m in args.models], args.out)
+    out = average_pretrained(ACDiT, [resolve_model_dir(m) for m in args.models], args.out)
     print(f"wrote {out}: the average of {len(args.models)} models' weights")
     return 0
 

@@ -84,21 +84,19 @@ def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):
     return model.to(device=device, dtype=dtype).eval()
 
 
-def average_pretrained(directories: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+def average_pretrained(cls, directories: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Write the uniform average of the weights of several model directories of one
     architecture (a "model soup" of training stages, e.g. the EMA weights of consecutive
     fine-tunes) to ``out_dir``. The sum is taken in float64 and cast back to each tensor's
     dtype. ``out_dir`` records the first model's ``_``-prefixed extras (recorded sampling,
-    data) and the models averaged (``_averaged_from``)."""
-    from ardiff.models.acdit import ACDiT
-
+    data) and the models averaged (``_averaged_from``). ``cls``: the model class (``ACDiT``)."""
     if len(directories) < 2:
         raise ValueError(f"averaging needs at least two model directories, got {len(directories)}")
     if any(Path(d).resolve() == Path(out_dir).resolve() for d in directories):
         raise ValueError(f"{out_dir} is one of the models to average: write the average to a new directory")
     first = Path(directories[0])
     first_config = load_config(first)
-    models = [ACDiT.from_pretrained(first)]
+    models = [from_pretrained(cls, first)]
     for directory in directories[1:]:
         config = load_config(directory)
         if config != first_config:
@@ -106,7 +104,7 @@ def average_pretrained(directories: list[str | os.PathLike], out_dir: str | os.P
             raise ValueError(f"{Path(directory) / CONFIG_NAME} describes another architecture than "
                              f"{first / CONFIG_NAME} (differs in {', '.join(differing)}): only weights of one "
                              f"architecture can be averaged")
-        models.append(ACDiT.from_pretrained(directory))
+        models.append(from_pretrained(cls, directory))
     states = [m.state_dict() for m in models]
     averaged = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype).contiguous()
                 for k, v in states[0].items()}
