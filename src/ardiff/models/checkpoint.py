@@ -100,7 +100,8 @@ def average_pretrained(cls, directories: list[str | os.PathLike], out_dir: str |
     for directory in directories[1:]:
         config = load_config(directory)
         if config != first_config:
-            differing = sorted(k for k, v in config.to_dict().items() if first_config.to_dict().get(k) != v)
+            first_fields = first_config.to_dict()
+            differing = sorted(k for k, v in config.to_dict().items() if first_fields.get(k) != v)
             raise ValueError(f"{Path(directory) / CONFIG_NAME} describes another architecture than "
                              f"{first / CONFIG_NAME} (differs in {', '.join(differing)}): only weights of one "
                              f"architecture can be averaged")
@@ -108,6 +109,6 @@ def average_pretrained(cls, directories: list[str | os.PathLike], out_dir: str |
     states = [m.state_dict() for m in models]
     averaged = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype).contiguous()
                 for k, v in states[0].items()}
-    extras = {k: v for k, v in read_config_json(first).items() if k.startswith("_") and k != "_format"}
+    extras = {f"_{k}": v for k, v in load_extras(first).items()}
     extras["_averaged_from"] = [str(d) for d in directories]
     return save_pretrained(models[0], out_dir, state_dict=averaged, extra_config=extras)
