@@ -44,3 +44,16 @@ def test_average_of_models_is_the_mean_of_their_weights(tmp_path):
     extras = load_extras(out)
     assert extras["sampling"] == {"cfg_scale": 1.5}  # the first model's recorded sampling
     assert extras["averaged_from"] == [str(tmp_path / f"m{s}") for s in (0, 1, 2)]
+
+
+def test_saved_model_files_are_readable_like_any_file_written_here(tmp_path):
+    """safetensors creates its files owner-only; a model directory's files all follow the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        tiny_model(dtype=torch.float32).save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}

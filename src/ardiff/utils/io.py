@@ -35,6 +35,14 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     path = Path(path)
     tmp = _temporary(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    # safetensors creates its file owner-only (0600); give it the mode open() would (umask)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
