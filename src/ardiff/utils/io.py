@@ -30,19 +30,8 @@ def atomic_write_json(path: str | os.PathLike, data, indent: int = 1) -> None:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    # serialised in memory and written by open(), so the file follows the umask (safetensors'
+    # own save_file creates it owner-only)
+    from safetensors.torch import save
 
-    path = Path(path)
-    tmp = _temporary(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    # safetensors creates its file owner-only (0600); give it the mode open() would (umask)
-    os.chmod(tmp, 0o666 & ~_current_umask())
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
