@@ -1,4 +1,10 @@
-"""CUDA paths: FlexAttention training forward/backward, bf16, torch.compile. Skipped without a GPU."""
+"""CUDA paths: FlexAttention training forward/backward, bf16, torch.compile. Skipped without a GPU.
+
+Last run on a GPU (one H200, torch 2.11.0+cu130, 2026-12-04): the auto-backend and bf16 tests
+passed; test_flex_equals_dense_forward_and_backward failed for all three block sizes (its
+message was cut off by the session's time limit, cause not found); the sampling and compile
+tests did not get to run.
+"""
 
 import pytest
 import torch
@@ -10,8 +16,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def gpu_model(backend, dtype=torch.float32, **overrides):
-    cfg = ACDiTConfig.preset("tiny", hidden_size=128, num_heads=2, input_size=(16, 16), block_size=16,
-                             attention_backend=backend, **overrides)
+    settings = dict(hidden_size=128, num_heads=2, input_size=(16, 16), block_size=16, attention_backend=backend)
+    cfg = ACDiTConfig.preset("tiny", **{**settings, **overrides})
     torch.manual_seed(0)
     return randomize(ACDiT(cfg)).to("cuda", dtype)
 

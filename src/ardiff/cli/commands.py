@@ -186,6 +186,15 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ardiff.train.export import export_checkpoint
+
+    out = export_checkpoint(args.source, args.out, weights=args.weights, step=args.step, dtype=args.dtype)
+    print(f"wrote {out}: the {'EMA' if args.weights == 'ema' else 'raw'} weights of "
+          f"{json.loads((out / 'config.json').read_text())['_exported_from']['checkpoint']} as {args.dtype}")
+    return 0
+
+
 def cmd_encode_latents(args) -> int:
     from ardiff.data.latents import encode_latent_cache
     from ardiff.train import load_run_config
@@ -478,6 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
     avg.add_argument("models", nargs="+", help="model directories or shipped model names, two or more")
     avg.add_argument("--out", required=True, type=output_dir, help="model directory to write")
     avg.set_defaults(func=cmd_average)
+
+    exp = sub.add_parser("export", help="a model directory from a training checkpoint (EMA or raw weights, fp16)",
+                         description="Write a model directory (config.json + model.safetensors, with the run's "
+                                     "recorded sampling and data) from a checkpoint of `ardiff train`: the newest "
+                                     "or --step N, its EMA weights or the raw ones, stored as float32, float16 or "
+                                     "bfloat16 (half the bytes; loaded into float32 parameters). `ardiff train` "
+                                     "itself exports the EMA weights of its last step.")
+    exp.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                     help="a training run directory (train.out_dir) or one of its checkpoints/step_* directories")
+    exp.add_argument("--out", required=True, type=output_dir, help="model directory to write")
+    exp.add_argument("--weights", choices=("ema", "model"), default="ema",
+                     help="ema: the moving average (default); model: the weights the optimizer last wrote")
+    exp.add_argument("--step", type=positive_int, help="that step's checkpoint (default: the newest)")
+    exp.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                     help="storage precision of the weights (default float32)")
+    exp.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("eval", help="score a model or a sample file (FID, KID, precision/recall, IS, accuracy, FVD)",
                         description="Without --reference: sample a model and score it offline with the project's "
