@@ -96,6 +96,21 @@ def test_bad_input_names_what_to_do(trained, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_needs_only_the_weights_it_exports(trained, tmp_path):
+    import shutil
+
+    run, _ = trained
+    copy = tmp_path / "step_00000006"
+    shutil.copytree(run / "checkpoints" / "step_00000006", copy)
+    (copy / "optimizer.safetensors").write_bytes(b"damaged")
+    out = export_checkpoint(copy, tmp_path / "m")
+    assert all(torch.equal(weights(out)[k], v) for k, v in weights(run / "model").items())
+    (copy / "ema.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match=r"checkpoint .*step_00000006 is unreadable"):
+        export_checkpoint(copy, tmp_path / "n")
+    assert not (tmp_path / "n").exists()
+
+
 def test_cli(trained, tmp_path, capsys):
     run, raw = trained
     assert main(["export", str(run), "--out", str(tmp_path / "m"), "--weights", "model", "--dtype", "float16"]) == 0

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ardiff.data.latents import VAERecord
 from ardiff.models import ACDiT
@@ -78,15 +79,19 @@ def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, weights
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
     path = find_checkpoint(source, step)
-    data = ckpt.read_checkpoint(path)
+    # Only the weights asked for and the trainer state: the optimizer's file is not needed.
     try:
-        run = build_run_config(data["trainer_state"]["run_config"])
+        trainer_state = json.loads((path / "trainer_state.json").read_text())
+        state = load_file(str(path / f"{weights}.safetensors"))
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable: {e}") from None
+    try:
+        run = build_run_config(trainer_state["run_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path / 'trainer_state.json'} does not hold a usable run config ({e}); it was not "
                          f"written by ardiff train") from None
     model = ACDiT(run.model)
     expected = set(model.state_dict())
-    state = data[weights]
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ValueError(f"{path / (weights + '.safetensors')} does not match the run's architecture "
@@ -95,7 +100,7 @@ def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, weights
     vae = _vae_record(run)
     if vae is not None:
         extras["_vae"] = vae
-    extras["_exported_from"] = {"checkpoint": str(path), "step": int(data["trainer_state"]["step"]),
+    extras["_exported_from"] = {"checkpoint": str(path), "step": int(trainer_state["step"]),
                                 "weights": weights, "dtype": dtype}
     cast = {k: v.to(EXPORT_DTYPES[dtype]).contiguous() for k, v in state.items()}
     return save_pretrained(model, out, state_dict=cast, extra_config=extras)
