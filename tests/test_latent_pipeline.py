@@ -54,3 +54,7 @@ def test_latent_training_and_decoded_sampling(tmp_path, tiny_vae_dir, capsys):
     assert img.mode == "RGB" and img.size == (2 * 18 + 2, 2 * 18 + 2)  # 3 images on a 2x2 grid
     model = ACDiT.from_pretrained(tmp_path / "run" / "model")
     assert model.config.in_channels == 4
+
+    # ardiff export records the same VAE as the model ardiff train exported
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exported"), "--dtype", "float16"]) == 0
+    assert load_extras(tmp_path / "exported")["vae"] == extras["vae"]

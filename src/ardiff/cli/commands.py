@@ -187,11 +187,12 @@ def cmd_average(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ardiff.models.checkpoint import load_extras
     from ardiff.train.export import export_checkpoint
 
     out = export_checkpoint(args.source, args.out, weights=args.weights, step=args.step, dtype=args.dtype)
     print(f"wrote {out}: the {'EMA' if args.weights == 'ema' else 'raw'} weights of "
-          f"{json.loads((out / 'config.json').read_text())['_exported_from']['checkpoint']} as {args.dtype}")
+          f"{load_extras(out)['exported_from']['checkpoint']} as {args.dtype}")
     return 0
 
 

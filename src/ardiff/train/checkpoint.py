@@ -91,13 +91,18 @@ def write_checkpoint(root: Path, step: int, model_state: dict, ema_state: dict, 
     return final
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The checkpoints under ``root`` whose writing finished (trainer_state.json is written last), oldest first."""
+    return sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     pointer = root / LATEST
     if pointer.is_file():
         candidate = root / pointer.read_text().strip()
         if (candidate / "trainer_state.json").is_file():
             return candidate
-    complete = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
+    complete = complete_checkpoints(root)
     return complete[-1] if complete else None
 
 
@@ -119,8 +124,7 @@ def read_checkpoint(path: Path) -> dict:
 
 def newest_readable_checkpoint(root: Path, older_than: Path) -> Path | None:
     """The newest complete checkpoint before ``older_than`` whose files all read back."""
-    candidates = sorted((p for p in root.glob("step_*") if (p / "trainer_state.json").is_file()
-                         and p.name < older_than.name), reverse=True)
+    candidates = [p for p in reversed(complete_checkpoints(root)) if p.name < older_than.name]
     for path in candidates:
         try:
             read_checkpoint(path)

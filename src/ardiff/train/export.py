@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ardiff.data.latents import VAERecord
+from ardiff.data.latents import LatentDataset, VAERecord
 from ardiff.models import ACDiT
 from ardiff.models.checkpoint import save_pretrained
 from ardiff.train import checkpoint as ckpt
@@ -24,10 +24,6 @@ from ardiff.train.trainer import model_record
 
 EXPORT_WEIGHTS = ("ema", "model")  # the EMA average, or the weights the optimizer last wrote
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _complete_steps(root: Path) -> list[str]:
-    return sorted(p.name for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
 
 
 def find_checkpoint(source: str | os.PathLike, step: int | None = None) -> Path:
@@ -52,7 +48,7 @@ def find_checkpoint(source: str | os.PathLike, step: int | None = None) -> Path:
     path = root / f"step_{step:08d}"
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"no complete checkpoint of step {step} in {root}; it holds: "
-                                f"{', '.join(_complete_steps(root)) or 'none'}")
+                                f"{', '.join(p.name for p in ckpt.complete_checkpoints(root)) or 'none'}")
     return path
 
 
@@ -60,13 +56,7 @@ def _vae_record(run) -> dict | None:
     """A latent run's model decodes with the VAE its cache records (as ``Trainer.export`` writes)."""
     if run.data.name != "latents":
         return None
-    meta_path = Path(run.data.root or "") / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"the run trained on the latent cache {run.data.root}, and its meta.json (the VAE that "
-                         f"decodes the model's output) cannot be read: {e}. Export where the cache is") from None
-    record = VAERecord.from_cache_meta(meta)
+    record = VAERecord.from_cache_meta(LatentDataset(run.data.root or "").meta)
     return None if record is None else record.to_dict()
 
 
