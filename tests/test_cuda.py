@@ -3,7 +3,10 @@
 Last run on a GPU (one H200, torch 2.11.0+cu130, 2026-12-04): the auto-backend and bf16 tests
 passed; test_flex_equals_dense_forward_and_backward failed for all three block sizes (its
 message was cut off by the session's time limit, cause not found); the sampling and compile
-tests did not get to run.
+tests did not get to run. On the CPU (torch 2.13) the same models' training forward through
+FlexAttention, eager and compiled, matches SDPA's to 6e-7 for block sizes 16, 4 and 64, so the
+suspect is the CUDA kernels, most likely the backward. Until this test passes on a GPU,
+attention_backend "auto" means SDPA on CUDA too, and "flex" must be asked for by name.
 """
 
 import pytest
@@ -15,6 +18,16 @@ from helpers import randomize
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
+@pytest.fixture(autouse=True)
+def full_fp32_matmuls():
+    """Compare kernels in true fp32: a Trainer built earlier in the session (train.tf32) may have
+    switched TF32 on for the whole process."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def gpu_model(backend, dtype=torch.float32, **overrides):
     settings = dict(hidden_size=128, num_heads=2, input_size=(16, 16), block_size=16, attention_backend=backend)
     cfg = ACDiTConfig.preset("tiny", **{**settings, **overrides})
@@ -22,10 +35,11 @@ def gpu_model(backend, dtype=torch.float32, **overrides):
     return randomize(ACDiT(cfg)).to("cuda", dtype)
 
 
-def test_auto_backend_is_flex_on_cuda():
+def test_auto_backend_is_sdpa_on_cuda():
     model = gpu_model("auto")
-    assert model._backend(torch.device("cuda"), cached=False) == "flex"
+    assert model._backend(torch.device("cuda"), cached=False) == "sdpa"
     assert model._backend(torch.device("cuda"), cached=True) == "sdpa"
+    assert gpu_model("flex")._backend(torch.device("cuda"), cached=False) == "flex"
 
 
 @pytest.mark.parametrize("block_size", [16, 4, 64])
@@ -39,9 +53,13 @@ def test_flex_equals_dense_forward_and_backward(block_size):
         loss = training_loss(model, x, y, generator=torch.Generator("cuda").manual_seed(1))
         loss.backward()
         losses.append(loss)
-    assert torch.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-5)
-    for (n, a), b in zip(flex.named_parameters(), dense.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5), n
+    assert torch.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-5), f"loss {losses[0].item()} vs {losses[1].item()}"
+    # One line per mismatching parameter, so a cut-off log still says where and by how much.
+    mismatched = [f"{n}: max |diff| {(a.grad - b.grad).abs().max().item():.2e}, "
+                  f"max |grad| {b.grad.abs().max().item():.2e}"
+                  for (n, a), b in zip(flex.named_parameters(), dense.parameters())
+                  if not torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5)]
+    assert not mismatched, f"{len(mismatched)} gradients differ; first: " + "; ".join(mismatched[:3])
 
 
 def test_bf16_autocast_training_step():

@@ -332,7 +332,13 @@ def test_ddim_float32_close():
     assert (a - b).abs().max() < 1e-4
 
 
-def test_flex_backend_matches_sdpa_forward_on_cpu():
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_flex_backend_matches_sdpa_forward_on_cpu(compiled, monkeypatch):
+    """The eager FlexAttention and the kernel torch.compile makes of it (what CUDA runs)."""
+    from ardiff.nn import attention
+
+    op = attention.flex_attention_op
+    monkeypatch.setattr(attention, "flex_attention_op", lambda q, k, v, mask: op(q, k, v, mask, compiled=compiled))
     model = tiny_model(dtype=torch.float32)
     x0 = torch.randn(2, 3, 8, 8)
     xt = torch.randn(2, 3, 8, 8)

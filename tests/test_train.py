@@ -93,6 +93,13 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
         trainer.fit()
 
 
+def test_flex_backend_on_cpu_is_refused_before_training(tmp_path):
+    raw = run_config(tmp_path).to_dict()
+    raw["model"]["attention_backend"] = "flex"
+    with pytest.raises(ValueError, match="model.attention_backend=flex trains only on CUDA.*auto or sdpa"):
+        Trainer(build_run_config(raw), dataset=synthetic_dataset(), device="cpu", progress=False)
+
+
 def test_wsd_schedule():
     from ardiff.train.trainer import wsd_lr_factor
 

@@ -296,9 +296,11 @@ class ACDiT(nn.Module):
     def _backend(self, device: torch.device, cached: bool) -> str:
         backend = self.config.attention_backend
         if backend == "auto":
-            # FlexAttention pays off for the big training masks on CUDA; cached sampling
-            # masks are tiny or absent, so SDPA serves them everywhere.
-            return "flex" if device.type == "cuda" and not cached else "sdpa"
+            # SDPA with the dense mask everywhere: it is exact against the float64 reference.
+            # FlexAttention (attention_backend="flex", CUDA training) skips the masked tiles,
+            # but its CUDA backward did not match the dense one in tests/test_cuda.py on the
+            # last GPU run (cause not found), so it is chosen only by name until that passes.
+            return "sdpa"
         return backend
 
     def _mask(self, backend, q_layout, k_layout, device):

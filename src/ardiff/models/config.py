@@ -67,7 +67,7 @@ class ACDiTConfig:
     spatial_pos_embed: bool = False
     qk_norm: bool = True
     norm_eps: float = 1e-6
-    attention_backend: str = "auto"
+    attention_backend: str = "auto"  # auto = sdpa (dense mask); "flex" = FlexAttention BlockMask, CUDA only
 
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4

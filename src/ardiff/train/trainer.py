@@ -111,6 +111,9 @@ class Trainer:
             dataset = build_dataset(run.data, run.model)
         self.dataset = dataset
         self._check_dataset()
+        if run.model.attention_backend == "flex" and self.device.type != "cuda":
+            raise ValueError(f"model.attention_backend=flex trains only on CUDA (FlexAttention has no backward on "
+                             f"{self.device.type}); set model.attention_backend=auto or sdpa")
         self.example_weights = self._example_weights()
         # Latent datasets record their VAE: exported models and sample grids decode with it.
         meta = getattr(dataset, "meta", None)
