@@ -13,9 +13,9 @@ import torch
 from ardiff.acdc.native import FMNIST_PROMPT_NAMES, NativeCorrector
 from ardiff.acdc.pipeline import match_color
 from ardiff.data.fashion_mnist import FashionMNIST
-from ardiff.models.resolve import resolve_model_dir
 from ardiff.eval.features import FMNISTFeatures
 from ardiff.models.acdit import ACDiT
+from ardiff.models.resolve import resolve_model_dir
 
 
 def main():

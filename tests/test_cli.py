@@ -61,14 +61,63 @@ def test_demo_quick(tmp_path, capsys):
         assert (tmp_path / name).is_file(), name
     report = json.loads((tmp_path / "report.json").read_text())
     for part, model in (("image_model", "fmnist"), ("video_model", "moving-fmnist")):
-        assert report[part]["sampling"] == {**dataclasses.asdict(SamplingSettings.recorded(resolve_model_dir(model))),
-                                            "num_steps": 2}
+        recorded = dataclasses.asdict(SamplingSettings.recorded(resolve_model_dir(model)))
+        assert report[part]["sampling"] == json.loads(json.dumps({**recorded, "num_steps": 2}))
     # The class grid shows the scored samples: 4 per class here, one row per class.
     from PIL import Image
 
     assert Image.open(tmp_path / "fmnist_classes.png").size[1] > 2 * Image.open(tmp_path / "fmnist_classes.png").size[0]
     assert main(["demo", "--out", str(tmp_path), "--num-eval", "5"]) == 2
     assert "at least 10 images" in capsys.readouterr().err
+
+
+def test_guidance_interval_from_the_flag_and_as_recorded(tmp_path, capsys):
+    """A recorded _sampling.guidance_interval is the default of sample, sample-npz and eval;
+    --guidance-interval overrides it (0 1: every step); sample files record it in their job."""
+    import torch
+
+    from ardiff.eval.sample_files import load_sample_npz
+    from ardiff.models.checkpoint import save_pretrained
+    from helpers import tiny_model
+
+    image = dict(input_size=(8, 8), in_channels=1, patch_size=2, block_layout="tiles", block_size=4, num_classes=10)
+    model = tiny_model(dtype=torch.float32, **image)
+    plain = save_pretrained(model, tmp_path / "plain", extra_config={"_sampling": {"cfg_scale": 3.0}})
+    recorded = save_pretrained(model, tmp_path / "recorded",
+                               extra_config={"_sampling": {"cfg_scale": 3.0, "guidance_interval": [0.0, 0.6]}})
+    assert SamplingSettings.recorded(recorded).guidance_interval == (0.0, 0.6)
+    assert SamplingSettings.recorded(plain).guidance_interval is None
+    argv = ["--num", "2", "--steps", "4", "--no-progress"]
+    files = {}
+    for name, source, flags in (("plain", plain, []), ("recorded", recorded, []),
+                                ("flag", plain, ["--guidance-interval", "0", "0.6"]),
+                                ("every", recorded, ["--guidance-interval", "0", "1"])):
+        files[name] = tmp_path / f"{name}.npz"
+        assert main(["sample-npz", str(source), *argv, *flags, "--out", str(files[name])]) == 0
+    jobs = {k: load_sample_npz(f).job for k, f in files.items()}
+    assert jobs["recorded"]["guidance_interval"] == jobs["flag"]["guidance_interval"] == [0.0, 0.6]
+    assert "guidance_interval" not in jobs["plain"] and "guidance_interval" not in jobs["every"]
+    images = {k: load_sample_npz(f).images for k, f in files.items()}
+    assert (images["recorded"] == images["flag"]).all() and (images["every"] == images["plain"]).all()
+    assert (images["recorded"] != images["plain"]).any()  # the unguided steps change the samples
+    assert main(["sample", str(recorded), "--num", "1", "--steps", "2", "--out", str(tmp_path / "a.png")]) == 0
+    assert "CFG 3 at t/T in [0, 0.6]" in capsys.readouterr().out
+    assert main(["sample", str(recorded), "--num", "1", "--steps", "2", "--guidance-interval", "0", "1",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    assert "CFG 3)" in capsys.readouterr().out
+
+
+def test_guidance_interval_in_a_run_config_is_checked_and_recorded(tmp_path):
+    from ardiff.train.config import build_run_config
+    from ardiff.train.trainer import model_record
+
+    raw = {"model": {"preset": "tiny"}, "sample": {"guidance_interval": [0.1, 0.7]}}
+    assert model_record(build_run_config(raw))["_sampling"]["guidance_interval"] == (0.1, 0.7)
+    for bad in ([0.7, 0.1], [0.5]):
+        with pytest.raises(ValueError, match=r"sample.guidance_interval=.* must be \[low, high\]"):
+            build_run_config({**raw, "sample": {"guidance_interval": bad}})
+    with pytest.raises(ValueError, match="sample.guidance_interval must be a list, got 'half'"):
+        build_run_config({**raw, "sample": {"guidance_interval": "half"}})
 
 
 def test_history_scale_from_the_flag_and_as_recorded(tmp_path, capsys):

@@ -29,7 +29,7 @@ def image_and_video_samples() -> dict[str, torch.Tensor]:
         directory = resolve_model_dir(name)
         s = SamplingSettings.recorded(directory)
         out[name], _ = generate(ACDiT.from_pretrained(directory), num, s.cfg_scale, s.num_steps, seed=10_000,
-                                sampler=s.sampler, clip_denoised=s.clip_denoised)
+                                sampler=s.sampler, clip_denoised=s.clip_denoised, guidance_interval=s.guidance_interval)
     return out
 
 

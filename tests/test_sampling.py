@@ -497,7 +497,11 @@ def test_clip_denoised_needs_a_sampler_by_name():
 def test_sample_kwargs_carry_every_setting():
     s = SamplingSettings(cfg_scale=3.0, num_steps=7, sampler="ddpm", clip_denoised=True)
     assert s.sample_kwargs() == dict(num_steps=7, cfg_scale=3.0, scheduler="ddpm", clip_denoised=True,
-                                     history_scale=1.0)
+                                     history_scale=1.0, guidance_interval=None)
+    assert s.but(guidance_interval=[0.2, 0.6]).sample_kwargs()["guidance_interval"] == (0.2, 0.6)
+    assert s.but(guidance_interval=(0, 1)).guidance_interval is None  # every step: no interval
+    with pytest.raises(ValueError, match=r"guidance_interval=\(0.6, 0.2\) must be \(low, high\)"):
+        s.but(guidance_interval=(0.6, 0.2))
     model = tiny_model()
     a = sample(model, labels(), generator=make_generators([1, 2, 3]), **s.sample_kwargs())
     b = sample(model, labels(), generator=make_generators([1, 2, 3]), num_steps=7, cfg_scale=3.0,

@@ -80,7 +80,8 @@ class ACDiTARM(ARM):
 
     def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
                  cfg_scale: float = 1.0, scheduler=None, window: int | None = None, sink_blocks: int = 0,
-                 chunk_blocks: int = 1, clip_denoised: bool = False, history_scale: float = 1.0):
+                 chunk_blocks: int = 1, clip_denoised: bool = False, history_scale: float = 1.0,
+                 guidance_interval: tuple[float, float] | None = None):
         c = model.config
         if not c.is_video or c.block_size % c.tokens_per_frame:
             raise ValueError(f"ACDiTARM needs a video model whose blocks are whole frames (block_size a multiple of "
@@ -93,6 +94,7 @@ class ACDiTARM(ARM):
         self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
         self.clip_denoised = clip_denoised  # with a sampler given by name (see generate.sampler.sample)
         self.history_scale = history_scale  # history guidance (see generate.sampler.HistoryGuide)
+        self.guidance_interval = guidance_interval  # guided steps (see generate.sampler.sample)
         self.frames_per_block = c.block_size // c.tokens_per_frame
         self.chunk_blocks = chunk_blocks
         self.frames_per_chunk = self.frames_per_block * chunk_blocks
@@ -117,7 +119,8 @@ class ACDiTARM(ARM):
 
     def _sample_kwargs(self, generator) -> dict:
         return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.scheduler,
-                    clip_denoised=self.clip_denoised, history_scale=self.history_scale, generator=[generator],
+                    clip_denoised=self.clip_denoised, history_scale=self.history_scale,
+                    guidance_interval=self.guidance_interval, generator=[generator],
                     window=self.window, sink_blocks=self.sink_blocks, output="blocks")
 
     @torch.no_grad()

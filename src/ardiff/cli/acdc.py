@@ -121,11 +121,14 @@ def build_arm(spec: str, steps: int | None, cfg: float | None, device: str, mode
         # The model's recorded sampler and clipping: the settings its numbers were measured with.
         arm = ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
                        cfg_scale=settings.cfg_scale, scheduler=settings.sampler,
-                       clip_denoised=settings.clip_denoised, history_scale=settings.history_scale, window=window,
+                       clip_denoised=settings.clip_denoised, history_scale=settings.history_scale,
+                       guidance_interval=settings.guidance_interval, window=window,
                        sink_blocks=sink_blocks, chunk_blocks=chunk_blocks)
         return arm, {"spec": spec, "path": str(path), "num_steps": settings.num_steps,
                      "cfg_scale": settings.cfg_scale, "sampler": settings.sampler,
-                     "clip_denoised": settings.clip_denoised, "history_scale": settings.history_scale, "window": window,
+                     "clip_denoised": settings.clip_denoised, "history_scale": settings.history_scale,
+                     **({"guidance_interval": list(settings.guidance_interval)} if settings.guidance_interval else {}),
+                     "window": window,
                      "sink_blocks": sink_blocks, "chunk_blocks": chunk_blocks}
     if window is not None or chunk_blocks != 1:
         raise CommandError(f"--arm {spec}: --window and multi-block chunks need an ACDiT ARM (builtin or acdit:DIR)")

@@ -116,11 +116,12 @@ def cmd_sample(args) -> int:
 
     from ardiff import ACDiT, SamplingSettings, make_generators, sample
     from ardiff.data.latents import VAERecord
+    from ardiff.generate.settings import describe_interval
     from ardiff.utils.media import save_media
 
     settings = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps,
                                                         sampler=args.sampler, clip_denoised=args.clip_denoised,
-                                                        history_scale=args.history_scale)
+                                                        history_scale=args.history_scale, guidance_interval=interval)
     check_history_scale(settings.history_scale, config, args.model_dir)
     vae_record = VAERecord.recorded(directory)
     if args.vae:
@@ -147,8 +148,8 @@ def cmd_sample(args) -> int:
         settings = settings.but(cfg_scale=1.0)
     guide, guide_scale = load_guide_model(args, model)
     n = len(labels) if labels is not None else args.num
-    samples = sample(model, labels, **settings.sample_kwargs(), guidance_interval=interval,
-                     guide_model=guide, guide_scale=guide_scale, use_cache=not args.no_cache,
+    samples = sample(model, labels, **settings.sample_kwargs(), guide_model=guide, guide_scale=guide_scale,
+                     use_cache=not args.no_cache,
                      generator=make_generators(range(args.seed, args.seed + n), device), batch_size=n, progress=True)
     if vae is not None:
         with torch.no_grad():
@@ -162,7 +163,7 @@ def cmd_sample(args) -> int:
     path = save_media(samples.cpu(), out, scale=scale, captions=captions, nrow=nrow)
     print(f"wrote {n} {'videos' if cfg.is_video else 'images'} to {path} (seeds {args.seed}..{args.seed + n - 1}, "
           f"{settings.num_steps} {settings.sampler} steps per block, CFG {settings.cfg_scale:g}"
-          f"{f' at t/T in [{interval[0]:g}, {interval[1]:g}]' if interval else ''}"
+          f"{describe_interval(settings.guidance_interval)}"
           f"{f', autoguided by {args.guide_model} at {guide_scale:g}' if guide is not None else ''}"
           f"{f', history guidance {settings.history_scale:g}' if settings.history_scale != 1 else ''})")
     return 0
@@ -253,19 +254,19 @@ def cmd_eval_reference(args) -> int:
     is_file = args.model_dir.lower().endswith(".npz")
     if not is_file:
         read_model_summary(args.model_dir)  # a bad model directory fails before torch loads
-    elif any(v is not None for v in (args.cfg, args.steps, args.sampler, args.clip_denoised, args.vae)):
-        raise CommandError("--cfg, --steps, --sampler, --clip-denoised and --vae apply when sampling a model; "
-                           f"{args.model_dir} already holds samples")
-    if args.guidance_interval:
-        raise CommandError("--guidance-interval applies when ardiff eval samples a model against its built-in "
-                           "reference (without --reference)")
+    elif any(v is not None for v in (args.cfg, args.steps, args.sampler, args.clip_denoised, args.vae,
+                                     args.guidance_interval)):
+        raise CommandError("--cfg, --steps, --sampler, --clip-denoised, --guidance-interval and --vae apply when "
+                           f"sampling a model; {args.model_dir} already holds samples")
+    interval = checked_guidance_interval(args)
     if args.guide_model or args.guide_scale is not None or args.history_scale is not None:
         raise CommandError("--guide-model, --guide-scale and --history-scale apply when ardiff eval samples a model "
                            "against its built-in reference (without --reference)")
     result = evaluate_against_reference(
         args.model_dir, args.reference, args.features or "fmnist", num=args.num, seed=args.seed, cfg_scale=args.cfg,
         num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised, vae_dir=args.vae,
-        classifier_path=args.classifier, save_stats=args.save_stats, device=args.device, progress=True)
+        classifier_path=args.classifier, save_stats=args.save_stats, device=args.device, progress=True,
+        guidance_interval=interval)
     return _report_metrics(result, result["num_samples"], args.out)
 
 
@@ -303,14 +304,15 @@ def cmd_eval(args) -> int:
     from ardiff.models.checkpoint import load_extras
 
     s = SamplingSettings.recorded(directory).but(cfg_scale=args.cfg, num_steps=args.steps, sampler=args.sampler,
-                                                 clip_denoised=args.clip_denoised, history_scale=args.history_scale)
+                                                 clip_denoised=args.clip_denoised, history_scale=args.history_scale,
+                                                 guidance_interval=interval)
     check_history_scale(s.history_scale, config, args.model_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ACDiT.from_pretrained(directory, device=device)
     guide, guide_scale = load_guide_model(args, model)
     result = evaluate(model, num=args.num, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
                       clip_denoised=s.clip_denoised, history_scale=s.history_scale, seed=args.seed,
-                      classifier_path=args.classifier, progress=True, guidance_interval=interval,
+                      classifier_path=args.classifier, progress=True, guidance_interval=s.guidance_interval,
                       guide_model=guide, guide_scale=guide_scale,
                       inception_weights=args.inception_weights, i3d_path=args.i3d,
                       data=load_extras(directory).get("data"), real_floor=not args.no_floor)
@@ -322,11 +324,14 @@ def cmd_eval(args) -> int:
 def cmd_sample_npz(args) -> int:
     _, config = read_model_summary(args.model_dir)
     check_history_scale(args.history_scale, config, args.model_dir)
+    interval = checked_guidance_interval(args)
     from ardiff.eval.sample_files import sample_model_to_npz
+    from ardiff.generate.settings import describe_interval
 
     summary = sample_model_to_npz(args.model_dir, args.out, args.num, seed=args.seed, cfg_scale=args.cfg,
                                   num_steps=args.steps, sampler=args.sampler, clip_denoised=args.clip_denoised,
-                                  history_scale=args.history_scale, batch_size=args.batch_size, vae_dir=args.vae,
+                                  history_scale=args.history_scale, guidance_interval=interval,
+                                  batch_size=args.batch_size, vae_dir=args.vae,
                                   rgb=args.rgb, device=args.device, progress=not args.no_progress)
     if summary["rank"] == 0:
         job = summary["job"]
@@ -335,7 +340,8 @@ def cmd_sample_npz(args) -> int:
         else:
             resumed = f", {summary['chunks_skipped']} resumed from an earlier run" if summary["chunks_skipped"] else ""
             print(f"wrote {job['num']} samples to {args.out} (seeds {job['seed']}..{job['seed'] + job['num'] - 1}, "
-                  f"{job['num_steps']} {job['sampler']} steps per block, CFG {job['cfg_scale']:g}; "
+                  f"{job['num_steps']} {job['sampler']} steps per block, CFG {job['cfg_scale']:g}"
+                  f"{describe_interval(job.get('guidance_interval'))}; "
                   f"{summary['chunks_drawn']} batches drawn on rank 0 of {summary['world_size']}{resumed}; "
                   f"{summary['seconds']:.0f} s)")
     return 0
@@ -576,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     snpz.add_argument("--num", "-n", type=positive_int, required=True, help="number of samples (-n under torchrun)")
     snpz.add_argument("--out", type=output_file(".npz"), required=True, help="sample file to write (.npz)")
     add_sampling_flags(snpz)
+    add_guidance_interval_flag(snpz)
     snpz.add_argument("--seed", type=nonnegative_int, default=0, help="sample i uses seed + i")
     snpz.add_argument("--batch-size", type=positive_int, default=64, help="samples per batch (a resumable unit)")
     snpz.add_argument("--vae", type=existing_dir, help="local diffusers AutoencoderKL directory (default: the one "

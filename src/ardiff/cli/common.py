@@ -239,7 +239,8 @@ def add_sampling_flags(parser, cfg_help: str = "classifier-free guidance scale (
 def add_guidance_interval_flag(parser) -> None:
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="guide only the steps with LOW <= t / training timesteps <= HIGH (0 = clean, 1 = pure "
-                             "noise); the others run the conditional branch alone (default: guide every step)")
+                             "noise); the others run the conditional branch alone (default: the interval recorded "
+                             "with the model, else every step; 0 1 guides every step)")
 
 
 def add_guide_model_flags(parser) -> None:

@@ -311,7 +311,7 @@ def evaluate_samples(samples: torch.Tensor, labels: torch.Tensor | None, referen
 def evaluate_against_reference(source: str, reference: str, features: str = "fmnist", *, num: int = 1000,
                                seed: int = 0, cfg_scale=None, num_steps=None, sampler=None, clip_denoised=None,
                                vae_dir=None, classifier_path=None, save_stats=None, device=None,
-                               progress: bool = False, network=None) -> dict:
+                               progress: bool = False, network=None, guidance_interval=None) -> dict:
     """``ardiff eval SOURCE --reference REF --features NAME``: SOURCE is a sample file (.npz) or a
     model (directory or shipped name) sampled here, ``num`` class-balanced samples with seeds
     ``seed + i``, latents decoded by the recorded VAE (or ``vae_dir``). ``network``: a stand-in
@@ -339,7 +339,7 @@ def evaluate_against_reference(source: str, reference: str, features: str = "fmn
 
         directory = resolve_model_dir(source)
         s = SamplingSettings.recorded(directory).but(cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler,
-                                                     clip_denoised=clip_denoised)
+                                                     clip_denoised=clip_denoised, guidance_interval=guidance_interval)
         vae_record = VAERecord.recorded(directory)
         if vae_dir is not None:
             vae_record = VAERecord(str(vae_dir), *((vae_record.scaling_factor, vae_record.shift_factor)
@@ -356,14 +356,15 @@ def evaluate_against_reference(source: str, reference: str, features: str = "fmn
         vae = vae_record.load(device) if vae_record is not None else None
         t0 = time.perf_counter()
         samples, labels = generate(model, num, s.cfg_scale, s.num_steps, seed, progress=progress, sampler=s.sampler,
-                                   clip_denoised=s.clip_denoised)
+                                   clip_denoised=s.clip_denoised, guidance_interval=s.guidance_interval)
         if vae is not None:
             samples = torch.cat([vae_record.decode(vae, samples[i : i + 16].to(device)).cpu()
                                  for i in range(0, len(samples), 16)])
         if not c.num_classes:
             labels = None
         info = {"model": str(Path(directory)), "cfg_scale": s.cfg_scale, "num_steps": s.num_steps,
-                "sampler": s.sampler, "clip_denoised": s.clip_denoised, "seed": seed,
+                "sampler": s.sampler, "clip_denoised": s.clip_denoised,
+                "guidance_interval": list(s.guidance_interval or (0.0, 1.0)), "seed": seed,
                 "sampling_seconds": time.perf_counter() - t0}
     ref = load_reference(reference, tuple(samples.shape[1:]), data)
     result = evaluate_samples(samples, labels, ref, named, save_stats=save_stats, seed=seed)

@@ -164,11 +164,16 @@ class SampleJob:
     rgb: bool = False
     data: dict | None = None  # the model's recorded training data (Moving Fashion-MNIST references read it)
     history_scale: float = 1.0  # history guidance (video); left out of the record when off, as before it existed
+    guidance_interval: tuple[float, float] | None = None  # guided steps; left out when every step is guided
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         if d["history_scale"] == 1.0:
             del d["history_scale"]
+        if d["guidance_interval"] is None:
+            del d["guidance_interval"]
+        else:
+            d["guidance_interval"] = list(d["guidance_interval"])
         return {"format": FORMAT, **d}
 
 
@@ -274,7 +279,8 @@ def run_sample_job(model, out: str | os.PathLike, job: SampleJob, vae=None, vae_
             labels = (torch.arange(start, start + n) % K) if K else None
             samples = sample(model, labels if labels is not None else None, num_steps=job.num_steps,
                              cfg_scale=job.cfg_scale if K else 1.0, scheduler=job.sampler,
-                             clip_denoised=job.clip_denoised, history_scale=job.history_scale, batch_size=n,
+                             clip_denoised=job.clip_denoised, history_scale=job.history_scale,
+                             guidance_interval=job.guidance_interval, batch_size=n,
                              generator=make_generators(range(job.seed + start, job.seed + start + n), model.device))
             if vae is not None:
                 with torch.no_grad():
@@ -310,7 +316,7 @@ def torchrun_rank() -> tuple[int, int, int]:
 def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, num: int, *, seed: int = 0,
                         cfg_scale: float | None = None, num_steps: int | None = None, sampler: str | None = None,
                         clip_denoised: bool | None = None, history_scale: float | None = None, batch_size: int = 64,
-                        vae_dir: str | None = None,
+                        vae_dir: str | None = None, guidance_interval: tuple[float, float] | None = None,
                         rgb: bool = False, device: str | None = None, progress: bool = True) -> dict:
     """``ardiff sample-npz``: ``num`` class-balanced samples of a model (a directory or a shipped
     name) as an ADM sample file, latents decoded with the recorded VAE (or ``vae_dir``).
@@ -327,7 +333,8 @@ def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, nu
 
     directory = resolve_model_dir(model_dir)
     settings = SamplingSettings.recorded(directory).but(cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler,
-                                                        clip_denoised=clip_denoised, history_scale=history_scale)
+                                                        clip_denoised=clip_denoised, history_scale=history_scale,
+                                                        guidance_interval=guidance_interval)
     vae_record = VAERecord.recorded(directory)
     if vae_dir is not None:
         vae_record = VAERecord(str(vae_dir), *((vae_record.scaling_factor, vae_record.shift_factor) if vae_record
@@ -349,7 +356,8 @@ def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, nu
     model = ACDiT.from_pretrained(directory, device=device)
     job = SampleJob(model=str(Path(directory).resolve()), weights_sha256=weights_digest(directory), num=num,
                     seed=seed, cfg_scale=settings.cfg_scale, num_steps=settings.num_steps, sampler=settings.sampler,
-                    clip_denoised=settings.clip_denoised, history_scale=settings.history_scale, batch_size=batch_size,
+                    clip_denoised=settings.clip_denoised, history_scale=settings.history_scale,
+                    guidance_interval=settings.guidance_interval, batch_size=batch_size,
                     vae=None if vae_record is None else vae_record.to_dict(), rgb=rgb,
                     data=load_extras(directory).get("data"))
     summary = run_sample_job(model, out, job, vae=vae, vae_record=vae_record, rank=rank, world_size=world_size,

@@ -39,12 +39,13 @@ def describe_settings(s) -> str:
     """SamplingSettings in words, for reports."""
     clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
     from ardiff.diffusion.schedule import KARRAS_SUFFIX
+    from ardiff.generate.settings import describe_interval
 
     solver = s.sampler.removesuffix(KARRAS_SUFFIX)
     levels = " on Karras noise levels" if s.sampler.endswith(KARRAS_SUFFIX) else ""
     history = f", history guidance {s.history_scale:g}" if s.history_scale != 1.0 else ""
     return (f"{s.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, CFG {s.cfg_scale:g}"
-            f"{history}{clip}")
+            f"{describe_interval(s.guidance_interval)}{history}{clip}")
 
 
 def paired_cell(before, after) -> str:

@@ -77,7 +77,8 @@ def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
 
     print(f"      sampling and scoring {num_eval} samples against the Fashion-MNIST test split")
     m, samples, _ = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                             clip_denoised=s.clip_denoised, history_scale=s.history_scale, seed=seed + 10_000,
+                             clip_denoised=s.clip_denoised, history_scale=s.history_scale,
+                             guidance_interval=s.guidance_interval, seed=seed + 10_000,
                              progress=True, return_samples=True)
     # The class grid shows scored samples: sample i has class i % 10, so the first 10 x per_class
     # samples, read column by column, give one row per class.
@@ -115,7 +116,8 @@ def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
           f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {describe_settings(s)}")
     print(f"      sampling and scoring {num_eval} clips against Moving Fashion-MNIST test clips")
     m, clips, _ = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                           clip_denoised=s.clip_denoised, history_scale=s.history_scale, seed=seed + 10_000,
+                           clip_denoised=s.clip_denoised, history_scale=s.history_scale,
+                           guidance_interval=s.guidance_interval, seed=seed + 10_000,
                            progress=True, data=data, return_samples=True)
     clips = clips[:10]  # scored clips, one per class (clip i has class i % 10)
     save_video_grid(clips, out / "moving_fmnist.gif", fps=6, nrow=5)

@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ardiff.diffusion.schedule import DEFAULT_SAMPLER, sampling_scheduler, scheduler_step
 from ardiff.generate.cache import KVCache
 from ardiff.generate.context import blocks_to_input, check_frame_blocks, context_schedule, update_context
-from ardiff.generate.settings import SamplingSettings
+from ardiff.generate.settings import SamplingSettings, check_guidance_interval
 from ardiff.utils.seeding import make_generators
 
 __all__ = ["Autoguide", "BlockEvent", "BlockHook", "HistoryGuide", "SamplingSettings", "blocks_to_input",
@@ -127,17 +127,6 @@ def check_guide_model(model, guide_model) -> None:
     if guide_model.device != model.device or guide_model.dtype != model.dtype:
         raise ValueError(f"guide_model is on {guide_model.device} / {guide_model.dtype}, the model on "
                          f"{model.device} / {model.dtype}; move it with .to()")
-
-
-def check_guidance_interval(interval) -> tuple[float, float] | None:
-    """``interval`` as ``(low, high)`` floats, or ``None``; raises on anything else."""
-    if interval is None:
-        return None
-    values = tuple(float(v) for v in interval)
-    if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 1.0:
-        raise ValueError(f"guidance_interval={tuple(interval)} must be (low, high) with 0 <= low < high <= 1 "
-                         f"(fractions of the training timesteps: 0 = clean, 1 = pure noise)")
-    return values
 
 
 def _guidance_predicate(interval, num_train_timesteps: int) -> Callable[[object], bool]:

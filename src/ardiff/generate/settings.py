@@ -20,9 +20,13 @@ class SamplingSettings:
     sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
     history_scale: float = 1.0  # history guidance, video models with whole-frame blocks (1 = off)
+    guidance_interval: tuple[float, float] | None = None  # guide only LOW <= t/T <= HIGH (None: every step)
 
     def __post_init__(self):
         check_sampler(self.sampler)
+        interval = check_guidance_interval(self.guidance_interval)
+        # (0, 1) guides every step: stored as None, so it reads (and records) as "no interval"
+        object.__setattr__(self, "guidance_interval", None if interval == (0.0, 1.0) else interval)
         if self.num_steps < 1:
             raise ValueError(f"num_steps={self.num_steps} must be >= 1")
         if not self.history_scale >= 1.0:
@@ -50,4 +54,21 @@ class SamplingSettings:
     def sample_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`ardiff.generate.sample`."""
         return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.sampler,
-                    clip_denoised=self.clip_denoised, history_scale=self.history_scale)
+                    clip_denoised=self.clip_denoised, history_scale=self.history_scale,
+                    guidance_interval=self.guidance_interval)
+
+
+def describe_interval(interval: tuple[float, float] | None) -> str:
+    """" at t/T in [low, high]" for reports; "" when every step is guided."""
+    return "" if interval is None else f" at t/T in [{interval[0]:g}, {interval[1]:g}]"
+
+
+def check_guidance_interval(interval) -> tuple[float, float] | None:
+    """``interval`` as ``(low, high)`` floats, or ``None``; raises on anything else."""
+    if interval is None:
+        return None
+    values = tuple(float(v) for v in interval)
+    if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 1.0:
+        raise ValueError(f"guidance_interval={tuple(interval)} must be (low, high) with 0 <= low < high <= 1 "
+                         f"(fractions of the training timesteps: 0 = clean, 1 = pure noise)")
+    return values

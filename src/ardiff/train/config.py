@@ -92,20 +92,28 @@ class SampleConfig:
     sampler: str = "dpmsolver++"  # a key of ardiff.diffusion.SAMPLERS
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1]: pixel-space runs only
     history_scale: float = 1.0  # history guidance: video models with whole-frame blocks (1 = off)
+    guidance_interval: tuple[float, float] | None = None  # guide only LOW <= t/T <= HIGH (None: every step)
 
     def __post_init__(self):
         from ardiff.diffusion.schedule import check_sampler
+        from ardiff.generate.settings import check_guidance_interval
 
         check_sampler(self.sampler, "sample.sampler")
         if not self.history_scale >= 1.0:
             raise ValueError(f"sample.history_scale={self.history_scale} must be >= 1 (1 = off)")
+        try:
+            self.guidance_interval = check_guidance_interval(self.guidance_interval)
+        except (ValueError, TypeError):
+            raise ValueError(f"sample.guidance_interval={self.guidance_interval!r} must be [low, high] with "
+                             f"0 <= low < high <= 1 (fractions of the training timesteps), or null") from None
 
     def settings(self):
         """The :class:`~ardiff.SamplingSettings` this section records with the exported model."""
         from ardiff.generate.sampler import SamplingSettings
 
         return SamplingSettings(cfg_scale=self.cfg_scale, num_steps=self.num_steps, sampler=self.sampler,
-                                clip_denoised=self.clip_denoised, history_scale=self.history_scale)
+                                clip_denoised=self.clip_denoised, history_scale=self.history_scale,
+                                guidance_interval=self.guidance_interval)
 
 
 @dataclass
