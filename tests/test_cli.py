@@ -87,6 +87,9 @@ def test_guidance_interval_from_the_flag_and_as_recorded(tmp_path, capsys):
                                extra_config={"_sampling": {"cfg_scale": 3.0, "guidance_interval": [0.0, 0.6]}})
     assert SamplingSettings.recorded(recorded).guidance_interval == (0.0, 0.6)
     assert SamplingSettings.recorded(plain).guidance_interval is None
+    broken = save_pretrained(model, tmp_path / "broken", extra_config={"_sampling": {"guidance_interval": [0.6]}})
+    with pytest.raises(ValueError, match=r"broken/config.json: _sampling: guidance_interval=\(0.6,\) must be"):
+        SamplingSettings.recorded(broken)
     argv = ["--num", "2", "--steps", "4", "--no-progress"]
     files = {}
     for name, source, flags in (("plain", plain, []), ("recorded", recorded, []),

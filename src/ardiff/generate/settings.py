@@ -42,7 +42,10 @@ class SamplingSettings:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{model_dir}/config.json: unknown _sampling keys {unknown}; known: {sorted(known)}")
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{model_dir}/config.json: _sampling: {error}") from None
 
     def but(self, **changes) -> "SamplingSettings":
         """A copy with the given fields changed; ``None`` values keep the recorded ones."""
