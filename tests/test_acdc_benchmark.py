@@ -9,7 +9,7 @@ from ardiff import ACDiT, ACDiTConfig
 from ardiff.experiments.story_benchmark import BenchmarkConfig, run_benchmark, score_frames
 from ardiff.worlds.reader import AttributeReader
 from ardiff.worlds.story import StoryWorld
-from helpers import randomize
+from helpers import needs_fmnist, randomize
 
 TINY = dict(in_channels=3, patch_size=8, block_layout="raster", block_size=16, num_classes=0, cond_dim=64,
             depth=1, hidden_size=32, num_heads=2)
@@ -27,6 +27,7 @@ def models(tmp_path_factory):
     return root
 
 
+@needs_fmnist
 def test_benchmark_writes_every_table_plot_and_strip(models, tmp_path):
     settings = ("dm_alone", "arm", "acdc_rule", "acdc_raw", "acdc2_rule", "long_arm", "long_acdc_rule", "inpaint")
     config = BenchmarkConfig(out=str(tmp_path / "bench"), arm=str(models / "arm"), corrector=str(models / "corrector"),
@@ -88,6 +89,7 @@ def test_benchmark_writes_every_table_plot_and_strip(models, tmp_path):
     assert all("already done" in line for line in logs)
 
 
+@needs_fmnist
 def test_score_frames_on_the_truth_is_perfect_for_a_perfect_reader(monkeypatch):
     world = StoryWorld("test")
     stories = [world.story(i) for i in range(3)]
@@ -114,6 +116,7 @@ def test_unknown_setting_is_an_error(models, tmp_path):
         run_benchmark(BenchmarkConfig(out=str(tmp_path), settings=("nope",)))
 
 
+@needs_fmnist
 def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     """A tiny 4-frame video ARM (blocks of 2 frames) makes 8-frame clips; the corrected setting
     differs from the uncorrected one in every frame (the correction and what follows from it),
@@ -177,6 +180,7 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
                       log=lambda *_: None)
 
 
+@needs_fmnist
 def test_ablations_t_prime_sweep_and_acdc_k(models, tmp_path):
     """The ablation settings: ACDC #k corrects exactly the first k frames (with and without
     memory), the t' sweep changes only the noise level; their table, layout-kept scores and plot."""

@@ -144,10 +144,12 @@ def test_chunked_arm_equals_the_joined_block_loop():
     ones as a clean prefix) gives the same frames as the KV-cached block loop (float64)."""
     from ardiff.acdc.native import ACDiTARM
     from ardiff.acdc.pipeline import ACDCPipeline
+    from ardiff.generate import SamplingSettings
 
     model = tiny_model(input_size=(4, 8, 8), block_layout="raster", block_size=16, rope_axis_weights=(2, 3, 3))
-    joined = ACDCPipeline(ACDiTARM(model, lambda p: 3, num_steps=3, cfg_scale=2.0), progress=False)
-    chunked = ACDCPipeline(ACDiTARM(model, lambda p: 3, num_steps=3, cfg_scale=2.0, chunk_blocks=2), progress=False)
+    s = SamplingSettings(num_steps=3, cfg_scale=2.0)
+    joined = ACDCPipeline(ACDiTARM(model, lambda p: 3, s), progress=False)
+    chunked = ACDCPipeline(ACDiTARM(model, lambda p: 3, s, chunk_blocks=2), progress=False)
     a = joined.video("a bag", num_chunks=4, seed=5, correct=0).frames(corrected=False)
     b = chunked.video("a bag", num_chunks=2, seed=5, correct=0).frames(corrected=False)
     assert a.shape == b.shape == (4, 3, 8, 8)

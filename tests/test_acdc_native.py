@@ -8,7 +8,7 @@ from ardiff.acdc.base import ARM, Correction, Corrector, Memory
 from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
 from ardiff.acdc.pipeline import ACDCPipeline, match_color, select_chunks
 from ardiff.acdc.sdedit import sdedit_schedule
-from ardiff.generate.sampler import sample
+from ardiff.generate import SamplingSettings, sample
 from helpers import tiny_model
 
 
@@ -121,7 +121,8 @@ def test_acdit_arm_decode_encode_round_trip():
 def test_corrected_blocks_enter_the_kv_cache_exactly():
     """The joined mode equals an uncached reference run whose hook applies the same correction."""
     model = video_model()
-    arm = ACDiTARM(model, prompt_to_cond=lambda p: int(p), num_steps=3, cfg_scale=2.0)
+    s = SamplingSettings(num_steps=3, cfg_scale=2.0)
+    arm = ACDiTARM(model, prompt_to_cond=lambda p: int(p), settings=s)
     prompts = ["1", "2", "3", "4"]
     result = ACDCPipeline(arm, Negate(), progress=False).story(prompts, seed=5, correct=[0, 2])
 
@@ -131,7 +132,7 @@ def test_corrected_blocks_enter_the_kv_cache_exactly():
         return None
 
     g = torch.Generator().manual_seed(5)
-    ref = sample(model, torch.tensor([[1, 2, 3, 4]]), num_steps=3, cfg_scale=2.0, generator=[g],
+    ref = sample(model, torch.tensor([[1, 2, 3, 4]]), s, generator=[g],
                  use_cache=False, on_block_end=reference_hook)  # (1, 1, 4, 8, 8)
     torch.testing.assert_close(result.frames(), ref[0].transpose(0, 1).clamp(-1, 1), atol=1e-9, rtol=0)
     # and the corrections changed what came after them
@@ -144,13 +145,13 @@ def test_acdit_arm_samples_with_the_sampler_it_is_given():
     """An ARM given a sampler name and clipping samples exactly as ``sample`` does with them
     (the CLI passes a model's recorded settings this way), and not as the default sampler."""
     model = video_model()
-    arm = ACDiTARM(model, prompt_to_cond=lambda p: int(p), num_steps=3, cfg_scale=2.0,
-                   scheduler="sde-dpmsolver++", clip_denoised=True)
+    s = SamplingSettings(num_steps=3, cfg_scale=2.0)
+    given = s.but(sampler="sde-dpmsolver++", clip_denoised=True)
+    arm = ACDiTARM(model, prompt_to_cond=lambda p: int(p), settings=given)
     result = ACDCPipeline(arm, None, progress=False).story(["1", "2", "3", "4"], seed=5)
-    ref = sample(model, torch.tensor([[1, 2, 3, 4]]), num_steps=3, cfg_scale=2.0, scheduler="sde-dpmsolver++",
-                 clip_denoised=True, generator=[torch.Generator().manual_seed(5)])
+    ref = sample(model, torch.tensor([[1, 2, 3, 4]]), given, generator=[torch.Generator().manual_seed(5)])
     torch.testing.assert_close(result.frames(), ref[0].transpose(0, 1).clamp(-1, 1), atol=1e-9, rtol=0)
-    default = ACDCPipeline(ACDiTARM(model, prompt_to_cond=lambda p: int(p), num_steps=3, cfg_scale=2.0), None,
+    default = ACDCPipeline(ACDiTARM(model, prompt_to_cond=lambda p: int(p), settings=s), None,
                            progress=False).story(["1", "2", "3", "4"], seed=5)
     assert not torch.allclose(default.frames(), result.frames())
 

@@ -2,6 +2,8 @@ import dataclasses
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from ardiff import ACDiT, SamplingSettings
 from ardiff.cli import build_parser, main
@@ -44,6 +46,22 @@ def test_train_then_sample(tmp_path, capsys):
     assert main(["sample", str(run_dir / "model"), "--classes", "12", "--steps", "2",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "--classes [12] out of range" in capsys.readouterr().err
+
+    # Killed after the last checkpoint, before the export: --resume exports the model and says so.
+    import shutil
+
+    weights = load_file(str(run_dir / "model" / "model.safetensors"))
+    shutil.rmtree(run_dir / "model")
+    resume = ["train", "fmnist", "--out-dir", str(run_dir), "--no-progress", "--resume",
+              "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "model.depth=1",
+              "--set", "model.hidden_size=64", "--set", "model.num_heads=1", "--set", "train.tensorboard=false",
+              "--set", "sample.num_images=0", "--set", "sample.sampler=sde-dpmsolver++"]
+    assert main(resume) == 0
+    assert "without a complete model: exported it from the last checkpoint" in capsys.readouterr().out
+    again = load_file(str(run_dir / "model" / "model.safetensors"))
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
+    assert main(resume) == 2  # now complete: nothing to do
+    assert "already finished at step 4" in capsys.readouterr().err
 
 
 def test_sample_missing_model_dir(tmp_path, capsys):
@@ -117,7 +135,7 @@ def test_guidance_interval_in_a_run_config_is_checked_and_recorded(tmp_path):
     raw = {"model": {"preset": "tiny"}, "sample": {"guidance_interval": [0.1, 0.7]}}
     assert model_record(build_run_config(raw))["_sampling"]["guidance_interval"] == (0.1, 0.7)
     for bad in ([0.7, 0.1], [0.5]):
-        with pytest.raises(ValueError, match=r"sample.guidance_interval=.* must be \[low, high\]"):
+        with pytest.raises(ValueError, match=r"sample: guidance_interval=.* must be \(low, high\)"):
             build_run_config({**raw, "sample": {"guidance_interval": bad}})
     with pytest.raises(ValueError, match="sample.guidance_interval must be a list, got 'half'"):
         build_run_config({**raw, "sample": {"guidance_interval": "half"}})

@@ -42,7 +42,9 @@ def files(tmp_path_factory):
     from ardiff.eval.sample_files import save_sample_npz
 
     save_sample_npz(root / "grey32.npz", np.zeros((4, 32, 32, 1), np.uint8), np.arange(4))
-    save_sample_npz(root / "rgb32.npz", np.zeros((4, 32, 32, 3), np.uint8))
+    red = np.zeros((4, 32, 32, 3), np.uint8)
+    red[..., 0] = 255  # colour: grey stored as RGB (3 equal channels) would be read as grey
+    save_sample_npz(root / "rgb32.npz", red)
     save_sample_npz(root / "grey16.npz", np.zeros((4, 16, 16, 1), np.uint8))
     (root / "junk.npz").write_bytes(b"not a zip archive")
     return {"model": str(good), "rows": str(rows), "bad_json": str(bad_json), "wrong_shape": str(wrong),
@@ -72,7 +74,7 @@ CASES = [
     ("sample {model} --guidance-interval 0.7 0.2 --out {out}/s.png", "--guidance-interval 0.7 0.2: give LOW HIGH"),
     ("eval {model} --guidance-interval 0 2 --num 10 --out {out}/m.json", "--guidance-interval 0 2: give LOW HIGH"),
     ("eval {root}/grey32.npz --reference fmnist-test --guidance-interval 0.1 0.5 --out {out}/m.json",
-     "--guidance-interval and --vae apply when sampling a model"),
+     "--guide-scale and --vae apply when sampling a model"),
     ("sample-npz {model} --guidance-interval 0.5 0.5 --num 10 --out {out}/s.npz",
      "--guidance-interval 0.5 0.5: give LOW HIGH"),
     ("sample {model} --guide-model {model} --out {out}/s.png", "--guide-model needs --guide-scale W with W > 1"),
@@ -83,13 +85,14 @@ CASES = [
      "does not match the architecture"),
     ("sample {model} --guide-model {rows} --guide-scale 2 --out {out}/s.png",
      "they differ in block_layout: 'tiles' vs 'raster'"),
-    ("eval {model} --reference fmnist-test --guide-model {model} --guide-scale 2 --out {out}/m.json",
-     "--guide-model, --guide-scale and --history-scale apply when"),
-    ("eval {model} --reference fmnist-test --history-scale 1.5 --out {out}/m.json", "--history-scale apply when"),
+    ("eval {root}/grey32.npz --reference fmnist-test --guide-model {model} --guide-scale 2 --out {out}/m.json",
+     "already holds samples"),
+    ("eval {model} --reference fmnist-test --history-scale 1.5 --out {out}/m.json",
+     "history guidance (--history-scale) needs a video model whose blocks are whole frames"),
     ("sample {model} --history-scale 0.5 --out {out}/s.png", "a history guidance scale is >= 1"),
     ("eval {model} --history-scale 2 --num 10 --out {out}/m.json",
      "history guidance (--history-scale) needs a video model whose blocks are whole frames"),
-    ("sample-npz {model} --history-scale 2 --num 10 --out {out}/s.npz", "drop --history-scale for this model"),
+    ("sample-npz {model} --history-scale 2 --num 10 --out {out}/s.npz", "use --history-scale=1 for this model"),
     ("sample {root}/nothing --out {out}/s.png", "is neither a model directory"),
     ("sample {bad_json} --out {out}/s.png", "config.json is not valid JSON"),
     ("sample {wrong_shape} --out {out}/s.png", "(64,) in the file, (32,) by the config"),
@@ -211,7 +214,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("command, fragment", CASES, ids=[c for c, _ in CASES])
 def test_bad_input_is_one_line(files, tmp_path, capsys, command, fragment):
-    if command.startswith(("train fmnist", "demo --num-eval 5")) and not HAVE_FMNIST:
+    if command.startswith(("train fmnist", "demo --num-eval 5", "loss-bands fmnist --bands")) and not HAVE_FMNIST:
         pytest.skip("needs the Debian package dataset-fashion-mnist")
     out = tmp_path / "written"
     argv = command.format(out=out, **files).split()
@@ -237,12 +240,12 @@ def test_debug_shows_the_traceback(files, tmp_path):
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch, files, tmp_path):
-    import ardiff.cli.commands as cli_main
+    import ardiff.cli.sample as cli_sample
 
     def broken(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli_main, "cmd_sample", broken)
+    monkeypatch.setattr(cli_sample, "cmd_sample", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["sample", files["model"], "--out", str(tmp_path / "s.png")])
 

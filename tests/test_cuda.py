@@ -12,7 +12,7 @@ attention_backend "auto" means SDPA on CUDA too, and "flex" must be asked for by
 import pytest
 import torch
 
-from ardiff import ACDiT, ACDiTConfig, make_generators, sample, training_loss
+from ardiff import ACDiT, ACDiTConfig, SamplingSettings, make_generators, sample, training_loss
 from helpers import randomize
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -79,9 +79,10 @@ def test_bf16_autocast_training_step():
 def test_cached_sampling_matches_uncached_on_cuda():
     model = gpu_model("auto").eval()
     y = torch.tensor([1, 2], device="cuda")
-    kw = dict(num_steps=5, cfg_scale=2.0)
-    a = sample(model, y, generator=make_generators([1, 2], "cuda"), **kw)
-    b = sample(model, y, generator=make_generators([1, 2], "cuda"), use_cache=False, **kw)
+    s = SamplingSettings(num_steps=5, cfg_scale=2.0)
+    # CPU generators: the noise is drawn on the CPU and moved to the GPU
+    a = sample(model, y, s, generator=make_generators([1, 2]))
+    b = sample(model, y, s, generator=make_generators([1, 2]), use_cache=False)
     assert (a - b).abs().max() < 1e-3
 
 

@@ -4,6 +4,7 @@ import torch
 
 from ardiff.worlds.defects import components, detect_defect, foreground, repair_mask
 from ardiff.worlds.story import FrameState, StoryWorld, render_frame
+from helpers import needs_fmnist
 
 DEFAULT_STATE = FrameState("bag", "yellow", "teal", "small", 0, 0)
 
@@ -23,6 +24,7 @@ def test_components_labels_separate_blobs():
     assert len(labels.unique()) == 3
 
 
+@needs_fmnist
 def test_clean_missing_and_duplicated_items():
     frame, state = _frame()
     assert detect_defect(frame) is None
@@ -40,6 +42,7 @@ def test_clean_missing_and_duplicated_items():
     assert missing[0, 0, :16, :16].all() and missing.sum() == 16 * 16
 
 
+@needs_fmnist
 def test_true_renders_are_rarely_flagged():
     world = StoryWorld("test", seed=2)
     flagged = sum(detect_defect(world.random_frame(i)[0]) is not None for i in range(200))

@@ -7,7 +7,7 @@ from ardiff.data.fashion_mnist import DEBIAN_DIR, FashionMNIST
 from ardiff.eval.evaluate import evaluate, image_metrics, moving_fmnist_motion, moving_fmnist_test_clips, video_metrics
 from ardiff.eval.features import FMNISTFeatures
 from ardiff.eval.fmnist_classifier import ASSET, FashionMNISTClassifier, classify, to_classifier_input
-from ardiff.generate import SamplingSettings
+from ardiff.generate import Pipeline, SamplingSettings
 from ardiff.models.checkpoint import load_extras
 from ardiff.models.resolve import resolve_model_dir
 
@@ -106,8 +106,8 @@ def test_eval_of_a_video_model_without_recorded_data_fails_before_sampling(monke
     def must_not_sample(*args, **kwargs):
         raise AssertionError("sampled before checking the reference clips")
 
-    monkeypatch.setattr(ev, "generate", must_not_sample)
+    monkeypatch.setattr(ev, "sample_for_eval", must_not_sample)
     model = tiny_model(input_size=(4, 32, 32), in_channels=1, patch_size=8, block_layout="raster", block_size=16,
                        rope_axis_weights=(2, 1, 1))
     with pytest.raises(ValueError, match="records no training data"):
-        evaluate(model, num=10)
+        evaluate(Pipeline(model), num=10)

@@ -16,7 +16,7 @@ ALLOWED = {
     "nn": {"utils"},
     "diffusion": {"utils"},
     "models": {"utils", "nn", "diffusion"},
-    "generate": {"utils", "diffusion", "models"},
+    "generate": {"utils", "diffusion", "models", "data"},
     "data": {"utils", "models"},
     "eval": CORE,
     "worlds": CORE | {"eval"},

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from ardiff import ACDiT, ACDiTConfig, make_generators, sample
+from ardiff import ACDiT, ACDiTConfig, SamplingSettings, make_generators, sample
 from ardiff.models.official import (
     ARGS_NAME,
     convert_official,
@@ -173,9 +173,9 @@ def test_converted_model_samples_exactly_like_the_source(image_ckpt, tmp_path):
     model = ACDiT.from_pretrained(convert_official(path, tmp_path / "out", allow_pickle=True), dtype=torch.float64)
     src = src.to(torch.float64)
     labels = torch.tensor([3, 7])
-    kw = dict(num_steps=3, cfg_scale=1.5)
-    a = sample(src, labels, generator=make_generators([5, 6]), **kw)
-    b = sample(model, labels, generator=make_generators([5, 6]), **kw)
+    s = SamplingSettings(num_steps=3, cfg_scale=1.5)
+    a = sample(src, labels, s, generator=make_generators([5, 6]))
+    b = sample(model, labels, s, generator=make_generators([5, 6]))
     assert a.dtype == torch.float64 and a.abs().sum() > 0
     assert (a - b).abs().max().item() == 0
 

@@ -11,7 +11,7 @@ from torch import nn
 from ardiff.eval.evaluate import evaluate_against_reference, evaluate_samples
 from ardiff.eval.fmnist_classifier import FashionMNISTClassifier
 from ardiff.eval.metrics import FeatureStats
-from ardiff.eval.reference import build_network, load_reference, reference_features
+from ardiff.eval.reference import build_network, check_compatible, load_reference, reference_features
 from ardiff.eval.sample_files import from_uint8, save_sample_npz
 
 
@@ -136,6 +136,35 @@ def test_fmnist_features_with_labels_give_class_accuracy(tmp_path):
     assert same["fid_fmnist"] == 0.0
 
 
+def test_grey_stored_as_rgb_reads_as_grey_for_the_fmnist_network_and_colour_is_refused(tmp_path):
+    classifier = FashionMNISTClassifier().eval()
+    grey_ref, grey_samples = _images(60, 28, 1, 5), _images(10, 32, 1, 6)
+    labels = np.arange(10) % 10
+    files = {
+        "grey": (save_sample_npz(tmp_path / "ref1.npz", grey_ref),
+                 save_sample_npz(tmp_path / "s1.npz", grey_samples, labels)),
+        "grey_as_rgb": (save_sample_npz(tmp_path / "ref3.npz", grey_ref.repeat(3, axis=-1)),  # ADM's layout
+                        save_sample_npz(tmp_path / "s3.npz", grey_samples.repeat(3, axis=-1), labels)),
+    }
+    scores = {name: evaluate_against_reference(str(s), str(ref), "fmnist", network=classifier)
+              for name, (ref, s) in files.items()}
+    for key in ("fid_fmnist", "kid_fmnist", "class_accuracy", "fid_fmnist_floor"):
+        assert scores["grey_as_rgb"][key] == scores["grey"][key], key
+    # the reference alone (a model's samples are checked against it before sampling)
+    fmnist = build_network("fmnist", network=classifier)
+    check_compatible(load_reference(str(files["grey_as_rgb"][0]), (1, 32, 32)), (1, 32, 32), fmnist)
+    # one pixel of one channel differs: that is colour, refused as before
+    colour = grey_ref.repeat(3, axis=-1)
+    colour[3, 10, 10, 2] ^= 1
+    colour_ref = save_sample_npz(tmp_path / "colour.npz", colour)
+    with pytest.raises(ValueError, match=r"the fmnist network reads grey images; the reference .*colour.npz have 3 "
+                                         r"channels \(use inception:PATH for RGB data\)"):
+        evaluate_against_reference(str(files["grey"][1]), str(colour_ref), "fmnist", network=classifier)
+    colour_samples = save_sample_npz(tmp_path / "colour_samples.npz", colour[:10])
+    with pytest.raises(ValueError, match=r"the fmnist network reads grey images; the samples have 3 channels"):
+        evaluate_against_reference(str(colour_samples), str(files["grey"][0]), "fmnist", network=classifier)
+
+
 class I3DShaped(nn.Module):
     """Called like the FVD literature's TorchScript I3D: float [0, 255] clips (N, 3, F, H, W) -> 400-d features."""
 
@@ -170,7 +199,7 @@ def test_clips_against_clips_with_an_i3d_shaped_network(tmp_path):
 
 
 def test_a_model_is_sampled_then_scored(tmp_path):
-    from ardiff import ACDiT, ACDiTConfig
+    from ardiff import ACDiT, ACDiTConfig, Pipeline
     from ardiff.models.checkpoint import save_pretrained
     from helpers import randomize
 
@@ -180,10 +209,11 @@ def test_a_model_is_sampled_then_scored(tmp_path):
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"stand-in")
     ref = save_sample_npz(tmp_path / "ref.npz", _images(12, 8, 3, 0))
-    result = evaluate_against_reference(str(directory), str(ref), f"inception:{weights}", num=4, num_steps=2,
-                                        network=InceptionShaped(64))
+    pipe = Pipeline.from_pretrained(directory, device="cpu", num_steps=2)
+    result = evaluate_against_reference(pipe, str(ref), f"inception:{weights}", num=4, network=InceptionShaped(64))
     assert result["num_samples"] == 4 and result["num_steps"] == 2 and result["fid_inception"] > 0
     assert result["fid_inception_floor"] > 0  # 12 >= 2 * 4
     with pytest.raises(ValueError, match="is 16x16.*samples 8x8"):  # refused before sampling
-        evaluate_against_reference(str(directory), str(save_sample_npz(tmp_path / "big.npz", _images(4, 16, 3, 0))),
-                                    f"inception:{weights}", num=4, network=InceptionShaped(64))
+        evaluate_against_reference(Pipeline.from_pretrained(directory, device="cpu"),
+                                   str(save_sample_npz(tmp_path / "big.npz", _images(4, 16, 3, 0))),
+                                   f"inception:{weights}", num=4, network=InceptionShaped(64))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ardiff import ACDiT, ACDiTConfig, make_generators, sample
+from ardiff import ACDiT, ACDiTConfig, SamplingSettings, make_generators, sample
 from ardiff.cli import main
 from ardiff.experiments.represent import (
     Classifier,
@@ -40,8 +40,9 @@ def test_clean_stream_is_causal_over_blocks_and_label_free():
 def test_ablation_modes_sample_exactly_with_the_cache(rope):
     model = tiny_model(rope=rope, num_classes=3)
     y = torch.tensor([0, 2])
-    a = sample(model, y, num_steps=2, cfg_scale=1.5, generator=make_generators([0, 1]), use_cache=True)
-    b = sample(model, y, num_steps=2, cfg_scale=1.5, generator=make_generators([0, 1]), use_cache=False)
+    s = SamplingSettings(num_steps=2, cfg_scale=1.5)
+    a = sample(model, y, s, generator=make_generators([0, 1]), use_cache=True)
+    b = sample(model, y, s, generator=make_generators([0, 1]), use_cache=False)
     assert (a - b).abs().max() < 1e-9
     if rope == "none":  # no position at all: permuting the tokens of a block permutes its outputs
         assert torch.equal(model.rope_cos, torch.ones_like(model.rope_cos))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ardiff import make_generators, sample
-from ardiff.generate.sampler import context_schedule
+from ardiff import SamplingSettings, make_generators, sample
+from ardiff.generate import context_schedule
 from helpers import tiny_model
 
 VIDEO = dict(input_size=(4, 4, 4), patch_size=2, block_layout="raster", block_size=4,
@@ -40,9 +40,10 @@ def test_schedule():
 def test_window_within_trained_length_is_exactly_the_normal_path(window, sinks, cfg_scale):
     model = tiny_model(torch.float32, **VIDEO)
     labels = torch.tensor([1, 4])
-    plain = sample(model, labels, num_steps=4, cfg_scale=cfg_scale, generator=make_generators([0, 1]))
-    rolled = sample(model, labels, num_steps=4, cfg_scale=cfg_scale, generator=make_generators([0, 1]),
-                    num_blocks=4, window=window, sink_blocks=sinks)
+    s = SamplingSettings(num_steps=4, cfg_scale=cfg_scale)
+    plain = sample(model, labels, s, generator=make_generators([0, 1]))
+    rolled = sample(model, labels, s, generator=make_generators([0, 1]), num_blocks=4, window=window,
+                    sink_blocks=sinks)
     assert torch.equal(plain, rolled)
 
 
@@ -50,16 +51,17 @@ def test_window_within_trained_length_is_exactly_the_normal_path(window, sinks, 
 def test_past_trained_length_cached_equals_uncached_and_positions_stay_trained(window, sinks):
     model = tiny_model(torch.float64, **VIDEO)
     labels = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9], [0, 0, 1, 1, 2, 2, 3, 3, 4]])
+    s = SamplingSettings(num_steps=3, cfg_scale=2.0)
     runs = {}
     for use_cache in (True, False):
         recorder = PositionRecorder(model)
-        runs[use_cache] = sample(recorder, labels, num_steps=3, cfg_scale=2.0, generator=make_generators([5, 6]),
+        runs[use_cache] = sample(recorder, labels, s, generator=make_generators([5, 6]),
                                  num_blocks=9, window=window, sink_blocks=sinks, use_cache=use_cache)
         assert max(recorder.positions) <= 3  # only trained positions 0..T-1
     assert runs[True].shape == (2, 3, 9, 4, 4)  # 9 frames from a 4-frame model
     torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-9)
     # Until the window first drops a block, frames are those of plain 4-frame sampling.
-    short = sample(model, labels[:, :4], num_steps=3, cfg_scale=2.0, generator=make_generators([5, 6]))
+    short = sample(model, labels[:, :4], s, generator=make_generators([5, 6]))
     kept = sinks + window + 1
     torch.testing.assert_close(runs[True][:, :, :kept], short[:, :, :kept], rtol=0, atol=1e-9)
 
@@ -76,8 +78,8 @@ def test_dropped_blocks_do_not_matter():
                 return event.block + 1.0
             if reference is not None and event.index == 3:
                 return reference[:, 3]
-        return sample(model, labels, num_steps=2, generator=make_generators([3]), num_blocks=6, window=window,
-                      on_block_end=hook, output="blocks")
+        return sample(model, labels, SamplingSettings(cfg_scale=1.0, num_steps=2), generator=make_generators([3]),
+                      num_blocks=6, window=window, on_block_end=hook, output="blocks")
 
     for window, same in ((1, True), (3, False)):
         plain = run(window)
@@ -94,25 +96,27 @@ def test_prefix_continues_a_run_exactly(split, autoguided):
     autoguidance model's own cache too)."""
     model = tiny_model(torch.float64, **VIDEO)
     labels = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 1, 2, 2, 3]])
-    kw = dict(num_steps=3, cfg_scale=2.0, num_blocks=7, window=2, sink_blocks=1, output="blocks")
+    s = SamplingSettings(num_steps=3, cfg_scale=2.0)
+    kw = dict(num_blocks=7, window=2, sink_blocks=1, output="blocks")
     if autoguided:
         kw.update(guide_model=tiny_model(torch.float64, seed=1, **VIDEO), guide_scale=1.5)
-    whole = sample(model, labels, generator=make_generators([5, 6]), **kw)
+    whole = sample(model, labels, s, generator=make_generators([5, 6]), **kw)
     generators = make_generators([5, 6])
-    head = sample(model, labels[:, :split], generator=generators, **{**kw, "num_blocks": split})
-    rest = sample(model, labels, generator=generators, prefix=head, **kw)
+    head = sample(model, labels[:, :split], s, generator=generators, **{**kw, "num_blocks": split})
+    rest = sample(model, labels, s, generator=generators, prefix=head, **kw)
     assert torch.equal(rest[:, :split], head)
     torch.testing.assert_close(rest, whole, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="prefix must be"):
-        sample(model, labels, generator=make_generators([5, 6]), prefix=head[:1], **kw)
+        sample(model, labels, s, generator=make_generators([5, 6]), prefix=head[:1], **kw)
 
 
 def test_errors_name_the_fix():
     model = tiny_model(torch.float32, **VIDEO)
+    s = SamplingSettings(cfg_scale=1.0, num_steps=2)
     with pytest.raises(ValueError, match="window=W"):
-        sample(model, torch.tensor([[1] * 6]), num_steps=2, num_blocks=6)
+        sample(model, torch.tensor([[1] * 6]), s, num_blocks=6)
     with pytest.raises(ValueError, match="sink_blocks \\+ window <= 3"):
-        sample(model, torch.tensor([[1] * 6]), num_steps=2, num_blocks=6, window=3, sink_blocks=1)
+        sample(model, torch.tensor([[1] * 6]), s, num_blocks=6, window=3, sink_blocks=1)
     image = tiny_model(torch.float32)
     with pytest.raises(ValueError, match="whole frames"):
-        sample(image, torch.tensor([1]), num_steps=2, num_blocks=6, window=2)
+        sample(image, torch.tensor([1]), s, num_blocks=6, window=2)

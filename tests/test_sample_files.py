@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ardiff
-from ardiff import ACDiT, ACDiTConfig, make_generators, sample
+from ardiff import ACDiT, ACDiTConfig, SamplingSettings, make_generators, sample
 from ardiff.data.latents import VAERecord
 from ardiff.eval import sample_files as sf
 from ardiff.models.checkpoint import save_pretrained
@@ -62,7 +62,7 @@ def test_file_matches_direct_sampling(model_dir, tmp_path):
     assert file.labels.tolist() == [0, 1, 2, 0, 1]
     assert file.job["num_steps"] == 2 and file.job["sampler"] == "ddim" and file.job["seed"] == 3
     model = ACDiT.from_pretrained(model_dir)
-    direct = sample(model, torch.tensor([0, 1]), num_steps=2, cfg_scale=1.5, scheduler="ddim",
+    direct = sample(model, torch.tensor([0, 1]), SamplingSettings(num_steps=2, cfg_scale=1.5, sampler="ddim"),
                     generator=make_generators([3, 4]))
     assert np.array_equal(file.images[:2], sf.to_uint8(direct))
     other = sf.sample_model_to_npz(model_dir, tmp_path / "b5.npz", 5, seed=3, batch_size=5, progress=False)
@@ -116,7 +116,8 @@ def test_latent_model_is_decoded_with_the_recorded_vae(tmp_path):
                                  progress=False)["out"]
     file = sf.load_sample_npz(out)
     assert file.images.shape == (3, 16, 16, 3)  # 8x8 latents decoded to 16x16 RGB
-    latents = sample(model, torch.tensor([0, 1]), num_steps=2, generator=make_generators([0, 1]))
+    latents = sample(model, torch.tensor([0, 1]), SamplingSettings(cfg_scale=1.0, num_steps=2),
+                     generator=make_generators([0, 1]))
     assert np.array_equal(file.images[:2], sf.to_uint8(record.decode(vae, latents)))
     assert file.job["vae"] == record.to_dict()
 

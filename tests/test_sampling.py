@@ -1,5 +1,7 @@
 """Exactness of block-autoregressive sampling (float64)."""
 
+import json
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -58,12 +60,12 @@ def labels(n=3):
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
 def test_cached_equals_uncached_equals_training_forward(setting, cfg_scale):
     model = tiny_model(**SETTINGS[setting])
-    kw = dict(num_steps=4, cfg_scale=cfg_scale)
-    cached = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
-    separate = sample(model, labels(), generator=make_generators([1, 2, 3]), context_pass="separate", **kw)
-    uncached = sample(model, labels(), generator=make_generators([1, 2, 3]), use_cache=False, **kw)
-    training = sample(TrainingForwardModel(model), labels(), generator=make_generators([1, 2, 3]),
-                      use_cache=False, **kw)
+    s = SamplingSettings(num_steps=4, cfg_scale=cfg_scale)
+    cached = sample(model, labels(), s, generator=make_generators([1, 2, 3]))
+    separate = sample(model, labels(), s, generator=make_generators([1, 2, 3]), context_pass="separate")
+    uncached = sample(model, labels(), s, generator=make_generators([1, 2, 3]), use_cache=False)
+    training = sample(TrainingForwardModel(model), labels(), s, generator=make_generators([1, 2, 3]),
+                      use_cache=False)
     assert cached.dtype == torch.float64
     assert cached.abs().max() > 0.1  # not a degenerate all-zero sample
     assert (cached - uncached).abs().max() < TOL
@@ -94,41 +96,42 @@ def test_stochastic_scheduler_and_vector_conditions():
     model = tiny_model(num_classes=0, cond_dim=6)
     sched = DDPMScheduler(**scheduler_config(model.config))
     cond = torch.randn(2, 4, 6, dtype=torch.float64)  # one vector per block
-    kw = dict(num_steps=5, cfg_scale=3.0, scheduler=sched)
-    a = sample(model, cond, generator=make_generators([5, 6]), **kw)
-    b = sample(model, cond, generator=make_generators([5, 6]), use_cache=False, **kw)
+    s = SamplingSettings(num_steps=5, cfg_scale=3.0)
+    a = sample(model, cond, s, generator=make_generators([5, 6]), scheduler=sched)
+    b = sample(model, cond, s, generator=make_generators([5, 6]), scheduler=sched, use_cache=False)
     assert (a - b).abs().max() < TOL
 
 
 def test_seeds_are_batch_independent():
     model = tiny_model()
-    batch = sample(model, torch.tensor([3, 4, 5]), num_steps=4, cfg_scale=1.5, generator=make_generators([7, 8, 9]))
-    alone = sample(model, torch.tensor([4]), num_steps=4, cfg_scale=1.5, generator=make_generators([8]))
+    s = SamplingSettings(num_steps=4, cfg_scale=1.5)
+    batch = sample(model, torch.tensor([3, 4, 5]), s, generator=make_generators([7, 8, 9]))
+    alone = sample(model, torch.tensor([4]), s, generator=make_generators([8]))
     assert (batch[1] - alone[0]).abs().max() < 1e-12
-    again = sample(model, torch.tensor([3, 4, 5]), num_steps=4, cfg_scale=1.5, generator=make_generators([7, 8, 9]))
+    again = sample(model, torch.tensor([3, 4, 5]), s, generator=make_generators([7, 8, 9]))
     assert torch.equal(batch, again)
 
 
 def test_guidance_interval():
     """Guidance only at the steps whose t / T lies in the interval; the others run one group."""
     model = tiny_model()
-    kw = dict(num_steps=4, cfg_scale=3.0)
+    s = SamplingSettings(num_steps=4, cfg_scale=3.0)
     gens = lambda: make_generators([1, 2])  # noqa: E731
-    always = sample(model, labels(2), generator=gens(), **kw)
-    assert torch.equal(always, sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 1.0), **kw))
+    always = sample(model, labels(2), s, generator=gens())
+    assert torch.equal(always, sample(model, labels(2), s.but(guidance_interval=(0.0, 1.0)), generator=gens()))
     # an interval that holds no step (the 4 steps sit near t = 999, 749, 499, 249) is the conditional branch
-    never = sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 0.1), **kw)
-    plain = sample(model, labels(2), generator=gens(), num_steps=4, cfg_scale=1.0)
+    never = sample(model, labels(2), s.but(guidance_interval=(0.0, 0.1)), generator=gens())
+    plain = sample(model, labels(2), SamplingSettings(num_steps=4, cfg_scale=1.0), generator=gens())
     assert (never - plain).abs().max() < TOL
     # a partial interval differs from both, and the KV cache agrees with the recomputed context
     # although the number of noisy groups changes from step to step
-    partial = sample(model, labels(2), generator=gens(), guidance_interval=(0.4, 1.0), **kw)
+    partial = sample(model, labels(2), s.but(guidance_interval=(0.4, 1.0)), generator=gens())
     assert (partial - always).abs().max() > 1e-3 and (partial - plain).abs().max() > 1e-3
-    uncached = sample(model, labels(2), generator=gens(), guidance_interval=(0.4, 1.0), use_cache=False, **kw)
+    uncached = sample(model, labels(2), s.but(guidance_interval=(0.4, 1.0)), generator=gens(), use_cache=False)
     assert (partial - uncached).abs().max() < TOL
     for bad in [(0.5, 0.5), (0.7, 0.2), (-0.1, 0.5), (0.2, 1.5), (float("nan"), 1.0)]:
-        with pytest.raises(ValueError, match="guidance_interval"):
-            sample(model, labels(2), generator=gens(), guidance_interval=bad, **kw)
+        with pytest.raises(ValueError, match="guidance_interval"):  # refused by the settings, before sampling
+            sample(model, labels(2), s.but(guidance_interval=bad), generator=gens())
 
 
 class AutoguidedModel:
@@ -159,50 +162,51 @@ def test_autoguidance_matches_its_formula_with_and_without_cache(setting, cfg_sc
     """A guided step is m(c) + (cfg - 1)(m(c) - m(null)) + (w - 1)(m(c) - g(c)); the guide keeps its own cache."""
     model = tiny_model(**SETTINGS[setting])
     guide = tiny_model(seed=1, **SETTINGS[setting])
-    kw = dict(num_steps=4, cfg_scale=cfg_scale, scheduler="sde-dpmsolver++")
+    s = SamplingSettings(num_steps=4, cfg_scale=cfg_scale, sampler="sde-dpmsolver++")
     gens = lambda: make_generators([1, 2, 3])  # noqa: E731
     y = labels()
-    cached = sample(model, y, generator=gens(), guide_model=guide, guide_scale=2.0, **kw)
+    cached = sample(model, y, s, generator=gens(), guide_model=guide, guide_scale=2.0)
     for other in (dict(use_cache=False), dict(context_pass="separate")):
-        again = sample(model, y, generator=gens(), guide_model=guide, guide_scale=2.0, **kw, **other)
+        again = sample(model, y, s, generator=gens(), guide_model=guide, guide_scale=2.0, **other)
         assert (cached - again).abs().max() < TOL
-    expected = sample(AutoguidedModel(model, guide, 2.0, y), y, generator=gens(), use_cache=False, **kw)
+    expected = sample(AutoguidedModel(model, guide, 2.0, y), y, s, generator=gens(), use_cache=False)
     assert cached.abs().max() > 0.1 and (cached - expected).abs().max() < TOL
-    assert (cached - sample(model, y, generator=gens(), **kw)).abs().max() > 1e-3  # the guide matters
+    assert (cached - sample(model, y, s, generator=gens())).abs().max() > 1e-3  # the guide matters
     # a model guiding itself adds nothing
-    itself = sample(model, y, generator=gens(), guide_model=model, guide_scale=2.0, **kw)
-    assert (itself - sample(model, y, generator=gens(), **kw)).abs().max() < TOL
+    itself = sample(model, y, s, generator=gens(), guide_model=model, guide_scale=2.0)
+    assert (itself - sample(model, y, s, generator=gens())).abs().max() < TOL
 
 
 def test_autoguidance_follows_the_guidance_interval_and_rolls_past_the_trained_length():
     model = tiny_model(**SETTINGS["video_frames"])
     guide = tiny_model(seed=1, **SETTINGS["video_frames"])
     gens = lambda: make_generators([4, 5])  # noqa: E731
-    kw = dict(num_steps=4, cfg_scale=1.0, guide_model=guide, guide_scale=3.0)
-    plain = sample(model, labels(2), generator=gens(), num_steps=4)
-    never = sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 0.1), **kw)  # no step in it
+    s = SamplingSettings(num_steps=4, cfg_scale=1.0)
+    kw = dict(guide_model=guide, guide_scale=3.0)
+    plain = sample(model, labels(2), s, generator=gens())
+    never = sample(model, labels(2), s.but(guidance_interval=(0.0, 0.1)), generator=gens(), **kw)  # no step in it
     assert (never - plain).abs().max() < TOL
-    partial = sample(model, labels(2), generator=gens(), guidance_interval=(0.4, 1.0), **kw)
+    partial = sample(model, labels(2), s.but(guidance_interval=(0.4, 1.0)), generator=gens(), **kw)
     assert (partial - plain).abs().max() > 1e-3
     roll = dict(num_blocks=4, window=1, **kw)
-    cached = sample(model, labels(2), generator=gens(), **roll)
-    uncached = sample(model, labels(2), generator=gens(), use_cache=False, **roll)
+    cached = sample(model, labels(2), s, generator=gens(), **roll)
+    uncached = sample(model, labels(2), s, generator=gens(), use_cache=False, **roll)
     assert cached.shape[2] == 8 and (cached - uncached).abs().max() < TOL
 
 
 def test_autoguidance_rejects_a_guide_that_does_not_fit():
     model = tiny_model()
-    kw = dict(num_steps=2, cfg_scale=1.0)
+    s = SamplingSettings(num_steps=2, cfg_scale=1.0)
     with pytest.raises(ValueError, match="guide_scale=1 leaves it unused"):
-        sample(model, labels(2), guide_model=tiny_model(seed=1), **kw)
+        sample(model, labels(2), s, guide_model=tiny_model(seed=1))
     with pytest.raises(ValueError, match="needs a guide_model"):
-        sample(model, labels(2), guide_scale=2.0, **kw)
+        sample(model, labels(2), s, guide_scale=2.0)
     with pytest.raises(ValueError, match="block_size: 4 vs 1"):
-        sample(model, labels(2), guide_model=tiny_model(block_layout="raster", block_size=1), guide_scale=2.0, **kw)
+        sample(model, labels(2), s, guide_model=tiny_model(block_layout="raster", block_size=1), guide_scale=2.0)
     with pytest.raises(ValueError, match="num_classes"):
-        sample(model, labels(2), guide_model=tiny_model(num_classes=5), guide_scale=2.0, **kw)
+        sample(model, labels(2), s, guide_model=tiny_model(num_classes=5), guide_scale=2.0)
     with pytest.raises(ValueError, match="move it"):
-        sample(model, labels(2), guide_model=tiny_model(dtype=torch.float32), guide_scale=2.0, **kw)
+        sample(model, labels(2), s, guide_model=tiny_model(dtype=torch.float32), guide_scale=2.0)
 
 
 class HistoryGuidedModel:
@@ -228,18 +232,20 @@ class HistoryGuidedModel:
 def test_history_guidance_matches_its_formula_and_leaves_the_first_block(setting, cfg_scale):
     """A guided step of a block with context adds (w - 1)(m(c, h) - m(c, none)); block 0 has no history."""
     model = tiny_model(**SETTINGS[setting])
-    kw = dict(num_steps=4, cfg_scale=cfg_scale, scheduler="sde-dpmsolver++", output="blocks")
+    s = SamplingSettings(num_steps=4, cfg_scale=cfg_scale, sampler="sde-dpmsolver++")
+    history = s.but(history_scale=2.0)
+    kw = dict(output="blocks")
     gens = lambda: make_generators([1, 2, 3])  # noqa: E731
     y = labels()
-    cached = sample(model, y, generator=gens(), history_scale=2.0, **kw)
+    cached = sample(model, y, history, generator=gens(), **kw)
     for other in (dict(use_cache=False), dict(context_pass="separate")):
-        assert (cached - sample(model, y, generator=gens(), history_scale=2.0, **kw, **other)).abs().max() < TOL
-    expected = sample(HistoryGuidedModel(model, 2.0), y, generator=gens(), use_cache=False, **kw)
+        assert (cached - sample(model, y, history, generator=gens(), **kw, **other)).abs().max() < TOL
+    expected = sample(HistoryGuidedModel(model, 2.0), y, s, generator=gens(), use_cache=False, **kw)
     assert cached.abs().max() > 0.1 and (cached - expected).abs().max() < TOL
-    plain = sample(model, y, generator=gens(), **kw)
+    plain = sample(model, y, s, generator=gens(), **kw)
     assert (cached[:, 0] - plain[:, 0]).abs().max() < TOL  # the first block is drawn from the condition alone
     assert (cached[:, 1:] - plain[:, 1:]).abs().max() > 1e-3
-    both = sample(model, y, generator=gens(), history_scale=2.0, guide_model=tiny_model(seed=1, **SETTINGS[setting]),
+    both = sample(model, y, history, generator=gens(), guide_model=tiny_model(seed=1, **SETTINGS[setting]),
                   guide_scale=1.5, **kw)
     assert (both - cached).abs().max() > 1e-3  # the two guidances add up
 
@@ -260,39 +266,40 @@ def test_a_frame_block_alone_reads_the_same_at_every_position():
 def test_history_guidance_follows_the_interval_and_rolls_past_the_trained_length():
     model = tiny_model(**SETTINGS["video_frames"])
     gens = lambda: make_generators([4, 5])  # noqa: E731
-    kw = dict(num_steps=4, cfg_scale=1.0, history_scale=3.0)
-    plain = sample(model, labels(2), generator=gens(), num_steps=4)
-    never = sample(model, labels(2), generator=gens(), guidance_interval=(0.0, 0.1), **kw)  # no step in it
+    s = SamplingSettings(num_steps=4, cfg_scale=1.0, history_scale=3.0)
+    plain = sample(model, labels(2), SamplingSettings(num_steps=4, cfg_scale=1.0), generator=gens())
+    never = sample(model, labels(2), s.but(guidance_interval=(0.0, 0.1)), generator=gens())  # no step in it
     assert (never - plain).abs().max() < TOL
-    roll = dict(num_blocks=4, window=1, **kw)
-    cached = sample(model, labels(2), generator=gens(), **roll)
-    uncached = sample(model, labels(2), generator=gens(), use_cache=False, **roll)
+    roll = dict(num_blocks=4, window=1)
+    cached = sample(model, labels(2), s, generator=gens(), **roll)
+    uncached = sample(model, labels(2), s, generator=gens(), use_cache=False, **roll)
     assert cached.shape[2] == 8 and (cached - uncached).abs().max() < TOL
 
 
 def test_history_guidance_rejects_what_it_cannot_guide():
     with pytest.raises(ValueError, match="history_scale needs a video model whose blocks are whole frames"):
-        sample(tiny_model(), labels(2), num_steps=2, history_scale=2.0)
-    with pytest.raises(ValueError, match=r"history_scale=0.5 must be >= 1"):
-        sample(tiny_model(**SETTINGS["video_frames"]), labels(2), num_steps=2, history_scale=0.5)
+        sample(tiny_model(), labels(2), SamplingSettings(cfg_scale=1.0, num_steps=2, history_scale=2.0))
+    with pytest.raises(ValueError, match=r"history_scale=0.5 must be >= 1"):  # refused by the settings
+        sample(tiny_model(**SETTINGS["video_frames"]), labels(2),
+               SamplingSettings(cfg_scale=1.0, num_steps=2, history_scale=0.5))
 
 
 def test_cfg_scale_one_is_conditional_branch():
     model = tiny_model()
-    kw = dict(num_steps=4, generator=make_generators([1, 2]))
-    plain = sample(model, labels(2), cfg_scale=1.0, **kw)
+    plain = sample(model, labels(2), SamplingSettings(cfg_scale=1.0, num_steps=4), generator=make_generators([1, 2]))
 
     # Make the unconditional branch identical to the conditional one: any scale must
     # then give the conditional branch, i.e. what scale 1 computes alone.
     original_null = model.null_condition
     model.null_condition = lambda b: model.embed_condition(labels(2))
     try:
-        guided = sample(model, labels(2), cfg_scale=4.0, num_steps=4, generator=make_generators([1, 2]))
+        guided = sample(model, labels(2), SamplingSettings(cfg_scale=4.0, num_steps=4),
+                        generator=make_generators([1, 2]))
     finally:
         model.null_condition = original_null
     assert (plain - guided).abs().max() < TOL
     # and with the real null class, guidance changes the result
-    real = sample(model, labels(2), cfg_scale=4.0, num_steps=4, generator=make_generators([1, 2]))
+    real = sample(model, labels(2), SamplingSettings(cfg_scale=4.0, num_steps=4), generator=make_generators([1, 2]))
     assert (plain - real).abs().max() > 1e-3
 
 
@@ -306,29 +313,30 @@ def test_block_hook_replacement_enters_context(use_cache):
         assert event.blocks.shape[1] == event.index
         return torch.full_like(event.block, 0.5) if event.index == 1 else None
 
-    out = sample(model, labels(2), num_steps=3, generator=make_generators([1, 2]), on_block_end=hook,
+    s = SamplingSettings(cfg_scale=1.0, num_steps=3)
+    out = sample(model, labels(2), s, generator=make_generators([1, 2]), on_block_end=hook,
                  use_cache=use_cache, output="blocks")
     assert seen == [0, 1, 2, 3]
     assert torch.all(out[:, 1] == 0.5)
-    ref = sample(model, labels(2), num_steps=3, generator=make_generators([1, 2]), on_block_end=hook,
+    ref = sample(model, labels(2), s, generator=make_generators([1, 2]), on_block_end=hook,
                  use_cache=not use_cache, output="blocks")
     assert (out - ref).abs().max() < TOL  # the replaced block is the context of blocks 2, 3
-    plain = sample(model, labels(2), num_steps=3, generator=make_generators([1, 2]), output="blocks")
+    plain = sample(model, labels(2), s, generator=make_generators([1, 2]), output="blocks")
     assert (plain[:, 2:] - out[:, 2:]).abs().max() > 1e-4
 
 
 def test_hook_shape_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="on_block_end returned shape"):
-        sample(model, labels(1), num_steps=2, on_block_end=lambda e: e.block[:, :1])
+        sample(model, labels(1), SamplingSettings(cfg_scale=1.0, num_steps=2), on_block_end=lambda e: e.block[:, :1])
 
 
 def test_ddim_float32_close():
     model = tiny_model(dtype=torch.float32)
     sched = DDIMScheduler(**scheduler_config(model.config))
-    a = sample(model, labels(2), num_steps=6, cfg_scale=1.5, scheduler=sched, generator=make_generators([1, 2]))
-    b = sample(model, labels(2), num_steps=6, cfg_scale=1.5, scheduler=sched, generator=make_generators([1, 2]),
-               use_cache=False)
+    s = SamplingSettings(num_steps=6, cfg_scale=1.5)
+    a = sample(model, labels(2), s, scheduler=sched, generator=make_generators([1, 2]))
+    b = sample(model, labels(2), s, scheduler=sched, generator=make_generators([1, 2]), use_cache=False)
     assert (a - b).abs().max() < 1e-4
 
 
@@ -362,10 +370,10 @@ def test_flex_backend_matches_sdpa_forward_on_cpu(compiled, monkeypatch):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_named_samplers_are_exact_and_batch_independent(name, clip_denoised):
     model = tiny_model()
-    kw = dict(num_steps=4, cfg_scale=2.0, scheduler=name, clip_denoised=clip_denoised)
-    cached = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
-    uncached = sample(model, labels(), generator=make_generators([1, 2, 3]), use_cache=False, **kw)
-    alone = sample(model, labels()[1:2], generator=make_generators([2]), **kw)
+    s = SamplingSettings(num_steps=4, cfg_scale=2.0, sampler=name, clip_denoised=clip_denoised)
+    cached = sample(model, labels(), s, generator=make_generators([1, 2, 3]))
+    uncached = sample(model, labels(), s, generator=make_generators([1, 2, 3]), use_cache=False)
+    alone = sample(model, labels()[1:2], s, generator=make_generators([2]))
     assert (cached - uncached).abs().max() < TOL
     assert (cached[1] - alone[0]).abs().max() < 1e-12
 
@@ -403,12 +411,13 @@ def test_clipping_is_the_step_of_the_clipped_prediction(name):
     model = tiny_model()
     overshooting = CleanPredictionModel(model, lambda x: 1.2 * x + 0.3)
     clipped_by_model = CleanPredictionModel(model, lambda x: (1.2 * x + 0.3).clamp(-1, 1))
-    kw = dict(num_steps=6, cfg_scale=1.0, scheduler=name, use_cache=False)
-    a = sample(overshooting, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, **kw)
-    b = sample(clipped_by_model, labels(), generator=make_generators([1, 2, 3]), **kw)
+    s = SamplingSettings(num_steps=6, cfg_scale=1.0, sampler=name)
+    a = sample(overshooting, labels(), s.but(clip_denoised=True), generator=make_generators([1, 2, 3]),
+               use_cache=False)
+    b = sample(clipped_by_model, labels(), s, generator=make_generators([1, 2, 3]), use_cache=False)
     # 1e-5: the schedulers hold their coefficients in float32 (DDIM without the fix: 0.04)
     assert (a - b).abs().max() < 1e-5
-    unclipped = sample(overshooting, labels(), generator=make_generators([1, 2, 3]), **kw)
+    unclipped = sample(overshooting, labels(), s, generator=make_generators([1, 2, 3]), use_cache=False)
     assert (a - unclipped).abs().max() > 0.1  # the clipping did bind
 
 
@@ -419,8 +428,8 @@ def test_ddim_steps_between_the_grid_timesteps():
 
     model = tiny_model(num_classes=0)
     mock = CleanPredictionModel(model, lambda x: 1.2 * x + 0.3)
-    got = sample(mock, None, batch_size=2, num_steps=6, scheduler="ddim", use_cache=False, output="blocks",
-                 generator=make_generators([4, 5]))
+    got = sample(mock, None, SamplingSettings(cfg_scale=1.0, num_steps=6, sampler="ddim"), batch_size=2,
+                 use_cache=False, output="blocks", generator=make_generators([4, 5]))
     ab = NoiseSchedule.from_config(model.config).alphas_cumprod
     grid = [999, 799, 599, 400, 200, 0]
     gens = make_generators([4, 5])
@@ -436,17 +445,20 @@ def test_ddim_steps_between_the_grid_timesteps():
 
 def test_sde_sampler_adds_noise_the_default_ode_does_not():
     model = tiny_model()
-    kw = dict(num_steps=4, cfg_scale=2.0)
-    default = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
-    ode = sample(model, labels(), generator=make_generators([1, 2, 3]), scheduler="dpmsolver++", **kw)
-    sde = sample(model, labels(), generator=make_generators([1, 2, 3]), scheduler="sde-dpmsolver++", **kw)
+    s = SamplingSettings(num_steps=4, cfg_scale=2.0)  # the default sampler
+    default = sample(model, labels(), s, generator=make_generators([1, 2, 3]))
+    ode = sample(model, labels(), s.but(sampler="dpmsolver++"), generator=make_generators([1, 2, 3]))
+    sde = sample(model, labels(), s.but(sampler="sde-dpmsolver++"), generator=make_generators([1, 2, 3]))
     assert torch.equal(default, ode)
     assert (sde - ode).abs().max() > 0.05
 
 
 def test_unknown_sampler_is_named():
     with pytest.raises(ValueError, match=r"unknown sampler 'euler'; choose one of dpmsolver\+\+, sde-dpmsolver\+\+"):
-        sample(tiny_model(), labels(), num_steps=2, scheduler="euler")
+        sample(tiny_model(), labels(), SamplingSettings(cfg_scale=1.0, num_steps=2, sampler="euler"))
+    # a sampler is named in the settings; scheduler= takes a scheduler object only
+    with pytest.raises(TypeError, match=r"SamplingSettings\(sampler=\.\.\.\)"):
+        sample(tiny_model(), labels(), SamplingSettings(cfg_scale=1.0, num_steps=2), scheduler="ddim")
 
 
 def test_sampling_settings_recorded_with_a_model(tmp_path):
@@ -462,7 +474,7 @@ def test_sampling_settings_recorded_with_a_model(tmp_path):
     assert SamplingSettings.recorded(tmp_path / "clipped").clip_denoised
     assert not SamplingSettings.recorded(tmp_path / "clipped").but(clip_denoised=False).clip_denoised
     save_pretrained(model, tmp_path / "typo", extra_config={"_sampling": {"cfg": 3.0}})
-    with pytest.raises(ValueError, match=r"unknown _sampling keys \['cfg'\]"):
+    with pytest.raises(ValueError, match=r"config\.json: _sampling: unknown keys \['cfg'\]"):
         SamplingSettings.recorded(tmp_path / "typo")
     save_pretrained(model, tmp_path / "bad", extra_config={"_sampling": {"sampler": "euler"}})
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
@@ -478,9 +490,9 @@ def test_cli_sampler_choices_are_the_library_samplers():
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_clip_denoised_keeps_samples_in_the_pixel_range(name):
     model = tiny_model()
-    kw = dict(num_steps=4, cfg_scale=6.0, scheduler=name)
-    free = sample(model, labels(), generator=make_generators([1, 2, 3]), **kw)
-    clipped = sample(model, labels(), generator=make_generators([1, 2, 3]), clip_denoised=True, **kw)
+    s = SamplingSettings(num_steps=4, cfg_scale=6.0, sampler=name)
+    free = sample(model, labels(), s, generator=make_generators([1, 2, 3]))
+    clipped = sample(model, labels(), s.but(clip_denoised=True), generator=make_generators([1, 2, 3]))
     # Unclipped (diffusers clips DDIM/DDPM by default; the named samplers must not), the guided
     # predictions of a random model overshoot; clipped, only the last step's small noise term
     # can leave [-1, 1].
@@ -491,20 +503,26 @@ def test_clip_denoised_keeps_samples_in_the_pixel_range(name):
 def test_clip_denoised_needs_a_sampler_by_name():
     model = tiny_model()
     with pytest.raises(ValueError, match="clip_denoised=True needs a sampler given by name"):
-        sample(model, labels(), num_steps=2, scheduler=DDIMScheduler(), clip_denoised=True)
+        sample(model, labels(), SamplingSettings(cfg_scale=1.0, num_steps=2, clip_denoised=True),
+               scheduler=DDIMScheduler())
 
 
-def test_sample_kwargs_carry_every_setting():
+def test_settings_carry_every_setting_and_round_trip_through_their_record():
     s = SamplingSettings(cfg_scale=3.0, num_steps=7, sampler="ddpm", clip_denoised=True)
-    assert s.sample_kwargs() == dict(num_steps=7, cfg_scale=3.0, scheduler="ddpm", clip_denoised=True,
-                                     history_scale=1.0, guidance_interval=None)
-    assert s.but(guidance_interval=[0.2, 0.6]).sample_kwargs()["guidance_interval"] == (0.2, 0.6)
+    assert s.to_dict() == dict(num_steps=7, cfg_scale=3.0, sampler="ddpm", clip_denoised=True,
+                               history_scale=1.0, guidance_interval=None)
+    assert SamplingSettings.from_record(json.loads(json.dumps(s.to_dict()))) == s
+    interval = s.but(guidance_interval=[0.2, 0.6])
+    assert interval.guidance_interval == (0.2, 0.6) and interval.to_dict()["guidance_interval"] == [0.2, 0.6]
+    assert SamplingSettings.from_record(json.loads(json.dumps(interval.to_dict()))) == interval
     assert s.but(guidance_interval=(0, 1)).guidance_interval is None  # every step: no interval
     with pytest.raises(ValueError, match=r"guidance_interval=\(0.6, 0.2\) must be \(low, high\)"):
         s.but(guidance_interval=(0.6, 0.2))
+    # sampling with the settings is sampling with each of them: steps, CFG, and the named
+    # sampler with its clipping (the scheduler object the settings make)
     model = tiny_model()
-    a = sample(model, labels(), generator=make_generators([1, 2, 3]), **s.sample_kwargs())
-    b = sample(model, labels(), generator=make_generators([1, 2, 3]), num_steps=7, cfg_scale=3.0,
+    a = sample(model, labels(), s, generator=make_generators([1, 2, 3]))
+    b = sample(model, labels(), SamplingSettings(cfg_scale=3.0, num_steps=7), generator=make_generators([1, 2, 3]),
                scheduler=s.scheduler(model.config))
     assert torch.equal(a, b)
 
@@ -528,9 +546,7 @@ def test_karras_samplers_spend_their_steps_at_low_noise():
 
 
 def test_reports_name_the_solver_and_its_noise_levels():
-    from ardiff.experiments.common import describe_settings
-
-    assert describe_settings(SamplingSettings(2.5, 25, "sde-dpmsolver++-karras", True)) == (
+    assert SamplingSettings(2.5, 25, "sde-dpmsolver++-karras", True).describe() == (
         "25 SDE-DPM-Solver++ steps per block on Karras noise levels, CFG 2.5, predicted clean samples clipped to "
         "[-1, 1]")
-    assert describe_settings(SamplingSettings(6, 20, "dpmsolver++")) == "20 DPM-Solver++ (ODE) steps per block, CFG 6"
+    assert SamplingSettings(6, 20, "dpmsolver++").describe() == "20 DPM-Solver++ (ODE) steps per block, CFG 6"

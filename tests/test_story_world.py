@@ -16,6 +16,7 @@ from ardiff.worlds.story import (
     render_frame,
 )
 from ardiff.worlds.text import ATTRIBUTES, StoryTextEncoder, build_vocab, sentence_attributes
+from helpers import needs_fmnist
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,7 @@ def world():
     return StoryWorld("test")
 
 
+@needs_fmnist
 def test_stories_are_deterministic_and_follow_their_actions(world):
     a, b = world.story(3), StoryWorld("test").story(3)
     assert a.sentences == b.sentences and a.item_index == b.item_index
@@ -35,6 +37,7 @@ def test_stories_are_deterministic_and_follow_their_actions(world):
             assert 0 <= state.row <= 2 and 0 <= state.col <= 2
 
 
+@needs_fmnist
 def test_first_sentence_says_everything_later_ones_do_not(world):
     for i in range(100):
         story = world.story(i)
@@ -51,6 +54,7 @@ def test_first_sentence_says_everything_later_ones_do_not(world):
             assert ATTRIBUTES["action"][said["action"]] == action
 
 
+@needs_fmnist
 def test_longer_stories_and_train_split_items():
     long = StoryWorld("test", length=12).story(0)
     assert len(long) == 12 and len(set(long.states)) > 1
@@ -58,6 +62,7 @@ def test_longer_stories_and_train_split_items():
     assert train.split == "train"
 
 
+@needs_fmnist
 def test_render_is_exact_outside_the_item(world):
     story = world.story(1)
     item = world.images[story.item_index]
@@ -115,6 +120,7 @@ def test_reader_shapes_errors_and_round_trip(tmp_path):
     assert labels["kind"].item() == KIND_NAMES.index("bag") and labels["row"].item() == 2
 
 
+@needs_fmnist
 def test_shipped_reader_reads_held_out_renders():
     # Measured on 2000 renders at training time: kind 94.6%, colours 100% (docs/story_world.md).
     accuracy = evaluate_reader(AttributeReader.from_pretrained(), StoryWorld("test", seed=5), count=400)
@@ -123,6 +129,7 @@ def test_shipped_reader_reads_held_out_renders():
         assert accuracy[attribute] >= 0.98, accuracy
 
 
+@needs_fmnist
 def test_datasets_give_frames_and_sentence_vectors():
     from ardiff.worlds.datasets import StoryDataset, StoryFrameDataset
 
@@ -137,6 +144,7 @@ def test_datasets_give_frames_and_sentence_vectors():
     assert torch.equal(frames[2][0], y)
 
 
+@needs_fmnist
 def test_rule_memory_carries_the_subject_of_world_stories(world):
     from ardiff.acdc.memory import RuleBasedMemory
 
@@ -164,6 +172,7 @@ def test_rule_memory_carries_the_subject_of_world_stories(world):
             assert said["kind"] < len(KIND_NAMES) and said["colour"] < len(ITEM_COLOURS), sentence
 
 
+@needs_fmnist
 def test_state_memory_reads_every_state_back_from_the_text(world):
     from ardiff.experiments.story_benchmark import StoryStateMemory
 
@@ -195,6 +204,7 @@ def test_state_memory_refuses_text_outside_the_grammar():
         "a small yellow sneaker at the top of a teal floor.", "a large yellow sneaker at the top of a teal floor."]
 
 
+@needs_fmnist
 def test_corrector_score_reads_frames_drawn_from_full_captions(tmp_path):
     import json
     import subprocess
@@ -202,28 +212,29 @@ def test_corrector_score_reads_frames_drawn_from_full_captions(tmp_path):
 
     from ardiff import ACDiT, ACDiTConfig
     from ardiff.experiments.text_to_frame import score_text_to_frame
-    from ardiff.generate.settings import SamplingSettings
+    from ardiff.generate import Pipeline, SamplingSettings
 
     torch.manual_seed(0)
     model = ACDiT(ACDiTConfig(input_size=(32, 32), in_channels=3, patch_size=4, block_size=64, num_classes=0,
                               block_layout="raster",
                               cond_dim=64, depth=1, hidden_size=32, num_heads=2)).eval()
     encoder = StoryTextEncoder.from_pretrained()
-    settings = SamplingSettings(cfg_scale=2.0, num_steps=2)
-    a = score_text_to_frame(model, encoder, settings, num=5, seed=3, batch_size=2, progress=False)
-    b = score_text_to_frame(model, encoder, settings, num=5, seed=3, batch_size=5, progress=False)
+    pipe = Pipeline(model, SamplingSettings(cfg_scale=2.0, num_steps=2))
+    a = score_text_to_frame(pipe, encoder, num=5, seed=3, batch_size=2, progress=False)
+    b = score_text_to_frame(pipe, encoder, num=5, seed=3, batch_size=5, progress=False)
     assert torch.equal(a["frames"], b["frames"]) and a["frames"].shape == (5, 3, 32, 32)  # batch-independent
     assert a["captions"][0].startswith("a ") and " at the " in a["captions"][0]
     assert set(a["accuracy"]) == {"kind", "colour", "background", "size", "row", "col"}
     assert all(0 <= v <= 1 for v in a["accuracy"].values())
     # The reader reads the true renders almost perfectly: the scale an untrained model is judged on.
     assert a["reader_on_true_renders"]["colour"] == 1.0 and a["accuracy"]["colour"] < 1.0
-    assert score_text_to_frame(model, encoder, settings, num=5, seed=4, progress=False)["captions"] != a["captions"]
+    assert score_text_to_frame(pipe, encoder, num=5, seed=4, progress=False)["captions"] != a["captions"]
     with pytest.raises(ValueError, match="single-frame model"):
         two = ACDiT(ACDiTConfig(input_size=(2, 32, 32), in_channels=3, patch_size=4, block_size=64, num_classes=0,
                                 block_layout="raster",
                                 cond_dim=64, depth=1, hidden_size=24, num_heads=2))
-        score_text_to_frame(two, encoder, settings, num=1, progress=False)
+        score_text_to_frame(Pipeline(two, SamplingSettings(cfg_scale=2.0, num_steps=2)), encoder, num=1,
+                            progress=False)
     model.save_pretrained(tmp_path / "m")
     out = subprocess.run([sys.executable, "-m", "ardiff.cli", "world", "score-corrector", str(tmp_path / "m"),
                           "--num", "3", "--steps", "2", "--out", str(tmp_path / "s"), "--no-progress"],

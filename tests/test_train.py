@@ -2,22 +2,21 @@
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from ardiff import ACDiT
-from ardiff.data.fashion_mnist import DEBIAN_DIR
 from ardiff.train import Trainer, load_run_config
 from ardiff.train import checkpoint as ckpt
 from ardiff.train.config import build_run_config
 from ardiff.train.trainer import NonFiniteLossError
-
-HAVE_FMNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+from helpers import HAVE_FMNIST, needs_fmnist
 
 TINY_MODEL = dict(input_size=[28, 28], in_channels=1, patch_size=7, block_layout="tiles", block_size=4,
                   depth=2, hidden_size=64, num_heads=2, num_classes=10)
@@ -83,6 +82,90 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert latest.name == "step_00000003"
     resumed = Trainer(run_config(tmp_path), dataset=synthetic_dataset(), resume=True, progress=False)
     assert resumed.step == 3
+
+
+def _killed_at_export(self):
+    raise KeyboardInterrupt  # the process dies after the last checkpoint, before the model is written
+
+
+def read_model(directory: Path):
+    return (json.loads((directory / "config.json").read_text()),
+            load_file(str(directory / "model.safetensors")), (directory / "model.safetensors").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    Trainer(run_config(out), dataset=synthetic_dataset(), progress=False).fit()
+    return out / "model"
+
+
+@pytest.mark.parametrize("damage", ["killed_before_export", "deleted", "truncated_weights", "no_config"])
+def test_ensure_exported_writes_the_model_the_finished_run_lacks(tmp_path, monkeypatch, uninterrupted_model, damage):
+    trainer = Trainer(run_config(tmp_path), dataset=synthetic_dataset(), progress=False)
+    model_dir = tmp_path / "model"
+    if damage == "killed_before_export":
+        with monkeypatch.context() as patch:
+            patch.setattr(Trainer, "export", _killed_at_export)
+            with pytest.raises(KeyboardInterrupt):
+                trainer.fit()
+        assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step_00000006"
+        assert not model_dir.exists()
+    else:
+        trainer.fit()
+        if damage == "deleted":
+            shutil.rmtree(model_dir)
+        elif damage == "truncated_weights":
+            weights = (model_dir / "model.safetensors").read_bytes()
+            (model_dir / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+        else:
+            (model_dir / "config.json").unlink()
+    resumed = Trainer(run_config(tmp_path), dataset=synthetic_dataset(), resume=True, progress=False)
+    assert resumed.step == 6 and resumed.model_dir == model_dir
+    assert resumed.ensure_exported() is True
+    config, weights, _ = read_model(model_dir)
+    want_config, want_weights, _ = read_model(uninterrupted_model)
+    assert config == want_config  # architecture and the recorded _sampling / _data
+    # the uninterrupted run's weights, bit for bit (the files' bytes differ: safetensors orders its metadata freely)
+    assert weights.keys() == want_weights.keys()
+    assert all(weights[k].dtype == want_weights[k].dtype and torch.equal(weights[k], want_weights[k]) for k in weights)
+    ACDiT.from_pretrained(model_dir)
+    # now nothing is missing: a second call writes nothing
+    written_at = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert resumed.ensure_exported() is False
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == written_at
+    assert not list(tmp_path.glob(".model.*"))
+
+
+def test_export_replaces_the_model_whole_and_a_stale_one_is_written_again(tmp_path, monkeypatch):
+    import ardiff.models.checkpoint as model_files
+
+    Trainer(run_config(tmp_path, steps=3), dataset=synthetic_dataset(), progress=False).fit()
+    model_dir = tmp_path / "model"
+    _, old_weights, old_raw = read_model(model_dir)
+    extended = Trainer(run_config(tmp_path, steps=6), dataset=synthetic_dataset(), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"at step 3 of train.steps=6: it has no final model yet; train on with "
+                                         r"--resume"):
+        extended.ensure_exported()
+
+    def killed_at_config(path, data):
+        raise KeyboardInterrupt  # dies after model.safetensors of the new export, before its config.json
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_files, "atomic_write_bytes", killed_at_config)
+        with pytest.raises(KeyboardInterrupt):
+            extended.fit()
+    # the step-3 model is still there whole (not step-6 weights under a step-3 config.json)
+    assert read_model(model_dir)[2] == old_raw
+    resumed = Trainer(run_config(tmp_path, steps=6), dataset=synthetic_dataset(), resume=True, progress=False)
+    assert resumed.step == 6
+    assert resumed.ensure_exported() is True  # the step-3 model is stale: the run now ends at step 6
+    _, weights, _ = read_model(model_dir)
+    final_ema = load_file(str(tmp_path / "checkpoints" / "step_00000006" / "ema.safetensors"))
+    assert all(torch.equal(weights[k], final_ema[k]) for k in final_ema) and weights.keys() == final_ema.keys()
+    assert not all(torch.equal(weights[k], old_weights[k]) for k in old_weights)
+    assert not list(tmp_path.glob(".model.*"))  # the killed write's temporary directory is gone
+    assert resumed.ensure_exported() is False
 
 
 def test_non_finite_loss_stops_with_clear_error(tmp_path):
@@ -223,6 +306,12 @@ def _fsdp_worker(rank, world, port, out_dir, result_dir):
     state = {n: ckpt.full_tensor(p.detach()) for n, p in trainer.model.named_parameters()}
     if rank == 0:
         torch.save(state, Path(result_dir) / "fsdp.pt")
+        model_dir = Path(out_dir) / "model"
+        torch.save(load_file(str(model_dir / "model.safetensors")), Path(result_dir) / "fit_export.pt")
+        shutil.rmtree(model_dir)  # as a kill before the export leaves it
+    torch.distributed.barrier()
+    answers = [trainer.ensure_exported(), trainer.ensure_exported()]  # every rank calls: the EMA gather is collective
+    (Path(result_dir) / f"ensure_exported{rank}.json").write_text(json.dumps(answers))
     # Both ranks reach here before either tears down gloo: a rank that destroys the group while
     # the other still has collectives in flight aborts ("terminate called without an active exception").
     torch.distributed.barrier()
@@ -243,6 +332,11 @@ def test_fsdp_two_processes_match_single_process(tmp_path):
     resumed = Trainer(run_config(tmp_path / "fsdp", steps=4), dataset=synthetic_dataset(), resume=True,
                       progress=False)
     assert resumed.step == 4
+    # the deleted model was written again by the main rank, the same weights; both ranks got its answer
+    assert [json.loads((tmp_path / f"ensure_exported{r}.json").read_text()) for r in (0, 1)] == [[True, False]] * 2
+    fit_export = torch.load(tmp_path / "fit_export.pt")
+    again = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
+    assert fit_export.keys() == again.keys() and all(torch.equal(fit_export[k], again[k]) for k in again)
 
 
 @pytest.mark.slow

@@ -14,8 +14,9 @@ _EXPORTS = {
     "BlockEvent": "ardiff.generate",
     "KVCache": "ardiff.generate",
     "NoiseSchedule": "ardiff.diffusion",
+    "Pipeline": "ardiff.generate",
     "SamplingSettings": "ardiff.generate",
-    "make_generators": "ardiff.generate",
+    "make_generators": "ardiff.utils.seeding",
     "sample": "ardiff.generate",
     "training_loss": "ardiff.diffusion",
 }

@@ -7,15 +7,25 @@
 - :mod:`ardiff.acdc.correctors`: Stable-Diffusion-family and AnimateDiff SDEdit correctors (diffusers).
 - :mod:`ardiff.acdc.memory`: rule-based, local-LLM (transformers, GGUF) and OpenAI-compatible memories.
 - :mod:`ardiff.acdc.transformers_arms`: Emu3 and Janus (transformers) as ARMs.
+- :mod:`ardiff.acdc.components`: the ARM, corrector and memory a run's specs name.
+
+The names below load on first use, so that the command line can read component specs
+without importing torch.
 """
 
-from ardiff.acdc.base import ARM, Correction, Corrector, IdentityMemory, Memory
-from ardiff.acdc.native import ACDiTARM, ClassPrompts, NativeCorrector
-from ardiff.acdc.pipeline import ACDCPipeline, ACDCResult, ChunkRecord, match_color
-from ardiff.acdc.sdedit import SDEditSchedule, sdedit_schedule
+from importlib import import_module
 
-__all__ = [
-    "ARM", "Correction", "Corrector", "IdentityMemory", "Memory",
-    "ACDiTARM", "ClassPrompts", "NativeCorrector", "SDEditSchedule", "sdedit_schedule",
-    "ACDCPipeline", "ACDCResult", "ChunkRecord", "match_color",
-]
+_EXPORTS = {
+    "ARM": "base", "Correction": "base", "Corrector": "base", "IdentityMemory": "base", "Memory": "base",
+    "ACDiTARM": "native", "ClassPrompts": "native", "NativeCorrector": "native",
+    "ACDCPipeline": "pipeline", "ACDCResult": "pipeline", "ChunkRecord": "pipeline", "match_color": "pipeline",
+    "SDEditSchedule": "sdedit", "sdedit_schedule": "sdedit",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"ardiff.acdc.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ardiff.acdc' has no attribute {name!r}")

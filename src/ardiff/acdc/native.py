@@ -17,7 +17,9 @@ import torch
 
 from ardiff.acdc.base import ARM, ChunkCallback, Correction, Corrector, check_frames
 from ardiff.acdc.sdedit import sdedit_schedule
+from ardiff.generate.pipeline import Pipeline
 from ardiff.generate.sampler import BlockEvent, sample
+from ardiff.generate.settings import SamplingSettings
 from ardiff.models.acdit import ACDiT
 
 
@@ -74,14 +76,15 @@ class ACDiTARM(ARM):
     each chunk is sampled after the ones before it, which enter as a clean prefix, so a
     corrected chunk is exactly the context the next one sees. ``window``/``sink_blocks``: a
     rolling KV window to go past the trained length (see :func:`ardiff.generate.sample`).
-    ``scheduler`` (a diffusers scheduler or a sampler name) and ``clip_denoised``: how each
-    block is sampled; :meth:`SamplingSettings.recorded` gives the ones a model was tuned with.
+    ``settings``: how each block is sampled (default: the conditional branch alone, 25 steps);
+    ``SamplingSettings.recorded(model_dir)`` gives the ones a model was tuned with, and
+    ``ACDiTARM.from_pipeline`` takes a loaded :class:`~ardiff.generate.Pipeline`'s.
+    ``scheduler``: a diffusers scheduler object instead of ``settings.sampler``.
     """
 
-    def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None, num_steps: int = 25,
-                 cfg_scale: float = 1.0, scheduler=None, window: int | None = None, sink_blocks: int = 0,
-                 chunk_blocks: int = 1, clip_denoised: bool = False, history_scale: float = 1.0,
-                 guidance_interval: tuple[float, float] | None = None):
+    def __init__(self, model: ACDiT, prompt_to_cond: Callable[[str], Any] | None = None,
+                 settings: SamplingSettings | None = None, *, scheduler=None, window: int | None = None,
+                 sink_blocks: int = 0, chunk_blocks: int = 1):
         c = model.config
         if not c.is_video or c.block_size % c.tokens_per_frame:
             raise ValueError(f"ACDiTARM needs a video model whose blocks are whole frames (block_size a multiple of "
@@ -91,15 +94,22 @@ class ACDiTARM(ARM):
             raise ValueError(f"chunk_blocks={chunk_blocks} must be >= 1")
         self.model = model.eval()
         self.prompt_to_cond = prompt_to_cond or default_prompt_to_cond(model, allow_none=True)
-        self.num_steps, self.cfg_scale, self.scheduler = num_steps, cfg_scale, scheduler
-        self.clip_denoised = clip_denoised  # with a sampler given by name (see generate.sampler.sample)
-        self.history_scale = history_scale  # history guidance (see generate.sampler.HistoryGuide)
-        self.guidance_interval = guidance_interval  # guided steps (see generate.sampler.sample)
+        self.settings = SamplingSettings(cfg_scale=1.0) if settings is None else settings
+        self.settings.check_for(c)
+        self.scheduler = scheduler
         self.frames_per_block = c.block_size // c.tokens_per_frame
         self.chunk_blocks = chunk_blocks
         self.frames_per_chunk = self.frames_per_block * chunk_blocks
         # A rolling KV window lets stories run past the trained length (see generate.sampler.sample).
         self.window, self.sink_blocks = window, sink_blocks
+
+    @classmethod
+    def from_pipeline(cls, pipe: Pipeline, prompt_to_cond: Callable[[str], Any] | None = None,
+                      **options) -> "ACDiTARM":
+        """The pipeline's model with its settings (``options``: window, sink_blocks, chunk_blocks)."""
+        if pipe.guide is not None:
+            raise ValueError("ACDiTARM samples without autoguidance; load the ARM without a guide model")
+        return cls(pipe.model, prompt_to_cond, pipe.settings, **options)
 
     @property
     def num_chunks(self) -> int:
@@ -118,10 +128,9 @@ class ACDiTARM(ARM):
         return torch.stack([torch.as_tensor(c, dtype=self.model.dtype) for c in conds])[None].to(self.model.device)
 
     def _sample_kwargs(self, generator) -> dict:
-        return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.scheduler,
-                    clip_denoised=self.clip_denoised, history_scale=self.history_scale,
-                    guidance_interval=self.guidance_interval, generator=[generator],
-                    window=self.window, sink_blocks=self.sink_blocks, output="blocks")
+        """The block loop's options for one story or clip: one generator runs through every call."""
+        return dict(generator=[generator], scheduler=self.scheduler, window=self.window, sink_blocks=self.sink_blocks,
+                    output="blocks")
 
     @torch.no_grad()
     def generate(self, prompts: list[str], on_chunk: ChunkCallback, generator: torch.Generator) -> list[Any]:
@@ -140,7 +149,7 @@ class ACDiTARM(ARM):
             chunks.append((event.block if replacement is None else replacement)[0])
             return replacement
 
-        sample(self.model, self._conditions(prompts), num_blocks=len(prompts), on_block_end=hook,
+        sample(self.model, self._conditions(prompts), self.settings, num_blocks=len(prompts), on_block_end=hook,
                **self._sample_kwargs(generator))
         return chunks
 
@@ -152,7 +161,8 @@ class ACDiTARM(ARM):
         blocks, chunks = None, []
         for i in range(len(prompts)):
             end = (i + 1) * k
-            blocks = sample(self.model, cond[:, :end], num_blocks=end, prefix=blocks, **self._sample_kwargs(generator))
+            blocks = sample(self.model, cond[:, :end], self.settings, num_blocks=end, prefix=blocks,
+                            **self._sample_kwargs(generator))
             replacement = on_chunk(i, blocks[0, end - k:end])
             if replacement is not None:
                 blocks[0, end - k:end] = replacement.to(blocks)

@@ -22,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ardiff.acdc.components import BUILTIN_ARM, BUILTIN_CORRECTOR, model_path, split_spec
 from ardiff.cli.common import (
     CommandError,
     existing_dir,
@@ -46,14 +47,9 @@ FLAG_NAMES = {"window=W": "--window W", "window=": "--window", "sink_blocks": "-
 # ---------------------------------------------------------------------------
 #                  Component specs (checked when the arguments are parsed)
 # ---------------------------------------------------------------------------
-def _split(spec: str) -> tuple[str, str | None]:
-    kind, _, arg = spec.partition(":")
-    return kind.strip().lower(), (arg or None)
-
-
 def _spec_type(flag: str, kinds: tuple[str, ...], needs_path: tuple[str, ...], usage: str):
     def check(text: str) -> str:
-        kind, arg = _split(text)
+        kind, arg = split_spec(text)
         if kind not in kinds:
             raise argparse.ArgumentTypeError(f"{text!r}: use {usage}")
         if kind in needs_path:
@@ -74,7 +70,7 @@ corrector_spec = _spec_type("--corrector", CORRECTOR_KINDS, ("native", "sd", "an
 
 
 def memory_spec(text: str) -> str:
-    kind, arg = _split(text)
+    kind, arg = split_spec(text)
     if kind not in MEMORY_KINDS:
         raise argparse.ArgumentTypeError(f"{text!r}: use rule, none, smollm2, transformers:PATH or "
                                          f"openai:MODEL@BASE_URL")
@@ -98,76 +94,8 @@ def mask_spec(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-#                               Building components
+#                     Reading the files the flags name
 # ---------------------------------------------------------------------------
-# What "builtin" means in each mode: story mode corrects each 2-frame block with the image
-# model; video mode makes 16-frame chunks and corrects them with the full-sequence video model.
-BUILTIN_ARM = {"story": "moving-fmnist", "video": "moving-fmnist-16"}
-BUILTIN_CORRECTOR = {"story": "fmnist", "video": "moving-fmnist-16-dit"}
-
-
-def build_arm(spec: str, steps: int | None, cfg: float | None, device: str, mode: str = "story",
-              window: int | None = None, sink_blocks: int = 0, chunk_blocks: int = 1):
-    """The ARM and a record of it (what record.json says of the ARM)."""
-    kind, arg = _split(spec)
-    if kind in ("builtin", "acdit"):
-        from ardiff.acdc.native import ACDiTARM
-        from ardiff.generate.settings import SamplingSettings
-        from ardiff.models.acdit import ACDiT
-        from ardiff.models.resolve import resolve_model_dir
-
-        path = resolve_model_dir(BUILTIN_ARM[mode] if kind == "builtin" else arg)
-        settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
-        # The model's recorded sampler and clipping: the settings its numbers were measured with.
-        arm = ACDiTARM(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
-                       cfg_scale=settings.cfg_scale, scheduler=settings.sampler,
-                       clip_denoised=settings.clip_denoised, history_scale=settings.history_scale,
-                       guidance_interval=settings.guidance_interval, window=window,
-                       sink_blocks=sink_blocks, chunk_blocks=chunk_blocks)
-        return arm, {"spec": spec, "path": str(path), "num_steps": settings.num_steps,
-                     "cfg_scale": settings.cfg_scale, "sampler": settings.sampler,
-                     "clip_denoised": settings.clip_denoised, "history_scale": settings.history_scale,
-                     **({"guidance_interval": list(settings.guidance_interval)} if settings.guidance_interval else {}),
-                     "window": window,
-                     "sink_blocks": sink_blocks, "chunk_blocks": chunk_blocks}
-    if window is not None or chunk_blocks != 1:
-        raise CommandError(f"--arm {spec}: --window and multi-block chunks need an ACDiT ARM (builtin or acdit:DIR)")
-    from ardiff.acdc import transformers_arms
-
-    cls = transformers_arms.Emu3ARM if kind == "emu3" else transformers_arms.JanusARM
-    return cls.from_pretrained(arg, device=device), {"spec": spec, "path": arg}
-
-
-def build_corrector(spec: str, steps: int, cfg: float | None, device: str, mode: str = "story"):
-    """The corrector (None for ``none``) and its record."""
-    kind, arg = _split(spec)
-    if kind == "none":
-        return None, {"spec": spec}
-    if kind in ("builtin", "native"):
-        from ardiff.acdc.native import NativeCorrector
-        from ardiff.generate.settings import SamplingSettings
-        from ardiff.models.acdit import ACDiT
-        from ardiff.models.resolve import resolve_model_dir
-
-        path = resolve_model_dir(BUILTIN_CORRECTOR[mode] if kind == "builtin" else arg)
-        settings = SamplingSettings.recorded(path).but(cfg_scale=cfg, num_steps=steps)
-        corrector = NativeCorrector(ACDiT.from_pretrained(path, device=device), num_steps=settings.num_steps,
-                                    cfg_scale=settings.cfg_scale)
-        return corrector, {"spec": spec, "path": str(path), "num_steps": settings.num_steps,
-                           "cfg_scale": settings.cfg_scale, "sampler": "dpmsolver++ (SDEdit from t')"}
-    from ardiff.acdc import correctors
-
-    cls = correctors.SDEditCorrector if kind == "sd" else correctors.AnimateDiffCorrector
-    kwargs = {"num_inference_steps": steps, "device": device}
-    arg, _, adapter = arg.partition(",motion=")
-    if adapter:  # a Stable Diffusion directory plus a MotionAdapter directory
-        kwargs["motion_adapter"] = adapter
-    if cfg is not None:
-        kwargs["guidance_scale"] = cfg
-    record = {"spec": spec, "path": arg, "num_steps": steps, "cfg_scale": cfg if cfg is not None else "default"}
-    return cls.from_pretrained(arg, **kwargs), record
-
-
 def read_memory_prompt(path: str) -> str:
     """A refiner prompt template from a file: it must hold {story} (the numbered sentences) and
     may hold {n} (their number); other braces are doubled."""
@@ -182,24 +110,6 @@ def read_memory_prompt(path: str) -> str:
     except ValueError as e:
         raise CommandError(f"--memory-prompt {path}: {e}") from None
     return text
-
-
-def build_memory_from_spec(spec: str, prompt_file: str | None = None):
-    from ardiff.acdc.memory import build_memory
-
-    kind, arg = _split(spec)
-    options = {}
-    if prompt_file is not None:
-        if kind not in ("smollm2", "transformers", "openai"):
-            raise CommandError(f"--memory-prompt applies to LLM memories (smollm2, transformers:PATH, "
-                               f"openai:MODEL@BASE_URL), not --memory {spec}")
-        options["template"] = read_memory_prompt(prompt_file)
-    if kind in ("rule", "none", "smollm2"):
-        return build_memory(kind, **options)
-    if kind == "transformers":
-        return build_memory("transformers", path=arg, **options)
-    model, _, base_url = arg.partition("@")
-    return build_memory("openai", model=model, base_url=base_url, **options)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -251,20 +161,12 @@ DEFAULT_STORY = [
 ]
 
 
-def component_path(spec: str, builtin: str) -> Path:
-    """The directory a component spec names (the shipped model for ``builtin``)."""
-    from ardiff.models.resolve import resolve_model_dir
-
-    kind, arg = _split(spec)
-    return resolve_model_dir(builtin) if kind == "builtin" else Path(arg.partition(",motion=")[0])
-
-
 def _acdit_config(spec: str, builtin: dict, mode: str):
     """The ACDiTConfig of an ACDiT spec (read from config.json, no weights), else None."""
     from ardiff.models.checkpoint import load_config
     from ardiff.models.resolve import resolve_model_dir
 
-    kind, arg = _split(spec)
+    kind, arg = split_spec(spec)
     if kind not in ("builtin", "acdit", "native"):
         return None
     return load_config(resolve_model_dir(builtin[mode] if kind == "builtin" else arg))
@@ -309,25 +211,26 @@ def cmd_acdc(args) -> int:
     if args.dry_run:
         from ardiff.experiments.acdc_report import describe_plan
 
-        print(describe_plan(args, prompts, layout, component_path(args.arm, BUILTIN_ARM[args.mode]),
+        print(describe_plan(args, prompts, layout, model_path(args.arm, BUILTIN_ARM[args.mode]),
                             None if args.corrector == "none" else
-                            component_path(args.corrector, BUILTIN_CORRECTOR[args.mode])))
+                            model_path(args.corrector, BUILTIN_CORRECTOR[args.mode])))
         return 0
-    import torch
-
+    from ardiff.acdc.components import build_arm, build_corrector, build_memory_from_spec
     from ardiff.acdc.pipeline import ACDCPipeline
     from ardiff.experiments.acdc_report import run_metrics, run_record, write_report
+    from ardiff.utils.devices import default_device
 
     masks = read_masks(args.mask)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     if layout is not None:
-        arm, arm_record = build_arm(args.arm, args.arm_steps, args.arm_cfg, device, "video", layout["window"],
+        arm, arm_record = build_arm(args.arm, device, "video", args.arm_steps, args.arm_cfg, layout["window"],
                                     layout["sink_blocks"], layout["chunk_blocks"])
     else:
-        arm, arm_record = build_arm(args.arm, args.arm_steps, args.arm_cfg, device, "story", args.window,
+        arm, arm_record = build_arm(args.arm, device, "story", args.arm_steps, args.arm_cfg, args.window,
                                     args.sink_blocks)
-    corrector, corrector_record = build_corrector(args.corrector, args.steps, args.cfg, device, args.mode)
-    memory = build_memory_from_spec(args.memory, args.memory_prompt) if args.mode == "story" else None
+    corrector, corrector_record = build_corrector(args.corrector, device, args.mode, args.steps, args.cfg)
+    template = read_memory_prompt(args.memory_prompt) if getattr(args, "memory_prompt", None) else None
+    memory = build_memory_from_spec(args.memory, template) if args.mode == "story" else None
 
     def run(with_corrector: bool):
         pipe = ACDCPipeline(arm, corrector if with_corrector else None, memory, t_prime=args.t_prime,
@@ -377,6 +280,7 @@ def cmd_benchmark(args) -> int:
     from ardiff.experiments.benchmark_settings import DEFAULT_SETTINGS
     from ardiff.experiments.story_benchmark import BenchmarkConfig, run_benchmark
     from ardiff.experiments.video_table import VideoBenchConfig
+    from ardiff.utils.devices import default_device
 
     settings = args.settings or DEFAULT_SETTINGS
     video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
@@ -387,7 +291,7 @@ def cmd_benchmark(args) -> int:
                              seed=args.seed, settings=settings,
                              window=args.window, sink_blocks=args.sink_blocks, smollm2_stories=args.smollm2_stories,
                              video=video)
-    summary = run_benchmark(config, device=args.device or "cpu", rescore=args.rescore)
+    summary = run_benchmark(config, device=default_device(args.device), rescore=args.rescore)
     print((Path(args.out) / "story_table.md").read_text())
     print(f"wrote {args.out}/benchmark.json, story_table.md, error_accumulation.png and strip_*.png")
     return 0 if summary["results"] or summary["video"] else 1

@@ -265,42 +265,38 @@ def check_guide_flags(args) -> None:
     read_model_summary(args.guide_model)
 
 
-def load_guide_model(args, model):
-    """``(guide, guide_scale)``: ``--guide-model`` loaded beside ``model``, or ``(None, 1.0)``; the
-    flags were checked by :func:`check_guide_flags` before any model loaded."""
-    if args.guide_model is None:
-        return None, 1.0
-    from ardiff import ACDiT
-    from ardiff.generate.sampler import check_guide_model
-
-    directory, _ = read_model_summary(args.guide_model)
-    guide = ACDiT.from_pretrained(directory, device=model.device, dtype=model.dtype)
-    try:
-        check_guide_model(model, guide)
-    except ValueError as e:
-        raise CommandError(f"--guide-model {args.guide_model}: {e}") from None
-    return guide, args.guide_scale
+# Library names in sampling errors, as the flags that set them.
+SAMPLING_FLAG_NAMES = {"cfg_scale": "--cfg", "num_steps": "--steps", "history_scale": "--history-scale",
+                       "clip_denoised": "--clip-denoised", "guidance_interval": "--guidance-interval",
+                       "guide_scale": "--guide-scale", "guide model": "--guide-model", "vae=False": "--no-decode",
+                       "vae=DIR": "--vae DIR"}
 
 
-def check_history_scale(scale: float | None, config: dict, model_dir: str) -> None:
-    """History guidance needs whole-frame video blocks; checked on config.json before the model loads."""
-    if scale is None or scale == 1.0:
-        return
-    from ardiff.generate.context import check_frame_blocks
-    from ardiff.models.config import ACDiTConfig
+def load_pipeline(args, model_dir: str | None = None, device=None, **overrides):
+    """The :class:`~ardiff.generate.Pipeline` a sampling command's flags describe: the model's
+    recorded settings with --cfg, --steps, --sampler, --clip-denoised, --history-scale and
+    --guidance-interval over them (where the command has them), --vae / --no-decode, the
+    --guide-model with its --guide-scale, on --device. ``overrides``: further settings."""
+    from ardiff.generate.pipeline import Pipeline
 
-    try:
-        fields = ACDiTConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
-        check_frame_blocks(fields, "history guidance (--history-scale)")
-    except ValueError as e:
-        raise CommandError(f"{model_dir}: {e}; drop --history-scale for this model") from None
+    flags = {"cfg_scale": "cfg", "num_steps": "steps", "sampler": "sampler", "clip_denoised": "clip_denoised",
+             "history_scale": "history_scale"}
+    settings = {name: getattr(args, flag, None) for name, flag in flags.items()}
+    if getattr(args, "guidance_interval", None) is not None:
+        settings["guidance_interval"] = checked_guidance_interval(args)
+    settings.update(overrides)
+    vae = False if getattr(args, "no_decode", False) else getattr(args, "vae", None)
+    args.flag_names = {**SAMPLING_FLAG_NAMES, **(getattr(args, "flag_names", None) or {})}
+    return Pipeline.from_pretrained(model_dir or args.model_dir, device=device or getattr(args, "device", None),
+                                    vae=vae, guide=getattr(args, "guide_model", None),
+                                    guide_scale=getattr(args, "guide_scale", None), **settings)
 
 
 def checked_guidance_interval(args) -> tuple[float, float] | None:
     """``--guidance-interval`` as a tuple, checked before any model loads."""
     if args.guidance_interval is None:
         return None
-    from ardiff.generate.sampler import check_guidance_interval
+    from ardiff.generate.settings import check_guidance_interval
 
     try:
         return check_guidance_interval(args.guidance_interval)
@@ -363,3 +359,12 @@ def read_model_summary(name_or_path: str) -> tuple[Path, dict]:
     except json.JSONDecodeError as e:
         raise CommandError(f"{directory / 'config.json'} is not valid JSON ({e}); the model directory is "
                            f"damaged: export it again (ardiff train ... writes runs/NAME/model)") from None
+
+
+def write_json(path, result: dict) -> None:
+    """Write a command's result as JSON (atomically, parent directories created) and say so."""
+    from ardiff.utils.io import atomic_write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result, indent=2)
+    print(f"wrote {path}")

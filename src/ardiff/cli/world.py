@@ -66,9 +66,9 @@ def cmd_train_text(args) -> int:
 def cmd_score_corrector(args) -> int:
     import torch
 
-    from ardiff.experiments.common import recorded_settings, write_json
+    from ardiff.experiments.common import write_json
     from ardiff.experiments.text_to_frame import format_scores, score_text_to_frame
-    from ardiff.models.acdit import ACDiT
+    from ardiff.generate.pipeline import Pipeline
     from ardiff.utils.media import save_image_grid
     from ardiff.worlds.text import StoryTextEncoder
 
@@ -76,14 +76,14 @@ def cmd_score_corrector(args) -> int:
     if config.get("cond_dim", 0) == 0:
         raise CommandError(f"{directory} is not text-conditional (cond_dim 0); give a story-world corrector such "
                            f"as story-corrector")
-    settings = recorded_settings(directory, args.cfg, args.steps)
-    model = ACDiT.from_pretrained(directory)
-    if model.config.num_blocks != 1:
-        raise CommandError(f"{directory} has {model.config.num_blocks} blocks; score-corrector scores a single-frame "
+    pipe = Pipeline.from_pretrained(directory, device="cpu", cfg_scale=args.cfg, num_steps=args.steps)
+    if pipe.config.num_blocks != 1:
+        raise CommandError(f"{directory} has {pipe.config.num_blocks} blocks; score-corrector scores a single-frame "
                            f"model (one block). Score a story ARM with `ardiff acdc benchmark --arm {args.model}`")
+    settings = pipe.settings
     torch.set_grad_enabled(False)
-    result = score_text_to_frame(model, StoryTextEncoder.from_pretrained(args.text_encoder), settings,
-                                 num=args.num, seed=args.seed, progress=not args.no_progress)
+    result = score_text_to_frame(pipe, StoryTextEncoder.from_pretrained(args.text_encoder), num=args.num,
+                                 seed=args.seed, progress=not args.no_progress)
     print(format_scores(result))
     print(f"{result['seconds']:.0f} s to draw ({settings.num_steps} steps, CFG {settings.cfg_scale:g})")
     if args.out:

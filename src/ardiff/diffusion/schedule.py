@@ -27,10 +27,10 @@ def scheduler_config(model_config) -> dict:
 # The ODE solver is the default: deterministic given the initial noise, so cached and
 # uncached runs, or a run and its continuation, can be compared bit for bit. The SDE
 # variants add fresh noise at every step, which corrects a weak model's errors on the
-# way down (measured: class accuracy of the shipped models, docs/models.md).
+# way down (measured: class accuracy of the shipped models, docs/training-log.md).
 # The "-karras" variants place their steps on Karras et al.'s (2022) noise levels (rho = 7)
 # instead of evenly in t: 25 steps visit 999, 977, ..., 24, 10, 3, where texture is made,
-# instead of 999, 959, ..., 80, 40 (measured on the shipped fmnist model: docs/models.md).
+# instead of 999, 959, ..., 80, 40 (measured on the shipped fmnist model: docs/training-log.md).
 # DDIM and DDPM are built with clip_sample=False: diffusers clips their predicted clean
 # sample by default, which would silently change results for latent-space models and make
 # them disagree with the DPM solvers. Clipping is an explicit choice (``clip_denoised``).

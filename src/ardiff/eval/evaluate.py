@@ -20,7 +20,6 @@ import time
 
 import torch
 
-from ardiff.diffusion.schedule import DEFAULT_SAMPLER
 from ardiff.eval.features import FeatureNetwork, FMNISTFeatures, FrameFeatures, I3DFeatures, InceptionFeatures
 from ardiff.eval.metrics import (
     class_accuracy,
@@ -32,30 +31,8 @@ from ardiff.eval.metrics import (
     precision_recall,
 )
 from ardiff.eval.reference import fmnist_canvas, moving_fmnist_motion, moving_fmnist_test_clips
-from ardiff.generate.sampler import make_generators, sample
-
-
-def generate(model, num: int, cfg_scale: float, num_steps: int, seed: int = 0, batch_size: int = 100,
-             progress: bool = False, sampler: str = DEFAULT_SAMPLER,
-             clip_denoised: bool = False, guidance_interval: tuple[float, float] | None = None,
-             guide_model=None, guide_scale: float = 1.0,
-             history_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-balanced samples (label i % K) and their labels."""
-    K = model.config.num_classes
-    labels = torch.arange(num) % K
-    out = []
-    chunks = range(0, num, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="sampling", unit="batch")
-    for start in chunks:
-        y = labels[start : start + batch_size]
-        generators = make_generators(range(seed + start, seed + start + len(y)), model.device)
-        out.append(sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, scheduler=sampler,
-                          clip_denoised=clip_denoised, guidance_interval=guidance_interval, guide_model=guide_model,
-                          guide_scale=guide_scale, history_scale=history_scale, generator=generators).cpu())
-    return torch.cat(out), labels
+from ardiff.generate.pipeline import Pipeline, class_balanced_labels
+from ardiff.utils.devices import default_device
 
 
 def image_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, network: FeatureNetwork) -> dict:
@@ -108,29 +85,46 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
     return result
 
 
-def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25, seed: int = 0,
-             classifier_path=None, real: torch.Tensor | None = None, progress: bool = False,
-             inception_weights=None, i3d_path=None, sampler: str = DEFAULT_SAMPLER,
-             data: dict | None = None, clip_denoised: bool = False, return_samples: bool = False,
-             real_floor: bool = True, guidance_interval: tuple[float, float] | None = None, guide_model=None,
-             guide_scale: float = 1.0, history_scale: float = 1.0):
-    """Sample ``num`` class-balanced samples and score them (see module docstring).
+def sample_for_eval(pipe: Pipeline, num: int, seed: int = 0, batch_size: int = 100,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """``num`` class-balanced samples (label ``i % K``, seed ``seed + i``), their labels and the
+    seconds they took: what every evaluation scores."""
+    labels = class_balanced_labels(num, pipe.config.num_classes)
+    t0 = time.perf_counter()
+    samples = pipe(labels, seeds=range(seed, seed + num), batch_size=batch_size, progress=progress)
+    return samples, labels, time.perf_counter() - t0
+
+
+def sampling_record(pipe: Pipeline, seed: int) -> dict:
+    """What a score was sampled with, for its JSON: every setting, the guide, the seed."""
+    s = pipe.settings
+    record = {"cfg_scale": s.cfg_scale, "num_steps": s.num_steps, "sampler": s.sampler,
+              "clip_denoised": s.clip_denoised, "guidance_interval": list(s.guidance_interval or (0.0, 1.0))}
+    if s.history_scale != 1.0:
+        record["history_scale"] = s.history_scale
+    if pipe.guide is not None:
+        record.update(guide_model=pipe.guide.source, guide_scale=pipe.guide.scale)
+    return {**record, "seed": seed}
+
+
+def evaluate(pipe: Pipeline, num: int = 1000, seed: int = 0, classifier_path=None, real: torch.Tensor | None = None,
+             progress: bool = False, inception_weights=None, i3d_path=None, return_samples: bool = False,
+             real_floor: bool = True):
+    """Sample ``num`` class-balanced samples with ``pipe`` and score them (see module docstring).
 
     Returns the metrics dict, or with ``return_samples`` ``(metrics, samples, labels)``: sample
     i has label ``i % num_classes`` and seed ``seed + i`` (so a caller can show what was scored).
 
     Always scored with the offline Fashion-MNIST network for 1-channel models; with
     ``inception_weights`` (images) and ``i3d_path`` (videos) also with Inception-V3 / I3D.
-    ``data``: the data section the model was trained on (``_data`` in its config.json):
-    Moving Fashion-MNIST reference clips then move at the same speed as the training clips.
-    ``real_floor``: with the built-in reference data, also score ``num`` real samples that are
-    not in the reference set (training images; held-out test clips) the same way: the
-    ``*_floor`` keys, what a perfect generator would get at this N.
-    ``guide_model``, ``guide_scale``, ``history_scale``: autoguidance and history guidance (see
-    :func:`ardiff.generate.sampler.sample`).
+    The data section the model was trained on (``pipe.data``) sets how fast Moving
+    Fashion-MNIST reference clips move. ``real_floor``: with the built-in reference data, also
+    score ``num`` real samples that are not in the reference set (training images; held-out
+    test clips) the same way: the ``*_floor`` keys, what a perfect generator would get at this N.
     """
-    cfg = model.config
-    device = model.device
+    cfg = pipe.config
+    device = pipe.device
+    data = pipe.data
     networks = []
     if cfg.in_channels == 1:
         networks.append(FMNISTFeatures(classifier_path, device=device))
@@ -147,11 +141,7 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
         real = _default_real(cfg, data)
         if real_floor:
             floor_samples = _real_floor_samples(cfg, data, num)
-    t0 = time.perf_counter()
-    fake, labels = generate(model, num, cfg_scale, num_steps, seed, progress=progress, sampler=sampler,
-                            clip_denoised=clip_denoised, guidance_interval=guidance_interval,
-                            guide_model=guide_model, guide_scale=guide_scale, history_scale=history_scale)
-    seconds = time.perf_counter() - t0
+    fake, labels, seconds = sample_for_eval(pipe, num, seed, progress=progress)
     result = {}
     stages = [(False, i, n) for i, n in enumerate(networks)]
     if floor_samples is not None:
@@ -169,11 +159,8 @@ def evaluate(model, num: int = 1000, cfg_scale: float = 1.5, num_steps: int = 25
         if is_floor:
             scores = {f"{k}_floor": v for k, v in scores.items() if k.startswith(("fid_", "fvd_"))}
         result.update(scores)
-    result.update({"num_samples": len(fake), "num_real": len(real), "cfg_scale": cfg_scale, "num_steps": num_steps,
-                   "sampler": sampler, "guidance_interval": list(guidance_interval or (0.0, 1.0)),
-                   **({"guide_scale": guide_scale} if guide_model is not None else {}),
-                   **({"history_scale": history_scale} if history_scale != 1.0 else {}),
-                   "seed": seed, "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
+    result.update({"num_samples": len(fake), "num_real": len(real), **sampling_record(pipe, seed),
+                   "sampling_seconds": seconds, "seconds_per_sample": seconds / num})
     return (result, fake, labels) if return_samples else result
 
 
@@ -248,8 +235,9 @@ def evaluate_samples(samples: torch.Tensor, labels: torch.Tensor | None, referen
     against the other M - N, reported when M >= 2 N.
     """
     from ardiff.eval.metrics import FeatureStats
-    from ardiff.eval.reference import reference_features, sample_features
+    from ardiff.eval.reference import network_pixels, reference_features, sample_features
 
+    samples = network_pixels(named, samples)  # grey stored as RGB reads as grey for the fmnist network
     N = len(samples)
     is_video = samples.dim() == 5
     ref = reference_features(reference, named, tuple(samples.shape[1:]), save_stats=save_stats, use_cache=use_cache)
@@ -308,22 +296,19 @@ def evaluate_samples(samples: torch.Tensor, labels: torch.Tensor | None, referen
     return result
 
 
-def evaluate_against_reference(source: str, reference: str, features: str = "fmnist", *, num: int = 1000,
-                               seed: int = 0, cfg_scale=None, num_steps=None, sampler=None, clip_denoised=None,
-                               vae_dir=None, classifier_path=None, save_stats=None, device=None,
-                               progress: bool = False, network=None, guidance_interval=None) -> dict:
+def evaluate_against_reference(source: "str | Pipeline", reference: str, features: str = "fmnist", *,
+                               num: int = 1000, seed: int = 0, classifier_path=None, save_stats=None,
+                               device=None, progress: bool = False, network=None) -> dict:
     """``ardiff eval SOURCE --reference REF --features NAME``: SOURCE is a sample file (.npz) or a
-    model (directory or shipped name) sampled here, ``num`` class-balanced samples with seeds
-    ``seed + i``, latents decoded by the recorded VAE (or ``vae_dir``). ``network``: a stand-in
-    module for the named network (tests)."""
-    from pathlib import Path
+    :class:`Pipeline` sampled here (``num`` class-balanced samples with seeds ``seed + i``,
+    decoded by its VAE). ``device``: where a sample file is scored (a pipeline's samples are
+    scored on its device). ``network``: a stand-in module for the named network (tests)."""
+    from ardiff.eval.reference import build_network, check_compatible, load_reference
 
-    from ardiff.eval.reference import build_network, load_reference
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    is_file = not isinstance(source, Pipeline)
+    device = default_device(device) if is_file else source.device
     named = build_network(features, device=device, classifier_path=classifier_path, network=network)
-    info = {}
-    if str(source).lower().endswith(".npz"):
+    if is_file:
         from ardiff.eval.sample_files import load_sample_npz
 
         file = load_sample_npz(source)
@@ -331,41 +316,14 @@ def evaluate_against_reference(source: str, reference: str, features: str = "fmn
         data = (file.job or {}).get("data")
         info = {"samples": str(source), "sampling": file.job}
     else:
-        from ardiff.data.latents import VAERecord
-        from ardiff.generate.settings import SamplingSettings
-        from ardiff.models.acdit import ACDiT
-        from ardiff.models.checkpoint import load_extras
-        from ardiff.models.resolve import resolve_model_dir
-
-        directory = resolve_model_dir(source)
-        s = SamplingSettings.recorded(directory).but(cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler,
-                                                     clip_denoised=clip_denoised, guidance_interval=guidance_interval)
-        vae_record = VAERecord.recorded(directory)
-        if vae_dir is not None:
-            vae_record = VAERecord(str(vae_dir), *((vae_record.scaling_factor, vae_record.shift_factor)
-                                                   if vae_record else (1.0,)))
-        data = load_extras(directory).get("data")
-        model = ACDiT.from_pretrained(directory, device=device)
-        # Check the reference against the samples' shape before the (long) sampling run.
-        c = model.config
-        pixel_shape = (c.in_channels, *c.input_size) if vae_record is None else None
-        if pixel_shape is not None:
-            from ardiff.eval.reference import check_compatible
-
+        pipe, data = source, source.data
+        c = pipe.config
+        if pipe.vae_record is None:  # check the reference against the samples' shape before the (long) run
+            pixel_shape = (c.in_channels, *c.input_size)
             check_compatible(load_reference(reference, pixel_shape, data), pixel_shape, named)
-        vae = vae_record.load(device) if vae_record is not None else None
-        t0 = time.perf_counter()
-        samples, labels = generate(model, num, s.cfg_scale, s.num_steps, seed, progress=progress, sampler=s.sampler,
-                                   clip_denoised=s.clip_denoised, guidance_interval=s.guidance_interval)
-        if vae is not None:
-            samples = torch.cat([vae_record.decode(vae, samples[i : i + 16].to(device)).cpu()
-                                 for i in range(0, len(samples), 16)])
-        if not c.num_classes:
-            labels = None
-        info = {"model": str(Path(directory)), "cfg_scale": s.cfg_scale, "num_steps": s.num_steps,
-                "sampler": s.sampler, "clip_denoised": s.clip_denoised,
-                "guidance_interval": list(s.guidance_interval or (0.0, 1.0)), "seed": seed,
-                "sampling_seconds": time.perf_counter() - t0}
+        samples, labels, seconds = sample_for_eval(pipe, num, seed, progress=progress)
+        info = {"model": pipe.source, **sampling_record(pipe, seed),
+                "sampling_seconds": seconds}
     ref = load_reference(reference, tuple(samples.shape[1:]), data)
     result = evaluate_samples(samples, labels, ref, named, save_stats=save_stats, seed=seed)
     result.update(info)

@@ -12,6 +12,8 @@ A reference (``--reference``) is one of
 A feature network (``--features``) is ``fmnist`` (the shipped classifier), ``inception:PATH``
 (torch-fidelity's FID Inception-V3 weights: 2048-d pool features, IS from its logits, ADM /
 torch-fidelity conventions) or ``i3d:PATH`` (the TorchScript I3D of the FVD literature).
+``fmnist`` reads grey pixels: grey images stored as RGB (3 equal channels, ADM's layout) are
+read as grey; colour is refused.
 
 Features of a folder or ``.npz`` reference are computed once and cached beside it as
 ``REF.<network id>.stats.npz`` (``mu``, ``sigma``, ``features``), keyed by the reference's
@@ -113,6 +115,16 @@ def sample_features(named: NamedNetwork, samples: torch.Tensor) -> tuple[torch.T
     if samples.dim() == 4 and named.reads_clips:
         raise ValueError("i3d reads clips (N, C, F, H, W); these samples are images: use inception:PATH or fmnist")
     return named.network(samples)
+
+
+def network_pixels(named: NamedNetwork, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, ...) as ``named`` reads it: for the grey Fashion-MNIST network, grey images
+    stored as RGB (3 equal channels, the layout ADM's evaluator wants) become 1 channel. Real
+    colour is left as it is, for :func:`check_compatible` to refuse."""
+    if (named.name == "fmnist" and x.dim() >= 4 and x.shape[1] == 3
+            and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])):
+        return x[:, :1]
+    return x
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +259,7 @@ def check_compatible(reference: Reference, sample_shape: tuple[int, ...], named:
     """A ValueError naming the mismatch when the reference cannot be compared with the samples."""
     if reference.samples is None:
         return  # statistics: checked against the network's feature size when scored
-    ref_shape = tuple(reference.samples.shape[1:])
+    ref_shape = tuple(network_pixels(named, reference.samples).shape[1:])
     what = "clips (C, F, H, W)" if len(sample_shape) == 4 else "images (C, H, W)"
     if len(ref_shape) != len(sample_shape):
         raise ValueError(f"reference {reference.spec} holds {ref_shape}, the samples are {what} "
@@ -336,7 +348,7 @@ def reference_features(reference: Reference, named: NamedNetwork, sample_shape: 
                     return result
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"ignoring the unreadable statistics cache {cache} ({e}); recomputing", stacklevel=2)
-    features, _ = sample_features(named, reference.samples)
+    features, _ = sample_features(named, network_pixels(named, reference.samples))
     features = features.float()
     if save_stats:
         write_stats(save_stats, features, named, source)

@@ -251,20 +251,20 @@ def assemble(out: str | os.PathLike, job: SampleJob) -> Path:
     return Path(out)
 
 
-def run_sample_job(model, out: str | os.PathLike, job: SampleJob, vae=None, vae_record=None, rank: int = 0,
-                   world_size: int = 1, barrier=None, progress: bool = False) -> dict:
-    """Draw this rank's chunks of ``job`` (skipping finished ones), then rank 0 assembles ``out``.
+def run_sample_job(pipe, out: str | os.PathLike, job: SampleJob, rank: int = 0, world_size: int = 1,
+                   barrier=None, progress: bool = False) -> dict:
+    """Draw this rank's chunks of ``job`` with ``pipe`` (a :class:`~ardiff.generate.Pipeline` whose
+    settings the job records), skipping finished ones, then rank 0 assembles ``out``.
 
     ``barrier``: called once every rank has written its chunks (``torch.distributed.barrier``
     under torchrun). Returns a summary (chunks drawn and skipped, seconds).
     """
-    from ardiff.generate.sampler import make_generators, sample
+    from ardiff.generate.pipeline import class_balanced_labels
 
     parts, finished = prepare_job(out, job, rank)
     t0 = time.perf_counter()
     drawn = skipped = 0
     if not finished:
-        K = model.config.num_classes
         starts = chunk_starts(job.num, job.batch_size, rank, world_size)
         todo = [s for s in starts if not chunk_path(parts, s).is_file()]
         skipped = len(starts) - len(todo)
@@ -274,17 +274,11 @@ def run_sample_job(model, out: str | os.PathLike, job: SampleJob, vae=None, vae_
 
             iterator = tqdm(todo, desc=f"sampling (rank {rank})" if world_size > 1 else "sampling", unit="batch",
                             initial=0, total=len(todo))
+        labels_all = class_balanced_labels(job.num, pipe.config.num_classes)
         for start in iterator:
             n = min(job.batch_size, job.num - start)
-            labels = (torch.arange(start, start + n) % K) if K else None
-            samples = sample(model, labels if labels is not None else None, num_steps=job.num_steps,
-                             cfg_scale=job.cfg_scale if K else 1.0, scheduler=job.sampler,
-                             clip_denoised=job.clip_denoised, history_scale=job.history_scale,
-                             guidance_interval=job.guidance_interval, batch_size=n,
-                             generator=make_generators(range(job.seed + start, job.seed + start + n), model.device))
-            if vae is not None:
-                with torch.no_grad():
-                    samples = vae_record.decode(vae, samples)
+            labels = None if labels_all is None else labels_all[start : start + n]
+            samples = pipe(labels, seeds=range(job.seed + start, job.seed + start + n))
             save_sample_npz(chunk_path(parts, start), to_uint8(samples, rgb=job.rgb),
                             None if labels is None else labels.numpy())
             drawn += 1
@@ -313,38 +307,34 @@ def torchrun_rank() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def sample_job(pipe, num: int, seed: int, batch_size: int, rgb: bool = False) -> SampleJob:
+    """The job ``pipe`` runs: its model's weights, its settings and VAE, and the file's layout."""
+    s = pipe.settings
+    return SampleJob(model=str(Path(pipe.source).resolve()), weights_sha256=weights_digest(pipe.source), num=num,
+                     seed=seed, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
+                     clip_denoised=s.clip_denoised, history_scale=s.history_scale,
+                     guidance_interval=s.guidance_interval, batch_size=batch_size,
+                     vae=None if pipe.vae_record is None else pipe.vae_record.to_dict(), rgb=rgb, data=pipe.data)
+
+
 def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, num: int, *, seed: int = 0,
-                        cfg_scale: float | None = None, num_steps: int | None = None, sampler: str | None = None,
-                        clip_denoised: bool | None = None, history_scale: float | None = None, batch_size: int = 64,
-                        vae_dir: str | None = None, guidance_interval: tuple[float, float] | None = None,
-                        rgb: bool = False, device: str | None = None, progress: bool = True) -> dict:
+                        batch_size: int = 64, vae_dir: str | None = None, rgb: bool = False,
+                        device: str | None = None, progress: bool = True, **overrides) -> dict:
     """``ardiff sample-npz``: ``num`` class-balanced samples of a model (a directory or a shipped
     name) as an ADM sample file, latents decoded with the recorded VAE (or ``vae_dir``).
+    ``overrides``: sampling settings (see :meth:`Pipeline.from_pretrained`).
 
     Under torchrun every rank draws its share of the chunks (gloo process group, used only
     for the final barrier); the file is the same as a single process writes. Interrupted
     jobs resume: rerun the same command.
     """
-    from ardiff.data.latents import VAERecord
-    from ardiff.generate.settings import SamplingSettings
-    from ardiff.models.acdit import ACDiT
-    from ardiff.models.checkpoint import load_extras
-    from ardiff.models.resolve import resolve_model_dir
+    from ardiff.generate.pipeline import Pipeline
+    from ardiff.utils.devices import default_device
 
-    directory = resolve_model_dir(model_dir)
-    settings = SamplingSettings.recorded(directory).but(cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler,
-                                                        clip_denoised=clip_denoised, history_scale=history_scale,
-                                                        guidance_interval=guidance_interval)
-    vae_record = VAERecord.recorded(directory)
-    if vae_dir is not None:
-        vae_record = VAERecord(str(vae_dir), *((vae_record.scaling_factor, vae_record.shift_factor) if vae_record
-                                               else (1.0,)))
-    if vae_record is not None and settings.clip_denoised:
-        raise ValueError("clip_denoised clips to the pixel range [-1, 1]; this model generates VAE latents: "
-                         "turn it off (--no-clip-denoised)")
     rank, world_size, local_rank = torchrun_rank()
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    pipe = Pipeline.from_pretrained(model_dir, device=default_device(device, local_rank), vae=vae_dir, **overrides)
+    if pipe.guide is not None:
+        raise ValueError("sample files record no guide model; sample without one")
     barrier = None
     if world_size > 1:
         import torch.distributed as dist
@@ -352,14 +342,6 @@ def sample_model_to_npz(model_dir: str | os.PathLike, out: str | os.PathLike, nu
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         barrier = dist.barrier
-    vae = vae_record.load(device) if vae_record is not None else None
-    model = ACDiT.from_pretrained(directory, device=device)
-    job = SampleJob(model=str(Path(directory).resolve()), weights_sha256=weights_digest(directory), num=num,
-                    seed=seed, cfg_scale=settings.cfg_scale, num_steps=settings.num_steps, sampler=settings.sampler,
-                    clip_denoised=settings.clip_denoised, history_scale=settings.history_scale,
-                    guidance_interval=settings.guidance_interval, batch_size=batch_size,
-                    vae=None if vae_record is None else vae_record.to_dict(), rgb=rgb,
-                    data=load_extras(directory).get("data"))
-    summary = run_sample_job(model, out, job, vae=vae, vae_record=vae_record, rank=rank, world_size=world_size,
-                             barrier=barrier, progress=progress)
+    job = sample_job(pipe, num, seed, batch_size, rgb)
+    summary = run_sample_job(pipe, out, job, rank=rank, world_size=world_size, barrier=barrier, progress=progress)
     return {**summary, "rank": rank, "world_size": world_size, "job": job.to_dict()}

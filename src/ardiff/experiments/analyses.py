@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ardiff.generate.sampler import make_generators, sample
+from ardiff.generate.pipeline import Pipeline
+from ardiff.generate.settings import SamplingSettings
 from ardiff.models.acdit import ACDiT
 from ardiff.models.config import ACDiTConfig
 from ardiff.models.flops import sampling_flops
@@ -57,12 +58,12 @@ def inference_time_vs_ar_length(seq_lengths=(64, 256, 1024), ar_lengths=(1, 2, 4
             torch.manual_seed(0)
             cfg = timing_config(L, T, **(model_kwargs or {}))
             model = ACDiT(cfg).eval()
+            pipe = Pipeline(model, SamplingSettings(cfg_scale=cfg_scale, num_steps=num_steps))
             y = torch.arange(batch_size) % 10
             row = {"seq_len": L, "ar_length": T, "block_tokens": L // T}
             for use_cache in (True, False):
                 def run():
-                    return sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, use_cache=use_cache,
-                                  generator=make_generators(range(batch_size)))
+                    return pipe(y, seeds=range(batch_size), use_cache=use_cache)
                 if not rows or rows[-1]["seq_len"] != L:
                     run()  # warm-up once per sequence length (allocator, kernels)
                 t0 = time.perf_counter()
@@ -154,9 +155,9 @@ def block_size_tradeoff(out_dir: Path, ar_lengths=(1, 2, 4, 8, 16, 64), steps: i
         trainer = Trainer(run, resume=resume, progress=progress)
         trainer.fit()
         train_seconds = time.perf_counter() - t0
-        model = ACDiT.from_pretrained(run_dir / "model").eval()
-        metrics = evaluate(model, num=num_eval, cfg_scale=cfg_scale, num_steps=eval_steps, seed=10_000,
-                           progress=progress)
+        # The same plain settings for every run (not the recipe's recorded ones): DPM-Solver++, every step guided.
+        pipe = Pipeline(ACDiT.from_pretrained(run_dir / "model"), SamplingSettings(cfg_scale, eval_steps))
+        metrics = evaluate(pipe, num=num_eval, seed=10_000, progress=progress)
         row = {"ar_length": T, "block_tokens": 64 // T, "train_seconds": train_seconds,
                "fid_fmnist": metrics["fid_fmnist"], "class_accuracy": metrics["class_accuracy"],
                "seconds_per_sample": metrics["seconds_per_sample"],

@@ -1,5 +1,5 @@
 """What the experiment drivers share: the settings the story and video tables run with,
-recorded sampling settings in words, markdown tables, atomic JSON and plot set-up."""
+markdown tables, atomic JSON and plot set-up."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ardiff.utils.io import atomic_write_json
-
-SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
-                 "ddpm": "DDPM"}
 
 
 @dataclass
@@ -26,26 +23,6 @@ class CorrectionSettings:
     corrector_steps: int = 25
     corrector_cfg: float | None = None
     seed: int = 0
-
-
-def recorded_settings(model_dir: str | os.PathLike, cfg_scale: float | None = None, num_steps: int | None = None):
-    """A model's recorded :class:`~ardiff.generate.SamplingSettings`, with the given overrides."""
-    from ardiff.generate.settings import SamplingSettings
-
-    return SamplingSettings.recorded(model_dir).but(cfg_scale=cfg_scale, num_steps=num_steps)
-
-
-def describe_settings(s) -> str:
-    """SamplingSettings in words, for reports."""
-    clip = ", predicted clean samples clipped to [-1, 1]" if s.clip_denoised else ""
-    from ardiff.diffusion.schedule import KARRAS_SUFFIX
-    from ardiff.generate.settings import describe_interval
-
-    solver = s.sampler.removesuffix(KARRAS_SUFFIX)
-    levels = " on Karras noise levels" if s.sampler.endswith(KARRAS_SUFFIX) else ""
-    history = f", history guidance {s.history_scale:g}" if s.history_scale != 1.0 else ""
-    return (f"{s.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, CFG {s.cfg_scale:g}"
-            f"{describe_interval(s.guidance_interval)}{history}{clip}")
 
 
 def paired_cell(before, after) -> str:

@@ -10,36 +10,49 @@ from pathlib import Path
 import torch
 
 from ardiff.data.fashion_mnist import FASHION_MNIST_CLASSES
-from ardiff.experiments.common import describe_settings, markdown_table
-from ardiff.generate.sampler import SamplingSettings, make_generators, sample
-from ardiff.models.acdit import ACDiT
-from ardiff.models.checkpoint import load_extras
-from ardiff.models.resolve import resolve_model_dir
+from ardiff.experiments.common import markdown_table
+from ardiff.generate.pipeline import Pipeline
 
 
-def _settings(model_dir: Path, cfg_scale: float | None, steps: int | None, sampler: str | None,
-              clip_denoised: bool | None) -> SamplingSettings:
-    """The sampling settings recorded with a shipped model (as tuned), with the caller's overrides."""
-    return SamplingSettings.recorded(model_dir).but(cfg_scale=cfg_scale, num_steps=steps, sampler=sampler,
-                                                    clip_denoised=clip_denoised)
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """What ``ardiff demo`` runs: the two models (shipped names or directories), how many samples
+    it scores, and overrides of their recorded sampling settings (None keeps a recorded one)."""
+
+    image_model: str = "fmnist"
+    video_model: str = "moving-fmnist"
+    num_eval: int = 300
+    num_eval_videos: int = 40
+    seed: int = 0
+    num_steps: int | None = None
+    sampler: str | None = None
+    clip_denoised: bool | None = None
+    cfg_scale: float | None = None  # the image model's
+    video_cfg_scale: float | None = None
+
+    def __post_init__(self):
+        if self.num_eval < 10 or self.num_eval_videos < 1:
+            raise ValueError(f"the demo scores at least 10 images (one per class for the class grid) and 1 clip; "
+                             f"got num_eval={self.num_eval}, num_eval_videos={self.num_eval_videos}")
+
+    def pipelines(self, device=None) -> tuple[Pipeline, Pipeline]:
+        shared = dict(num_steps=self.num_steps, sampler=self.sampler, clip_denoised=self.clip_denoised)
+        return (Pipeline.from_pretrained(self.image_model, device=device, cfg_scale=self.cfg_scale, **shared),
+                Pipeline.from_pretrained(self.video_model, device=device, cfg_scale=self.video_cfg_scale, **shared))
 
 
-def run_demo(out: Path, num_eval: int = 300, num_eval_videos: int = 40, steps: int | None = None,
-             cfg_scale: float | None = None, video_cfg_scale: float | None = None, seed: int = 0,
-             sampler: str | None = None, clip_denoised: bool | None = None) -> Path:
-    """Sample both shipped models, score them against the test split, write report.md/.json.
+def run_demo(out: Path, settings: DemoSettings = DemoSettings(), device=None) -> Path:
+    """Sample both models, score them against the test split, write report.md/.json and
+    overview.png (the class grid beside a strip of clips).
 
     The class grid and the clips shown are the first of the scored samples, so nothing is
     sampled twice."""
-    if num_eval < 10 or num_eval_videos < 1:
-        raise ValueError(f"the demo scores at least 10 images (one per class for the class grid) and 1 clip; got "
-                         f"num_eval={num_eval}, num_eval_videos={num_eval_videos}")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    image_settings = _settings(resolve_model_dir("fmnist"), cfg_scale, steps, sampler, clip_denoised)
-    video_settings = _settings(resolve_model_dir("moving-fmnist"), video_cfg_scale, steps, sampler, clip_denoised)
-    image = _image_part(out, num_eval, image_settings, seed)
-    video = _video_part(out, num_eval_videos, video_settings, seed)
+    image_pipe, video_pipe = settings.pipelines(device)
+    image = _image_part(out, settings.num_eval, image_pipe, settings.seed)
+    video = _video_part(out, settings.num_eval_videos, video_pipe, settings.seed)
+    _overview(out)
     total = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps({"image_model": image, "video_model": video,
                                                  "total_seconds": total}, indent=2))
@@ -58,28 +71,23 @@ def _with_floor(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.2f}" + (f" (real-data floor at this N: {floor:.2f})" if floor is not None else "")
 
 
-def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int) -> dict:
+def _image_part(out: Path, num_eval: int, pipe: Pipeline, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid
 
-    model_dir = resolve_model_dir("fmnist")
-    model = ACDiT.from_pretrained(model_dir)
-    s = settings
+    model, s = pipe.model, pipe.settings
     c = model.config
-    print(f"[1/2] fmnist image model: {model.num_parameters() / 1e6:.2f}M parameters, {c.num_blocks} blocks of "
-          f"{c.block_size} tokens, {describe_settings(s)}")
+    print(f"[1/2] image model {pipe.source}: {model.num_parameters() / 1e6:.2f}M parameters, {c.num_blocks} blocks "
+          f"of {c.block_size} tokens, {pipe.describe()}")
 
     # Exactness on the real model: the KV-cached loop equals recomputing the context.
-    few = torch.arange(4)
-    cached = sample(model, few, **s.sample_kwargs(), generator=make_generators(range(4)))
-    uncached = sample(model, few, **s.sample_kwargs(), generator=make_generators(range(4)), use_cache=False)
+    few = torch.arange(4) % max(c.num_classes, 1) if c.num_classes else None
+    cached = pipe(few, seeds=range(4))
+    uncached = pipe(few, seeds=range(4), use_cache=False)
     exact = (cached - uncached).abs().max().item()
 
     print(f"      sampling and scoring {num_eval} samples against the Fashion-MNIST test split")
-    m, samples, _ = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                             clip_denoised=s.clip_denoised, history_scale=s.history_scale,
-                             guidance_interval=s.guidance_interval, seed=seed + 10_000,
-                             progress=True, return_samples=True)
+    m, samples, _ = evaluate(pipe, num=num_eval, seed=seed + 10_000, progress=True, return_samples=True)
     # The class grid shows scored samples: sample i has class i % 10, so the first 10 x per_class
     # samples, read column by column, give one row per class.
     per_class = min(8, num_eval // 10)
@@ -94,7 +102,7 @@ def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
             ("max abs diff, KV-cached vs recomputed context", f"{exact:.1e}")]
     md = ["## Images: class-conditional ACDiT on Fashion-MNIST", "",
           f"{c.num_blocks} autoregressive blocks of {c.tile_side}x{c.tile_side} tokens, "
-          f"{model.num_parameters() / 1e6:.2f}M parameters, {describe_settings(s)}. "
+          f"{model.num_parameters() / 1e6:.2f}M parameters, {s.describe()}. "
           "Rows, top to bottom: " + ", ".join(FASHION_MNIST_CLASSES) + ".", "",
           "![class grid](fmnist_classes.png)", "", f"{num_eval} class-balanced samples:", "",
           *markdown_table(["metric", "value"], rows)]
@@ -102,23 +110,17 @@ def _image_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
             "max_abs_diff_cached_vs_uncached": exact, "markdown": md}
 
 
-def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int) -> dict:
+def _video_part(out: Path, num_eval: int, pipe: Pipeline, seed: int) -> dict:
     from ardiff.eval.evaluate import evaluate
     from ardiff.utils.media import save_image_grid, save_video_grid
 
-    model_dir = resolve_model_dir("moving-fmnist")
-    model = ACDiT.from_pretrained(model_dir)
-    data = load_extras(model_dir).get("data")
-    s = settings
+    model, s = pipe.model, pipe.settings
     c = model.config
     frames, h, w = c.input_size
-    print(f"[2/2] moving-fmnist video model: {model.num_parameters() / 1e6:.2f}M parameters, {frames} frames of "
-          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {describe_settings(s)}")
+    print(f"[2/2] video model {pipe.source}: {model.num_parameters() / 1e6:.2f}M parameters, {frames} frames of "
+          f"{h}x{w}, {c.num_blocks} blocks of {c.block_size / c.tokens_per_frame:g} frames, {pipe.describe()}")
     print(f"      sampling and scoring {num_eval} clips against Moving Fashion-MNIST test clips")
-    m, clips, _ = evaluate(model, num=num_eval, cfg_scale=s.cfg_scale, num_steps=s.num_steps, sampler=s.sampler,
-                           clip_denoised=s.clip_denoised, history_scale=s.history_scale,
-                           guidance_interval=s.guidance_interval, seed=seed + 10_000,
-                           progress=True, data=data, return_samples=True)
+    m, clips, _ = evaluate(pipe, num=num_eval, seed=seed + 10_000, progress=True, return_samples=True)
     clips = clips[:10]  # scored clips, one per class (clip i has class i % 10)
     save_video_grid(clips, out / "moving_fmnist.gif", fps=6, nrow=5)
     # A filmstrip for viewers that do not animate GIFs: one row per clip, frames left to right.
@@ -131,7 +133,23 @@ def _video_part(out: Path, num_eval: int, settings: SamplingSettings, seed: int)
             ("sampling time per clip", f"{m['seconds_per_sample']:.2f} s")]
     md = ["## Video: class-conditional ACDiT on Moving Fashion-MNIST", "",
           f"{frames} frames of {h}x{w}, generated {c.block_size / c.tokens_per_frame:g} frames per autoregressive "
-          f"block, {model.num_parameters() / 1e6:.2f}M parameters, {describe_settings(s)}. One clip per class.", "",
+          f"block, {model.num_parameters() / 1e6:.2f}M parameters, {s.describe()}. One clip per class.", "",
           "![clips](moving_fmnist.gif)", "", "![frames](moving_fmnist_frames.png)", "",
           f"{num_eval} class-balanced clips:", "", *markdown_table(["metric", "value"], rows)]
     return {"metrics": m, "sampling": dataclasses.asdict(s), "clips": "moving_fmnist.gif", "markdown": md}
+
+
+def _overview(out: Path) -> Path:
+    """One picture for the front page: the class grid beside a strip of clips (frames left to right)."""
+    from PIL import Image
+
+    grid = Image.open(out / "fmnist_classes.png").convert("L")
+    strip = Image.open(out / "moving_fmnist_frames.png").convert("L")
+    height = max(grid.height, strip.height)
+    gap = 8
+    canvas = Image.new("L", (grid.width + gap + strip.width, height), 255)
+    canvas.paste(grid, (0, (height - grid.height) // 2))
+    canvas.paste(strip, (grid.width + gap, (height - strip.height) // 2))
+    path = out / "overview.png"
+    canvas.save(path)
+    return path

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ardiff.utils.devices import default_device
+
 MODES = ("linear", "finetune")
 FINETUNE_DEVIATIONS = ("no mixup/cutmix", "no RandAugment (+-2 px shifts and flips only)", "no drop path",
                        "epochs set by the caller, not 100")
@@ -297,7 +299,7 @@ def run_represent(model_dir: str, settings: RepresentSettings, device: str | Non
 
     directory = resolve_model_dir(model_dir)
     vae_record = VAERecord.recorded(directory)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model = ACDiT.from_pretrained(directory, device=device, dtype=torch.float32)
     if settings.from_scratch:
         torch.manual_seed(settings.seed)

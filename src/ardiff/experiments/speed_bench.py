@@ -15,7 +15,8 @@ import time
 import torch
 
 from ardiff.diffusion.schedule import training_loss
-from ardiff.generate.sampler import make_generators, sample
+from ardiff.generate.pipeline import Pipeline
+from ardiff.generate.settings import SamplingSettings
 from ardiff.models import ACDiT, ACDiTConfig
 from ardiff.models.flops import sampling_flops, training_step_flops
 
@@ -81,10 +82,9 @@ def bench_training(batch_size: int = 32, steps: int = 3, compile_blocks: bool = 
 def bench_sampling(batch_size: int = 8, num_steps: int = 25, cfg_scale: float = 1.5, repeats: int = 2) -> dict:
     torch.manual_seed(0)
     cfg = bench_config()
-    model = ACDiT(cfg).eval()
+    pipe = Pipeline(ACDiT(cfg).eval(), SamplingSettings(cfg_scale=cfg_scale, num_steps=num_steps))
     y = torch.arange(batch_size) % 10
-    gens = lambda: make_generators(range(batch_size))
-    dt = _timeit(lambda: sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, generator=gens()), repeats)
+    dt = _timeit(lambda: pipe(y, seeds=range(batch_size)), repeats)
     flops = sampling_flops(cfg, batch_size, num_steps, cfg=True)
     return {"seconds": dt, "model_gflop": flops / 1e9, "achieved_gflops": flops / dt / 1e9}
 
@@ -97,12 +97,11 @@ def bench_block_latency(blocks=(1, 2, 4, 8, 16), batch_size: int = 8, num_steps:
     for T in blocks:
         torch.manual_seed(0)
         cfg = bench_config(input_size=(32, 32), block_layout="raster", block_size=256 // T)
-        model = ACDiT(cfg).eval()
+        pipe = Pipeline(ACDiT(cfg).eval(), SamplingSettings(cfg_scale=cfg_scale, num_steps=num_steps))
         y = torch.arange(batch_size) % 10
         row = {"T": T, "block_tokens": 256 // T}
         for use_cache in (True, False):
-            run = lambda: sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, use_cache=use_cache,
-                                 generator=make_generators(range(batch_size)))
+            run = lambda: pipe(y, seeds=range(batch_size), use_cache=use_cache)
             dt = _timeit(run, 1)
             key = "cached" if use_cache else "uncached"
             row[f"{key}_ms_per_block"] = 1000 * dt / T
@@ -117,12 +116,11 @@ def bench_block_latency(blocks=(1, 2, 4, 8, 16), batch_size: int = 8, num_steps:
 def bench_context_pass(batch_size: int = 8, num_steps: int = 25, cfg_scale: float = 1.5) -> dict:
     """Finished block's K/V: riding on the next block's first step vs a separate pass."""
     torch.manual_seed(0)
-    model = ACDiT(bench_config()).eval()
+    pipe = Pipeline(ACDiT(bench_config()).eval(), SamplingSettings(cfg_scale=cfg_scale, num_steps=num_steps))
     y = torch.arange(batch_size) % 10
     out = {}
     for mode in ("ride", "separate"):
-        run = lambda: sample(model, y, num_steps=num_steps, cfg_scale=cfg_scale, context_pass=mode,
-                             generator=make_generators(range(batch_size)))
+        run = lambda: pipe(y, seeds=range(batch_size), context_pass=mode)
         out[f"{mode}_seconds"] = _timeit(run, 2)
     return out
 

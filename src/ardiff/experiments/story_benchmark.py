@@ -63,7 +63,6 @@ from ardiff.experiments.common import (
     check_reusable,
     paired_cell,
     pyplot,
-    recorded_settings,
     write_json,
 )
 from ardiff.experiments.video_table import (
@@ -73,7 +72,7 @@ from ardiff.experiments.video_table import (
     write_video_strips,
     write_video_table,
 )
-from ardiff.utils.seeding import chunk_seed, generator, item_seed, make_generators
+from ardiff.utils.seeding import chunk_seed, generator, item_seed
 from ardiff.worlds.reader import READ_ATTRIBUTES, AttributeReader, state_labels
 from ardiff.worlds.story import Story, StoryWorld, read_story_states
 
@@ -165,19 +164,19 @@ def score_frames(frames: torch.Tensor, stories: list[Story], world: StoryWorld, 
 class StoryBench:
     def __init__(self, config: BenchmarkConfig, device: str = "cpu"):
         from ardiff.acdc.native import NativeCorrector
-        from ardiff.models.acdit import ACDiT
-        from ardiff.models.resolve import resolve_model_dir
+        from ardiff.generate.pipeline import Pipeline
         from ardiff.worlds.text import StoryTextEncoder
 
         self.config, self.device = config, device
         self.encoder = StoryTextEncoder.from_pretrained(config.text_encoder)
         self.reader = AttributeReader.from_pretrained(config.reader)
-        arm_dir, corrector_dir = resolve_model_dir(config.arm), resolve_model_dir(config.corrector)
-        self.arm_model = ACDiT.from_pretrained(arm_dir, device=device)
-        self.corrector_model = ACDiT.from_pretrained(corrector_dir, device=device)
-        # The models' recorded sampling settings, with the configured overrides.
-        self.arm_settings = recorded_settings(arm_dir, config.arm_cfg, config.arm_steps)
-        self.corrector_settings = recorded_settings(corrector_dir, config.corrector_cfg, config.corrector_steps)
+        # The models with their recorded sampling settings, the configured overrides over them.
+        self.arm = Pipeline.from_pretrained(config.arm, device=device, cfg_scale=config.arm_cfg,
+                                            num_steps=config.arm_steps)
+        self.corrector_pipe = Pipeline.from_pretrained(config.corrector, device=device, cfg_scale=config.corrector_cfg,
+                                                       num_steps=config.corrector_steps)
+        self.arm_model, self.corrector_model = self.arm.model, self.corrector_pipe.model
+        self.arm_settings, self.corrector_settings = self.arm.settings, self.corrector_pipe.settings
         self.arm_cfg, self.corrector_cfg = self.arm_settings.cfg_scale, self.corrector_settings.cfg_scale
         self.corrector = NativeCorrector(self.corrector_model, self.encoder.encode, num_steps=config.corrector_steps,
                                          cfg_scale=self.corrector_cfg)
@@ -243,8 +242,6 @@ class StoryBench:
         from (seed, k, f), so a story's frames do not depend on the batch."""
         from tqdm.auto import tqdm
 
-        from ardiff.generate.sampler import sample
-
         t0 = time.perf_counter()
         prompts = [s.sentences for s in stories]
         if memory is not None:
@@ -265,18 +262,15 @@ class StoryBench:
                                            generators).frames
             return encode_block(model, fixed)
 
-        blocks = sample(model, cond, **self.arm_settings.sample_kwargs(),
-                        generator=make_generators(seeds, self.device), on_block_end=hook, num_blocks=F,
-                        window=self.config.window if long else None,
-                        sink_blocks=self.config.sink_blocks if long else 0, output="blocks")
+        blocks = self.arm(cond, seeds=seeds, on_block_end=hook, num_blocks=F,
+                          window=self.config.window if long else None,
+                          sink_blocks=self.config.sink_blocks if long else 0, output="blocks")
         bar.close()
         frames = torch.stack([decode_block(model, blocks[:, f]) for f in range(F)], dim=1)
         return frames.cpu().clamp(-1, 1), prompts, (time.perf_counter() - t0) / n
 
     @torch.no_grad()
     def _dm_alone(self, stories: list[Story], memory) -> tuple[torch.Tensor, list[list[str]], float]:
-        from ardiff.generate.sampler import sample
-
         prompts = [memory.rewrite(s.sentences) for s in stories]
         flat = [p for ps in prompts for p in ps]
         t0 = time.perf_counter()
@@ -284,8 +278,7 @@ class StoryBench:
         for start in range(0, len(flat), 64):
             chunk = flat[start:start + 64]
             cond = self.encoder.encode(chunk).to(self.device)
-            out.append(sample(self.corrector_model, cond, **self.corrector_settings.sample_kwargs(),
-                              generator=make_generators(range(start, start + len(chunk)), self.device)).cpu())
+            out.append(self.corrector_pipe(cond, seeds=range(start, start + len(chunk))))
         frames = torch.cat(out).clamp(-1, 1).view(len(stories), len(stories[0]), 3, 32, 32)
         return frames, prompts, (time.perf_counter() - t0) / len(stories)
 

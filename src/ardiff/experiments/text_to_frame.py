@@ -21,8 +21,8 @@ _ATTRIBUTE_ORDER = tuple(READ_ATTRIBUTES)
 
 
 @torch.no_grad()
-def score_text_to_frame(model, encoder, settings, num: int = 200, seed: int = 1, batch_size: int = 50,
-                        reader: AttributeReader | None = None, device: str = "cpu", progress: bool = True) -> dict:
+def score_text_to_frame(pipe, encoder, num: int = 200, seed: int = 1, batch_size: int = 50,
+                        reader: AttributeReader | None = None, progress: bool = True) -> dict:
     """Draw ``num`` frames from noise with full captions; per-attribute accuracy read back.
 
     Frame i uses test-split random frame i (index offset by ``seed`` * 100000, so seeds draw
@@ -30,9 +30,9 @@ def score_text_to_frame(model, encoder, settings, num: int = 200, seed: int = 1,
     """
     from tqdm.auto import tqdm
 
-    from ardiff.generate.sampler import sample
-    from ardiff.utils.seeding import item_seed, make_generators
+    from ardiff.utils.seeding import item_seed
 
+    model = pipe.model
     if model.config.num_blocks != 1:
         raise ValueError(f"score-corrector scores a single-frame model (one block); this one has "
                          f"{model.config.num_blocks} blocks. Score a story ARM with `ardiff acdc benchmark`.")
@@ -45,9 +45,8 @@ def score_text_to_frame(model, encoder, settings, num: int = 200, seed: int = 1,
     frames = []
     for start in tqdm(range(0, num, batch_size), desc="drawing", unit="batch", disable=not progress):
         chunk = captions[start:start + batch_size]
-        cond = encoder.encode(chunk).to(device)
-        gens = make_generators([item_seed(seed, i) for i in range(start, start + len(chunk))], device)
-        frames.append(sample(model, cond, **settings.sample_kwargs(), generator=gens).float().cpu())
+        cond = encoder.encode(chunk).to(pipe.device)
+        frames.append(pipe(cond, seeds=[item_seed(seed, i) for i in range(start, start + len(chunk))]))
     frames = torch.cat(frames).clamp(-1, 1)
     seconds = time.perf_counter() - t0
     preds, _ = reader.read(frames)

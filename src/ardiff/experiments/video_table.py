@@ -34,7 +34,6 @@ from ardiff.experiments.common import (
     check_reusable,
     paired_cell,
     pyplot,
-    recorded_settings,
     write_json,
 )
 from ardiff.utils.seeding import generator, item_seed, make_generators
@@ -67,15 +66,15 @@ def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
 class VideoBench:
     def __init__(self, config: VideoBenchConfig, device: str = "cpu"):
         from ardiff.acdc.native import FMNIST_PROMPT_NAMES, NativeCorrector
-        from ardiff.models.acdit import ACDiT
-        from ardiff.models.checkpoint import load_extras
-        from ardiff.models.resolve import resolve_model_dir
+        from ardiff.generate.pipeline import Pipeline
 
         self.config, self.device = config, device
-        arm_dir, corrector_dir = resolve_model_dir(config.arm), resolve_model_dir(config.corrector)
-        self.arm = ACDiT.from_pretrained(arm_dir, device=device).eval()
-        self.arm_data = load_extras(arm_dir).get("data")  # what it was trained on: the reference clips match it
-        corrector = ACDiT.from_pretrained(corrector_dir, device=device)
+        # The models with their recorded sampling settings, the configured overrides over them.
+        self.arm_pipe = Pipeline.from_pretrained(config.arm, device=device, cfg_scale=config.arm_cfg,
+                                                 num_steps=config.arm_steps)
+        self.arm = self.arm_pipe.model
+        self.arm_data = self.arm_pipe.data  # what it was trained on: the reference clips match it
+        corrector = Pipeline.from_pretrained(config.corrector, device=device).model
         a, c = self.arm.config, corrector.config
         if not a.is_video or a.block_size % a.tokens_per_frame:
             raise ValueError(f"video_arm={config.arm!r} must be a video ACDiT whose blocks are whole frames")
@@ -83,8 +82,7 @@ class VideoBench:
             raise ValueError(f"video_corrector={config.corrector!r} must be a full-sequence video model (one block) "
                              f"of the ARM's clip size {tuple(a.input_size)}; got input_size={tuple(c.input_size)} "
                              f"with {c.num_blocks} blocks")
-        # The models' recorded sampling settings, with the configured overrides.
-        self.arm_settings = recorded_settings(arm_dir, config.arm_cfg, config.arm_steps)
+        self.arm_settings = self.arm_pipe.settings
         self.arm_cfg = self.arm_settings.cfg_scale
         # The corrector is guided as strongly as the ARM unless told otherwise: on the shipped
         # models CFG 6 (the ARM's) beat the corrector's own recorded 4 in class accuracy, FVD proxy
@@ -110,7 +108,7 @@ class VideoBench:
         """(N, C, 2F, H, W) clips and seconds per clip."""
         from tqdm.auto import tqdm
 
-        from ardiff.generate.sampler import blocks_to_input, sample
+        from ardiff.generate.context import blocks_to_input
 
         c, model = self.config, self.arm
         T = model.config.num_blocks
@@ -120,16 +118,15 @@ class VideoBench:
         out = []
         for start in tqdm(range(0, c.clips, 50), desc="video_acdc" if corrected else "video_arm", unit="batch"):
             batch = slice(start, start + 50)
-            generators = make_generators(seeds[batch], self.device)
-            kw = dict(**self.arm_settings.sample_kwargs(), generator=generators, output="blocks")
-            head = sample(model, labels[batch], num_blocks=T, **kw)
+            generators = make_generators(seeds[batch])  # one stream per clip through both calls
+            head = self.arm_pipe(labels[batch], generator=generators, num_blocks=T, output="blocks")
             if corrected:
                 clips = model.from_blocks(head).transpose(1, 2).clamp(-1, 1)  # (B, F, C, H, W)
                 fixed = self.corrector.correct(clips, self.prompts[batch], c.t_prime,
                                                [generator(s) for s in seeds[batch]]).frames
                 head = model.to_blocks(fixed.transpose(1, 2).to(model.device, model.dtype))
-            blocks = sample(model, labels[batch], num_blocks=2 * T, window=c.window, sink_blocks=c.sink_blocks,
-                            prefix=head, **kw)
+            blocks = self.arm_pipe(labels[batch], generator=generators, num_blocks=2 * T, window=c.window,
+                                   sink_blocks=c.sink_blocks, prefix=head, output="blocks")
             out.append(blocks_to_input(model, blocks).clamp(-1, 1).cpu())
         return torch.cat(out), (time.perf_counter() - t0) / c.clips
 

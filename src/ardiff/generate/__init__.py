@@ -1,10 +1,10 @@
-"""Block-autoregressive sampling: the KV cache, the context schedule and the block loop."""
+"""Block-autoregressive sampling: settings, the KV cache, the block loop and the pipeline."""
 
 from ardiff.generate.cache import KVCache
 from ardiff.generate.context import blocks_to_input, context_schedule
-from ardiff.generate.sampler import BlockEvent, BlockHook, sample
+from ardiff.generate.pipeline import Guide, Pipeline, class_balanced_labels
+from ardiff.generate.sampler import BlockEvent, BlockHook, draw_noise, sample
 from ardiff.generate.settings import SamplingSettings
-from ardiff.utils.seeding import make_generators
 
-__all__ = ["BlockEvent", "BlockHook", "KVCache", "SamplingSettings", "blocks_to_input", "context_schedule",
-           "make_generators", "sample"]
+__all__ = ["BlockEvent", "BlockHook", "Guide", "KVCache", "Pipeline", "SamplingSettings", "blocks_to_input",
+           "class_balanced_labels", "context_schedule", "draw_noise", "sample"]

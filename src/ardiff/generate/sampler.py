@@ -27,14 +27,12 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ardiff.diffusion.schedule import DEFAULT_SAMPLER, sampling_scheduler, scheduler_step
+from ardiff.diffusion.schedule import scheduler_step
 from ardiff.generate.cache import KVCache
 from ardiff.generate.context import blocks_to_input, check_frame_blocks, context_schedule, update_context
-from ardiff.generate.settings import SamplingSettings, check_guidance_interval
-from ardiff.utils.seeding import make_generators
+from ardiff.generate.settings import SamplingSettings
 
-__all__ = ["Autoguide", "BlockEvent", "BlockHook", "HistoryGuide", "SamplingSettings", "blocks_to_input",
-           "check_guidance_interval", "check_guide_model", "context_schedule", "make_generators", "sample"]
+__all__ = ["Autoguide", "BlockEvent", "BlockHook", "HistoryGuide", "check_guide_model", "draw_noise", "sample"]
 
 
 @dataclass
@@ -49,6 +47,16 @@ class BlockEvent:
 
 
 BlockHook = Callable[[BlockEvent], "torch.Tensor | None"]
+
+
+# ---------------------------------------------------------------------------
+#                       Noise, checks and preparation
+# ---------------------------------------------------------------------------
+def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise drawn with ``generator`` (one, a list of one per sample, or None)
+    and moved to ``device``: CPU generators draw on the CPU, so a seed means the same noise
+    on every device (as diffusers' ``randn_tensor`` does)."""
+    return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -96,10 +104,14 @@ def _prepare_conditions(model, cond, B: int, N: int, guided: bool):
     return cond_emb, null_emb
 
 
-def _prepare_scheduler(cfg, scheduler, clip_denoised: bool):
-    if scheduler is None or isinstance(scheduler, str):
-        return sampling_scheduler(cfg, scheduler or DEFAULT_SAMPLER, clip_denoised)
-    if clip_denoised:
+def _prepare_scheduler(cfg, settings: SamplingSettings, scheduler):
+    """The settings' scheduler, or the scheduler object given instead of ``settings.sampler``."""
+    if scheduler is None:
+        return settings.scheduler(cfg)
+    if isinstance(scheduler, str):
+        raise TypeError(f"scheduler={scheduler!r}: name a sampler in the settings, SamplingSettings(sampler=...); "
+                        f"scheduler= takes a diffusers scheduler object")
+    if settings.clip_denoised:
         raise ValueError("clip_denoised=True needs a sampler given by name; set clipping on the scheduler "
                          "object instead (thresholding / clip_sample in its config)")
     return scheduler
@@ -127,15 +139,6 @@ def check_guide_model(model, guide_model) -> None:
     if guide_model.device != model.device or guide_model.dtype != model.dtype:
         raise ValueError(f"guide_model is on {guide_model.device} / {guide_model.dtype}, the model on "
                          f"{model.device} / {model.dtype}; move it with .to()")
-
-
-def _guidance_predicate(interval, num_train_timesteps: int) -> Callable[[object], bool]:
-    """Whether a step at timestep ``t`` is guided (see ``guidance_interval`` of :func:`sample`)."""
-    interval = check_guidance_interval(interval)
-    if interval is None:
-        return lambda t: True
-    low, high = interval
-    return lambda t: low <= float(t) / num_train_timesteps <= high
 
 
 def _block_range(first: int, end: int, progress: bool):
@@ -238,8 +241,6 @@ class HistoryGuide:
         """The guide for :func:`sample`, or None at scale 1; raises on a model it cannot guide."""
         if scale == 1.0:
             return None
-        if not scale > 1.0:
-            raise ValueError(f"history_scale={scale} must be >= 1 (1 = off; e.g. 1.5)")
         check_frame_blocks(model.config, "history_scale")
         return cls(model, float(scale), cond_emb)
 
@@ -259,22 +260,24 @@ class HistoryGuide:
 #                              The block loop
 # ---------------------------------------------------------------------------
 @torch.no_grad()
-def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_scale: float = 1.0, scheduler=None,
-           generator: torch.Generator | list[torch.Generator] | None = None, use_cache: bool = True,
+def sample(model, cond: torch.Tensor | None = None, settings: SamplingSettings | None = None, *,
+           generator: torch.Generator | list[torch.Generator] | None = None, scheduler=None, use_cache: bool = True,
            context_pass: str = "ride", on_block_end: BlockHook | None = None, batch_size: int | None = None,
            progress: bool = False, output: str = "input", num_blocks: int | None = None, window: int | None = None,
-           sink_blocks: int = 0, prefix: torch.Tensor | None = None, clip_denoised: bool = False,
-           guidance_interval: tuple[float, float] | None = None, guide_model=None,
-           guide_scale: float = 1.0, history_scale: float = 1.0) -> torch.Tensor:
+           sink_blocks: int = 0, prefix: torch.Tensor | None = None, guide_model=None,
+           guide_scale: float = 1.0) -> torch.Tensor:
     """Generate samples block by block.
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
-    cfg_scale: guidance ``u + s (c - u)``; 1 runs the conditional branch alone.
-    scheduler: any diffusers scheduler (copied; reset for every block), or a sampler name
-        from ``ardiff.diffusion.SAMPLERS``. Default: DPM-Solver++ order 2 (the ODE solver)
-        with ``linspace`` timesteps.
+    settings: how each block is denoised (:class:`SamplingSettings`: steps, sampler,
+        classifier-free guidance ``u + s (c - u)`` and its interval, history guidance,
+        clipping). Default: ``SamplingSettings(cfg_scale=1)``, the conditional branch alone
+        with 25 DPM-Solver++ steps.
     generator: a list with one generator per sample makes every sample independent of
-        the batch it is in (see :func:`make_generators`).
+        the batch it is in (see :func:`make_generators`). CPU generators give the same noise
+        on every device (it is drawn on the CPU and moved).
+    scheduler: a diffusers scheduler object to use instead of ``settings.sampler`` (copied;
+        reset for every block); it carries its own clipping settings.
     on_block_end: called with a :class:`BlockEvent`; may return a replacement block
         (B, S, P) that enters the context instead.
     output: ``"input"`` -> (B, C, *input_size); ``"blocks"`` -> (B, N, S, P).
@@ -286,32 +289,29 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
         edited after they were made); generation starts at block K and they are returned as
         they are. Noise is drawn only for the new blocks, so passing the generators of an
         earlier call for blocks 0..K-1 continues its random stream exactly.
-    clip_denoised: clip the clean sample predicted at every step to [-1, 1] (pixel-space
-        models; see ``diffusion.schedule.sampling_scheduler``). Only with a sampler given by
-        name: a scheduler object carries its own clipping settings.
-    guidance_interval: ``(low, high)`` fractions of the training timesteps; guidance applies
-        only at steps with ``low <= t / num_train_timesteps <= high`` and the other steps run
-        the conditional branch alone (half the compute). Guidance at the highest noise levels
-        mostly costs variety and at the lowest does little; Kynkaenniemi et al. (2024) guide a
-        middle interval. Default: every step.
     guide_model, guide_scale: autoguidance: guided steps also add ``(guide_scale - 1) (m(c) -
         g(c))`` for a weaker model g of the same layout (see :class:`Autoguide`).
-    history_scale: history guidance for video: guided steps of blocks with context also add
-        ``(history_scale - 1) (m(c, h) - m(c, none))`` (see :class:`HistoryGuide`).
+
+    Guidance interval (``settings.guidance_interval``): guidance applies only at steps with
+    ``low <= t / num_train_timesteps <= high``; the other steps run the conditional branch
+    alone (half the compute). History guidance (``settings.history_scale``): guided steps of
+    blocks with context also add ``(h - 1) (m(c, history) - m(c, none))`` (:class:`HistoryGuide`).
     """
+    settings = SamplingSettings(cfg_scale=1.0) if settings is None else settings
+    if not isinstance(settings, SamplingSettings):
+        raise TypeError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
     cfg, device, dtype = model.config, model.device, model.dtype
     B = _batch_size(cond, generator, batch_size)
     T, S, P = cfg.num_blocks, cfg.block_size, cfg.patch_dim
     N = T if num_blocks is None else int(num_blocks)
     contexts = context_schedule(N, T, window, sink_blocks)
     K = _check_arguments(cfg, B, N, generator, prefix, context_pass, output)
-    guided = cfg_scale != 1.0
+    guided, cfg_scale = settings.guided, settings.cfg_scale
     groups = 2 if guided else 1
-    guided_at = _guidance_predicate(guidance_interval, cfg.num_train_timesteps)
     cond_emb, null_emb = _prepare_conditions(model, cond, B, N, guided)
     guides = [g for g in (Autoguide.prepare(model, guide_model, guide_scale, cond, B, N, contexts, use_cache),
-                          HistoryGuide.prepare(model, history_scale, cond_emb)) if g is not None]
-    base_scheduler = _prepare_scheduler(cfg, scheduler, clip_denoised)
+                          HistoryGuide.prepare(model, settings.history_scale, cond_emb)) if g is not None]
+    base_scheduler = _prepare_scheduler(cfg, settings, scheduler)
 
     blocks = torch.empty(B, N, S, P, device=device, dtype=dtype)
     if K:
@@ -328,13 +328,13 @@ def sample(model, cond: torch.Tensor | None = None, *, num_steps: int = 25, cfg_
                 guide.update_context(blocks, i, context, cached)
             cached = context
         sched = copy.deepcopy(base_scheduler)
-        sched.set_timesteps(num_steps, device=device)
-        x = randn_tensor((B, S, P), generator=generator, device=device, dtype=dtype) * sched.init_noise_sigma
+        sched.set_timesteps(settings.num_steps, device=device)
+        x = draw_noise((B, S, P), generator, device, dtype) * sched.init_noise_sigma
         group_emb = _group_conditions(cond_emb, null_emb, i)
         timesteps = sched.timesteps
         for k, t in enumerate(timesteps):
             x_in = sched.scale_model_input(x, t)
-            in_interval = guided_at(t)
+            in_interval = settings.guided_at(t, cfg.num_train_timesteps)
             step_guided = guided and in_interval
             step_groups = 2 if step_guided else 1
             step_emb = group_emb if step_guided or group_emb is None else group_emb[:, :1]

@@ -1,8 +1,15 @@
-"""How a model is meant to be sampled: the settings recorded with it."""
+"""How a model is meant to be sampled: the settings recorded with it.
+
+A :class:`SamplingSettings` is the one object every sampling path takes: ``sample()``, the
+:class:`~ardiff.generate.pipeline.Pipeline`, evaluation, sample files, the demo and the
+experiments. Each setting is checked here, once; "off" has one spelling per setting
+(``cfg_scale=1``, ``history_scale=1``, ``guidance_interval=None``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -12,10 +19,10 @@ from ardiff.diffusion.schedule import DEFAULT_SAMPLER, check_sampler, sampling_s
 @dataclass(frozen=True)
 class SamplingSettings:
     """The settings a model's training run recorded with it (``_sampling`` in config.json, as
-    tuned), which the CLI, ``ardiff eval``, the demo and the benchmarks use unless told
-    otherwise: ``SamplingSettings.recorded(model_dir).but(cfg_scale=...)``."""
+    tuned), which every sampling path uses unless told otherwise:
+    ``SamplingSettings.recorded(model_dir).but(cfg_scale=...)``."""
 
-    cfg_scale: float = 1.5
+    cfg_scale: float = 1.5  # classifier-free guidance u + s (c - u); 1 = off (the conditional branch alone)
     num_steps: int = 25
     sampler: str = DEFAULT_SAMPLER  # a key of ardiff.diffusion.SAMPLERS
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
@@ -24,41 +31,104 @@ class SamplingSettings:
 
     def __post_init__(self):
         check_sampler(self.sampler)
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps!r} must be a whole number >= 1")
+        if not _finite(self.cfg_scale) or self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale={self.cfg_scale!r} must be a finite number >= 0 (1 turns guidance off)")
+        if not _finite(self.history_scale) or self.history_scale < 1.0:
+            raise ValueError(f"history_scale={self.history_scale!r} must be >= 1 (1 = off; e.g. 1.5)")
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(f"clip_denoised={self.clip_denoised!r} must be true or false")
         interval = check_guidance_interval(self.guidance_interval)
         # (0, 1) guides every step: stored as None, so it reads (and records) as "no interval"
         object.__setattr__(self, "guidance_interval", None if interval == (0.0, 1.0) else interval)
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps={self.num_steps} must be >= 1")
-        if not self.history_scale >= 1.0:
-            raise ValueError(f"history_scale={self.history_scale} must be >= 1 (1 = off)")
+        object.__setattr__(self, "cfg_scale", float(self.cfg_scale))
+        object.__setattr__(self, "history_scale", float(self.history_scale))
 
+    # -- construction ----------------------------------------------------------
     @classmethod
     def recorded(cls, model_dir: str | os.PathLike) -> "SamplingSettings":
         """The settings recorded in ``model_dir``; defaults for what it does not record."""
         from ardiff.models.checkpoint import load_extras
 
-        raw = load_extras(model_dir).get("sampling", {})
+        return cls.from_record(load_extras(model_dir).get("sampling", {}), f"{model_dir}/config.json: _sampling")
+
+    @classmethod
+    def from_record(cls, raw: dict, source: str = "_sampling") -> "SamplingSettings":
+        """Settings from a recorded dict (``_sampling``, a run config's ``sample`` section); errors name ``source``."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a mapping of sampling settings, got {raw!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{model_dir}/config.json: unknown _sampling keys {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
         try:
             return cls(**raw)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{model_dir}/config.json: _sampling: {error}") from None
+            raise ValueError(f"{source}: {error}") from None
 
     def but(self, **changes) -> "SamplingSettings":
         """A copy with the given fields changed; ``None`` values keep the recorded ones."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def to_dict(self) -> dict:
+        """The settings as recorded in ``_sampling`` (JSON types)."""
+        d = dataclasses.asdict(self)
+        d["guidance_interval"] = None if self.guidance_interval is None else list(self.guidance_interval)
+        return d
+
+    # -- what they mean ----------------------------------------------------------
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance runs (a second, unconditional branch on guided steps)."""
+        return self.cfg_scale != 1.0
+
+    def guided_at(self, t, num_train_timesteps: int) -> bool:
+        """Whether a step at timestep ``t`` is inside the guidance interval."""
+        if self.guidance_interval is None:
+            return True
+        low, high = self.guidance_interval
+        return low <= float(t) / num_train_timesteps <= high
+
     def scheduler(self, model_config):
         return sampling_scheduler(model_config, self.sampler, self.clip_denoised)
 
-    def sample_kwargs(self) -> dict:
-        """These settings as keyword arguments of :func:`ardiff.generate.sample`."""
-        return dict(num_steps=self.num_steps, cfg_scale=self.cfg_scale, scheduler=self.sampler,
-                    clip_denoised=self.clip_denoised, history_scale=self.history_scale,
-                    guidance_interval=self.guidance_interval)
+    def check_for(self, model_config, latent: bool = False, source: str = "") -> None:
+        """Raise unless a model of ``model_config`` can be sampled with these settings: guidance
+        needs a conditional model, history guidance whole-frame video blocks, clipping pixels."""
+        from ardiff.generate.context import check_frame_blocks
+
+        where = f"{source}: " if source else ""
+        if self.guided and not (model_config.num_classes or model_config.cond_dim):
+            raise ValueError(f"{where}cfg_scale={self.cfg_scale:g} needs a conditional model (num_classes or "
+                             f"cond_dim > 0); this one is unconditional: use cfg_scale=1")
+        if self.history_scale != 1.0:
+            try:
+                check_frame_blocks(model_config, "history guidance (history_scale)")
+            except ValueError as e:
+                raise ValueError(f"{where}{e}; use history_scale=1 for this model") from None
+        if latent and self.clip_denoised:
+            raise ValueError(f"{where}clip_denoised clips to the pixel range [-1, 1]; this model generates VAE "
+                             f"latents: use clip_denoised=False")
+
+    def describe(self) -> str:
+        """The settings in words, for reports and command output."""
+        from ardiff.diffusion.schedule import KARRAS_SUFFIX
+
+        solver = self.sampler.removesuffix(KARRAS_SUFFIX)
+        levels = " on Karras noise levels" if self.sampler.endswith(KARRAS_SUFFIX) else ""
+        history = f", history guidance {self.history_scale:g}" if self.history_scale != 1.0 else ""
+        clip = ", predicted clean samples clipped to [-1, 1]" if self.clip_denoised else ""
+        return (f"{self.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, "
+                f"CFG {self.cfg_scale:g}{describe_interval(self.guidance_interval)}{history}{clip}")
+
+
+SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
+                 "ddpm": "DDPM"}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def describe_interval(interval: tuple[float, float] | None) -> str:
@@ -70,8 +140,12 @@ def check_guidance_interval(interval) -> tuple[float, float] | None:
     """``interval`` as ``(low, high)`` floats, or ``None``; raises on anything else."""
     if interval is None:
         return None
-    values = tuple(float(v) for v in interval)
+    try:
+        values = tuple(float(v) for v in interval)
+    except (TypeError, ValueError):
+        values = ()
     if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 1.0:
-        raise ValueError(f"guidance_interval={tuple(interval)} must be (low, high) with 0 <= low < high <= 1 "
+        shown = tuple(interval) if isinstance(interval, (list, tuple)) else interval
+        raise ValueError(f"guidance_interval={shown} must be (low, high) with 0 <= low < high <= 1 "
                          f"(fractions of the training timesteps: 0 = clean, 1 = pure noise)")
     return values

@@ -282,11 +282,6 @@ class ACDiT(nn.Module):
             return self.c_embedder(self.c_embedder.null.expand(batch_size, 1, -1))
         return None
 
-    def null_labels(self, batch_size: int) -> torch.Tensor:
-        if self.y_embedder is None:
-            raise ValueError("the model has no class conditioning")
-        return torch.full((batch_size,), self.y_embedder.null_index, dtype=torch.long, device=self.device)
-
     def condition_vectors(self, t: torch.Tensor, cond_emb: torch.Tensor | None) -> torch.Tensor:
         """adaLN input per noisy group: t_emb(t) + condition embedding; t is (B, G)."""
         c = self.t_embedder(t)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -100,9 +99,6 @@ class ACDiTConfig:
         if unknown:
             raise ValueError(f"unknown ACDiTConfig keys {unknown}; valid keys are {sorted(known)}")
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     # -- derived geometry -------------------------------------------------------
     @property

@@ -48,10 +48,6 @@ class Span:
 ScamLayout = tuple[Span, ...]
 
 
-def layout_length(layout: ScamLayout, block_size: int) -> int:
-    return sum(len(s.blocks) for s in layout) * block_size
-
-
 def token_descriptors(layout: ScamLayout, block_size: int, device=None):
     """Per-token (is_clean, block, group) tensors; group is -1 for clean tokens."""
     clean, block, group = [], [], []

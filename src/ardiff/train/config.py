@@ -95,25 +95,20 @@ class SampleConfig:
     guidance_interval: tuple[float, float] | None = None  # guide only LOW <= t/T <= HIGH (None: every step)
 
     def __post_init__(self):
-        from ardiff.diffusion.schedule import check_sampler
-        from ardiff.generate.settings import check_guidance_interval
-
-        check_sampler(self.sampler, "sample.sampler")
-        if not self.history_scale >= 1.0:
-            raise ValueError(f"sample.history_scale={self.history_scale} must be >= 1 (1 = off)")
-        try:
-            self.guidance_interval = check_guidance_interval(self.guidance_interval)
-        except (ValueError, TypeError):
-            raise ValueError(f"sample.guidance_interval={self.guidance_interval!r} must be [low, high] with "
-                             f"0 <= low < high <= 1 (fractions of the training timesteps), or null") from None
+        if self.guidance_interval is not None:  # YAML gives a list; recorded as a tuple
+            self.guidance_interval = tuple(self.guidance_interval) if isinstance(self.guidance_interval, list) \
+                else self.guidance_interval
+        self.settings()  # every setting is checked once, by SamplingSettings; errors name the section
 
     def settings(self):
         """The :class:`~ardiff.SamplingSettings` this section records with the exported model."""
-        from ardiff.generate.sampler import SamplingSettings
+        from ardiff.generate.settings import SamplingSettings
 
-        return SamplingSettings(cfg_scale=self.cfg_scale, num_steps=self.num_steps, sampler=self.sampler,
-                                clip_denoised=self.clip_denoised, history_scale=self.history_scale,
-                                guidance_interval=self.guidance_interval)
+        fields = {k: getattr(self, k) for k in ("cfg_scale", "num_steps", "sampler", "clip_denoised",
+                                                "history_scale", "guidance_interval")}
+        settings = SamplingSettings.from_record(fields, "sample")
+        self.guidance_interval = settings.guidance_interval
+        return settings
 
 
 @dataclass

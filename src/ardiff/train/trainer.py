@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,6 +28,8 @@ from ardiff.models.acdit import ACDiT
 from ardiff.models.resolve import resolve_model_dir
 from ardiff.train import checkpoint as ckpt
 from ardiff.train.config import RunConfig
+from ardiff.utils.devices import default_device
+from ardiff.utils.io import replace_directory
 from ardiff.utils.seeding import EXAMPLE_DRAW_STREAM, POSTERIOR_STREAM, TRAINING_NOISE_STREAM, hashed_seed
 from ardiff.utils.seeding import generator as seeded
 
@@ -149,7 +152,7 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+            device = default_device(None, local_rank)
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -379,42 +382,88 @@ class Trainer:
         model.load_state_dict({n: ckpt.full_tensor(t).cpu() for n, t in self.ema.items()})
         return model.eval()
 
+    @property
+    def model_dir(self) -> Path:
+        """Where the finished run's model goes (``<out>/model``)."""
+        return self.out / "model"
+
     def export(self) -> Path | None:
         """``<out>/model``: config.json + model.safetensors with the EMA weights."""
-        from ardiff.models.checkpoint import save_pretrained
-
-        model = self.ema_model()
+        model = self.ema_model()  # collective under FSDP: every rank gathers
         if not self.is_main:
             return None
+        return self._write_model(model)
+
+    def ensure_exported(self) -> bool:
+        """Export the finished run's model unless ``<out>/model`` already holds it; True when it wrote it.
+
+        For a run killed between its last checkpoint and the export (resumed with ``resume=True``):
+        ``<out>/model`` counts as written only when config.json reads back as this run's
+        architecture and model.safetensors as this step's EMA weights, bit for bit; a missing,
+        truncated or stale one (from before the run was extended) is written again as ``fit()``
+        would have written it. Every process must call it; only the main one writes.
+        """
+        if self.step < self.cfg.steps:
+            raise ValueError(f"the run in {self.out} is at step {self.step} of train.steps={self.cfg.steps}: it has "
+                             f"no final model yet; train on with --resume (or `ardiff export {self.out} OUT` for "
+                             f"the weights of its newest checkpoint)")
+        model = self.ema_model()  # collective under FSDP: every rank gathers
+        written = False
+        if self.is_main and not self._exported(model):
+            self._write_model(model)
+            written = True
+        if self.world > 1:  # every rank returns the main rank's answer (and waits for its write)
+            answer = [written]
+            dist.broadcast_object_list(answer, src=0)
+            written = answer[0]
+        return written
+
+    def _exported(self, model: ACDiT) -> bool:
+        """Whether ``<out>/model`` reads back as ``model``: its architecture and exactly its weights."""
+        from safetensors.torch import load_file
+
+        from ardiff.models.checkpoint import WEIGHTS_NAME, load_config
+
+        try:
+            config = load_config(self.model_dir)
+            weights = load_file(str(self.model_dir / WEIGHTS_NAME))
+        except Exception:  # missing, truncated, not JSON, not safetensors (which raises its own error types)
+            return False
+        expected = model.state_dict()
+        return (config == self.run.model and weights.keys() == expected.keys()
+                and all(weights[k].dtype == v.dtype and torch.equal(weights[k], v) for k, v in expected.items()))
+
+    def _write_model(self, model: ACDiT) -> Path:
+        """Write ``model`` beside ``<out>/model`` and rename it into place: a kill midway leaves the old
+        directory or none, never new weights under an old config.json."""
+        from ardiff.models.checkpoint import save_pretrained
+
+        for leftover in [*self.out.glob(".model.tmp-*"), *self.out.glob(".model.old-*")]:  # from killed writes
+            shutil.rmtree(leftover, ignore_errors=True)
         extra = model_record(self.run)
         if self.vae:
             extra["_vae"] = self.vae.to_dict()
-        return save_pretrained(model, self.out / "model", extra_config=extra)
-
-    def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        """Latents -> pixels with the dataset's VAE (identity in pixel space)."""
-        if self.vae is None:
-            return samples
-        if self._vae is None:
-            self._vae = self.vae.load(self.device)
-        with torch.no_grad():
-            return self.vae.decode(self._vae, samples)
+        tmp = self.out / f".model.tmp-{os.getpid()}"
+        save_pretrained(model, tmp, extra_config=extra)
+        replace_directory(tmp, self.model_dir)
+        return self.model_dir
 
     def sample_grid(self) -> Path | None:
         if not self.is_main or self.run.sample.num_images <= 0:
             return None
-        from ardiff.generate.sampler import make_generators, sample
+        from ardiff.generate.pipeline import Pipeline, class_balanced_labels
         from ardiff.utils.media import save_media
 
         model = self.ema_model().to(self.device)
         n = self.run.sample.num_images
-        cond = torch.arange(n) % self.run.model.num_classes if self.run.model.num_classes else None
+        cond = class_balanced_labels(n, self.run.model.num_classes)
         settings = self.run.sample.settings()
         if cond is None:
             settings = settings.but(cfg_scale=1.0)
-        out = sample(model, cond, **settings.sample_kwargs(), generator=make_generators(range(n), self.device),
-                     batch_size=n)
-        out = self.decode(out)
+        if self.vae is not None and self._vae is None:
+            self._vae = self.vae.load(self.device)
+        pipe = Pipeline(model, settings, vae=self._vae, vae_record=self.vae)
+        out = pipe(cond, seeds=range(n))
         path = self.out / "samples" / f"step_{self.step:08d}{'.gif' if out.dim() == 5 else '.png'}"
         path = save_media(out.cpu(), path)
         if self.tb is not None and out.dim() == 4:

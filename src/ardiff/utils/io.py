@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,3 +36,19 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     from safetensors.torch import save
 
     atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
+
+
+def replace_directory(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished directory ``source`` to ``target``, replacing whatever ``target`` holds.
+
+    A directory cannot be renamed over a non-empty one, so the old one is first moved aside: a
+    kill between the two renames leaves ``target`` missing, never a mix of old and new files.
+    """
+    source, target = Path(source), Path(target)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -59,10 +59,12 @@ def chunk_seed(seed: int, index: int) -> int:
     return seed * CHUNK_STRIDE + index
 
 
-def generator(seed: int, device="cpu") -> torch.Generator:
-    return torch.Generator(device).manual_seed(int(seed))
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator("cpu").manual_seed(int(seed))
 
 
-def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
-    """One generator per sample: sample i then does not depend on the rest of the batch."""
-    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample: sample i then does not depend on the rest of the batch,
+    nor on the device the model runs on (the sampler draws noise on the CPU and moves it)."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]

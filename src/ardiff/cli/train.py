@@ -1,0 +1,49 @@
+"""`ardiff train`: train an ACDiT from a run config."""
+
+from __future__ import annotations
+
+from ardiff.cli.common import CommandError, output_dir, positive_int
+
+
+def cmd_train(args) -> int:
+    from ardiff.train import Trainer, load_run_config
+
+    overrides = list(args.set or [])
+    if args.out_dir:
+        overrides.append(f"train.out_dir={args.out_dir}")
+    run = load_run_config(args.config, overrides)
+    trainer = Trainer(run, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if args.resume and trainer.step >= run.train.steps:
+        # A run killed after its last checkpoint but before its export finishes here.
+        if trainer.ensure_exported():  # every rank calls it (the EMA gather is collective under FSDP)
+            if trainer.is_main:
+                print(f"the run in {trainer.out} had finished at step {trainer.step} without a complete model: "
+                      f"exported it from the last checkpoint to {trainer.model_dir}")
+            return 0
+        raise CommandError(f"the run in {trainer.out} already finished at step {trainer.step} (model in "
+                           f"{trainer.model_dir}); nothing was changed. To train on, raise the step count: "
+                           f"--set train.steps=N --resume with N > {trainer.step}")
+    last = trainer.fit(max_steps=args.max_steps)
+    if trainer.is_main:
+        done = trainer.step == run.train.steps
+        loss = f"loss {last['loss']:.4f}" if "loss" in last else "no step logged"
+        print(f"{'finished' if done else 'stopped'} at step {trainer.step}: {loss}; "
+              f"checkpoints in {trainer.ckpt_root}" + (f"; model in {trainer.out / 'model'}" if done else ""))
+    return 0
+
+
+def add_parser(sub) -> None:
+    train = sub.add_parser("train", help="train an ACDiT from a run config (works under torchrun)",
+                           description="Train from a YAML run config (a path or a name in configs/, e.g. fmnist). "
+                                       "Checkpoints are written atomically; --resume continues exactly.\n"
+                                       "Multi-GPU: torchrun --nproc_per_node N -m ardiff.cli train CONFIG.")
+    train.add_argument("config", help="YAML run config path or built-in name (fmnist, moving-fmnist, "
+                                      "imagenet256-B, ...)")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    train.add_argument("--out-dir", type=output_dir, help="shortcut for --set train.out_dir=DIR")
+    train.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
