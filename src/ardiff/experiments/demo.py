@@ -47,9 +47,9 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), device=None) ->
 
     The class grid and the clips shown are the first of the scored samples, so nothing is
     sampled twice."""
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    image_pipe, video_pipe = settings.pipelines(device)
+    image_pipe, video_pipe = settings.pipelines(device)  # bad models or settings fail before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     image = _image_part(out, settings.num_eval, image_pipe, settings.seed)
     video = _video_part(out, settings.num_eval_videos, video_pipe, settings.seed)
     _overview(out)
@@ -81,7 +81,7 @@ def _image_part(out: Path, num_eval: int, pipe: Pipeline, seed: int) -> dict:
           f"of {c.block_size} tokens, {pipe.describe()}")
 
     # Exactness on the real model: the KV-cached loop equals recomputing the context.
-    few = torch.arange(4) % max(c.num_classes, 1) if c.num_classes else None
+    few = torch.arange(4) % c.num_classes if c.num_classes else None
     cached = pipe(few, seeds=range(4))
     uncached = pipe(few, seeds=range(4), use_cache=False)
     exact = (cached - uncached).abs().max().item()

@@ -159,11 +159,6 @@ class Pipeline:
         """The data section the model was trained on (``_data``), if recorded."""
         return self.extras.get("data")
 
-    def with_settings(self, **changes) -> "Pipeline":
-        """The same model, VAE and guide with some settings changed (``None`` keeps one)."""
-        settings = self.settings.but(**changes)
-        return Pipeline(self.model, settings, self.vae, self.vae_record, self.guide, self.extras, self.source)
-
     def describe(self) -> str:
         guide = f", autoguided by {self.guide.source} at {self.guide.scale:g}" if self.guide is not None else ""
         return self.settings.describe() + guide
@@ -245,7 +240,7 @@ class Pipeline:
         if not cond.is_floating_point():
             if not c.num_classes:
                 raise ValueError("this model is not class-conditional: give cond=None (or condition vectors)")
-            bad = sorted({int(k) for k in cond.flatten() if not 0 <= int(k) < c.num_classes})
+            bad = cond[(cond < 0) | (cond >= c.num_classes)].unique().tolist()
             if bad:
                 raise ValueError(f"class ids {bad} out of range: the model has {c.num_classes} classes "
                                  f"(0..{c.num_classes - 1})")

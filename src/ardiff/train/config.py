@@ -95,9 +95,6 @@ class SampleConfig:
     guidance_interval: tuple[float, float] | None = None  # guide only LOW <= t/T <= HIGH (None: every step)
 
     def __post_init__(self):
-        if self.guidance_interval is not None:  # YAML gives a list; recorded as a tuple
-            self.guidance_interval = tuple(self.guidance_interval) if isinstance(self.guidance_interval, list) \
-                else self.guidance_interval
         self.settings()  # every setting is checked once, by SamplingSettings; errors name the section
 
     def settings(self):
