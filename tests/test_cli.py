@@ -133,7 +133,7 @@ def test_guidance_interval_in_a_run_config_is_checked_and_recorded(tmp_path):
     from ardiff.train.trainer import model_record
 
     raw = {"model": {"preset": "tiny"}, "sample": {"guidance_interval": [0.1, 0.7]}}
-    assert model_record(build_run_config(raw))["_sampling"]["guidance_interval"] == (0.1, 0.7)
+    assert model_record(build_run_config(raw))["_sampling"]["guidance_interval"] == [0.1, 0.7]
     for bad in ([0.7, 0.1], [0.5]):
         with pytest.raises(ValueError, match=r"sample: guidance_interval=.* must be \(low, high\)"):
             build_run_config({**raw, "sample": {"guidance_interval": bad}})

@@ -94,7 +94,7 @@ def test_reference_clips_move_like_the_training_clips():
 
 
 def test_shipped_models_record_valid_sampling_settings_and_data():
-    for name in ("fmnist", "moving-fmnist", "moving-fmnist-16", "moving-fmnist-16-dit"):
+    for name in ("fmnist", "fmnist-fast", "moving-fmnist", "moving-fmnist-16", "moving-fmnist-16-dit"):
         SamplingSettings.recorded(resolve_model_dir(name))  # raises on an unknown key or sampler
         assert load_extras(resolve_model_dir(name))["data"]["name"] in ("fashion_mnist", "moving_fashion_mnist")
 

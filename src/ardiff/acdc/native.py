@@ -9,14 +9,15 @@ is k blocks (the paper's video experiment: L frames corrected as one clip).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ardiff.acdc.base import ARM, ChunkCallback, Correction, Corrector, check_frames
 from ardiff.acdc.sdedit import sdedit_schedule
+from ardiff.data.class_prompts import FMNIST_PROMPT_NAMES, ClassPrompts
+from ardiff.generate.context import block_to_frames, frames_to_block
 from ardiff.generate.pipeline import Pipeline
 from ardiff.generate.sampler import BlockEvent, sample
 from ardiff.generate.settings import SamplingSettings
@@ -26,36 +27,6 @@ from ardiff.models.acdit import ACDiT
 # ---------------------------------------------------------------------------
 #                     Prompts -> conditions for class-conditional models
 # ---------------------------------------------------------------------------
-class ClassPrompts:
-    """Maps a prompt to the class whose name it mentions ("a photo of a sneaker" -> 7).
-
-    Longest name first, case-insensitive, on word boundaries. A prompt naming no class is an
-    error that lists the names, or, with ``allow_none``, None: the null class, the model's
-    unconditional mode (trained by class dropout), so an ARM block then follows its context.
-    """
-
-    def __init__(self, class_names: Sequence[str], allow_none: bool = False):
-        self.class_names = list(class_names)
-        self.allow_none = allow_none
-        order = sorted(range(len(self.class_names)), key=lambda k: -len(self.class_names[k]))
-        self._patterns = [(k, re.compile(rf"(?<!\w){re.escape(self.class_names[k].lower())}s?(?!\w)"))
-                          for k in order]
-
-    def __call__(self, prompt: str) -> int | None:
-        text = prompt.lower()
-        for k, pattern in self._patterns:
-            if pattern.search(text):
-                return k
-        if self.allow_none:
-            return None
-        raise ValueError(f"prompt {prompt!r} names none of the model's classes: {', '.join(self.class_names)}")
-
-
-# Fashion-MNIST class names as a prompt would say them ("T-shirt/top" -> "t-shirt").
-FMNIST_PROMPT_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                       "ankle boot")
-
-
 def default_prompt_to_cond(model: ACDiT, allow_none: bool = False) -> Callable[[str], Any]:
     if model.config.num_classes == 10:
         return ClassPrompts(FMNIST_PROMPT_NAMES, allow_none=allow_none)
@@ -184,24 +155,6 @@ class ACDiTARM(ARM):
                                                                                  self.frames_per_block))
         blocks = frames_to_block(self.model, per_block)
         return blocks[0] if self.chunk_blocks == 1 else blocks
-
-
-def block_to_frames(model: ACDiT, blocks: torch.Tensor) -> torch.Tensor:
-    """(B, S, P) whole-frame blocks of a video ACDiT -> (B, k, C, H, W). Raster frame blocks
-    are alike up to their offset, so any block decodes as if it were block 0."""
-    c = model.config
-    padded = blocks.new_zeros(blocks.shape[0], c.num_blocks, c.block_size, c.patch_dim)
-    padded[:, 0] = blocks
-    k = c.block_size // c.tokens_per_frame
-    return model.from_blocks(padded)[:, :, :k].transpose(1, 2)
-
-
-def frames_to_block(model: ACDiT, frames: torch.Tensor) -> torch.Tensor:
-    """(B, k, C, H, W) -> (B, S, P): the inverse of :func:`block_to_frames`."""
-    c = model.config
-    video = frames.new_zeros(frames.shape[0], c.in_channels, *c.input_size)
-    video[:, :, : frames.shape[1]] = frames.transpose(1, 2)
-    return model.to_blocks(video)[:, 0]
 
 
 # ---------------------------------------------------------------------------

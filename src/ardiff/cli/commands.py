@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ardiff.cli import acdc, bench, demo, evaluation, experiments, latents, models, sample, train, world
+from ardiff.cli import acdc, bench, demo, evaluation, experiments, latents, models, sample, stream, train, world
 from ardiff.cli.common import Parser, leaf_parsers, run_command
 
 __all__ = ["build_parser", "main"]
@@ -21,13 +21,14 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ardiff", description="Autoregressive diffusion on images and video: ACDiT (block-wise "
                     "autoregressive diffusion), ACDC (diffusion correction of autoregressive generators) and the "
-                    "two joined.\n\nShipped models: fmnist, moving-fmnist, moving-fmnist-16, moving-fmnist-16-dit, "
-                    "story-arm, story-corrector (a name or a model directory works wherever a model is asked for).")
+                    "two joined.\n\nShipped models: fmnist, fmnist-fast (its few-step student), moving-fmnist, "
+                    "moving-fmnist-16, moving-fmnist-16-dit, story-arm, story-corrector (a name or a model directory "
+                    "works wherever a model is asked for).")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or set "
                                                              "ARDIFF_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `ardiff --help` lists the commands.
-    for module in (demo, train, sample, models, evaluation, experiments, acdc, world, latents, bench):
+    for module in (demo, train, sample, stream, models, evaluation, experiments, acdc, world, latents, bench):
         module.add_parser(sub)
 
     for leaf in leaf_parsers(parser):

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 # Sampler names (ardiff.diffusion.SAMPLERS), listed here so that `--help` does not import torch.
-SAMPLER_CHOICES = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver++-karras", "sde-dpmsolver++-karras", "ddim", "ddpm")
+SAMPLER_CHOICES = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver++-karras", "sde-dpmsolver++-karras", "ddim", "ddpm",
+                   "consistency")
 DEBUG_ENV = "ARDIFF_DEBUG"
 
 

@@ -60,6 +60,12 @@ def cmd_analyze(args) -> int:
             kwargs["overrides"] = list(args.set)
     elif args.steps is not None or args.set:
         raise CommandError("--steps and --set apply to block-size only")
+    if args.which == "steps":
+        if not (args.teacher and args.student):
+            raise CommandError("steps needs --teacher and --student (e.g. --teacher fmnist --student fmnist-fast)")
+        kwargs.update(teacher=args.teacher, student=args.student, num=args.num, seed=args.seed)
+    elif args.teacher or args.student:
+        raise CommandError("--teacher and --student apply to steps only")
     analyses.main(args.which, Path(args.out), quick=args.quick, **kwargs)
     return 0
 
@@ -94,8 +100,10 @@ def add_parser(sub) -> None:
                          description="block-size: train the fmnist recipe once per autoregressive length with the "
                                      "same budget and plot FID-FMNIST (paper Fig. 7; ~40 min on 2 cores).\n"
                                      "inference-time: sampling time vs autoregressive length, with and without the "
-                                     "KV cache, next to the FLOP model (paper Fig. 8; a few minutes).")
-    ana.add_argument("which", choices=("block-size", "inference-time"))
+                                     "KV cache, next to the FLOP model (paper Fig. 8; a few minutes).\n"
+                                     "steps: quality against steps, a few-step student at 1, 2 and 4 steps beside "
+                                     "its teacher's own solver at 4, 8 and 25 (what distillation buys).")
+    ana.add_argument("which", choices=("block-size", "inference-time", "steps"))
     ana.add_argument("--out", type=output_dir, default="out/analysis", help="directory for the JSON and PNG")
     ana.add_argument("--ar-lengths", type=_ar_lengths,
                      help="comma-separated numbers of blocks (default: 1,2,4,8,16,64 / 1..64)")
@@ -103,4 +111,8 @@ def add_parser(sub) -> None:
     ana.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                      help="block-size: extra run-config override for every run (e.g. train.compile=true)")
     ana.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline end to end")
+    ana.add_argument("--teacher", help="steps: the teacher (sampled with its own solver at 4, 8 and 25 steps)")
+    ana.add_argument("--student", help="steps: its few-step student (sampled at 1, 2 and 4 steps)")
+    ana.add_argument("--num", type=positive_int, default=1000, help="steps: samples per point (default: 1000)")
+    ana.add_argument("--seed", type=nonnegative_int, default=0, help="steps: first seed (default: 0)")
     ana.set_defaults(func=cmd_analyze)

@@ -6,13 +6,27 @@ from ardiff.cli.common import CommandError, output_dir, positive_int
 
 
 def cmd_train(args) -> int:
-    from ardiff.train import Trainer, load_run_config
+    from ardiff.train import load_run_config
 
     overrides = list(args.set or [])
     if args.out_dir:
         overrides.append(f"train.out_dir={args.out_dir}")
-    run = load_run_config(args.config, overrides)
-    trainer = Trainer(run, resume=args.resume, device=args.device, progress=not args.no_progress)
+    return _run(load_run_config(args.config, overrides), args)
+
+
+def cmd_distill(args) -> int:
+    from ardiff.train import load_run_config
+
+    overrides = [f"distill.teacher={args.teacher}", *(args.set or [])]
+    if args.out_dir:
+        overrides.append(f"train.out_dir={args.out_dir}")
+    return _run(load_run_config(args.config, overrides), args)
+
+
+def _run(run, args) -> int:
+    from ardiff.train import make_trainer
+
+    trainer = make_trainer(run, resume=args.resume, device=args.device, progress=not args.no_progress)
     if args.resume and trainer.step >= run.train.steps:
         # A run killed after its last checkpoint but before its export finishes here.
         if trainer.ensure_exported():  # every rank calls it (the EMA gather is collective under FSDP)
@@ -44,6 +58,28 @@ def add_parser(sub) -> None:
     train.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
     train.add_argument("--out-dir", type=output_dir, help="shortcut for --set train.out_dir=DIR")
     train.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
-    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_flags(train)
     train.set_defaults(func=cmd_train)
+
+    distill = sub.add_parser("distill", help="distil a model into a few-step student (a training run)",
+                             description="Distil TEACHER into a student that samples a block in 1-4 steps with its "
+                                         "guidance built in: the teacher's ODE trajectories (drawn once into "
+                                         "RUN/trajectories), then a training run from the teacher's weights with "
+                                         "all of `ardiff train`'s machinery (--resume, checkpoints, torchrun). The "
+                                         "student records its sampler: `ardiff sample RUN/model` needs no flags.")
+    distill.add_argument("teacher", help="the model to distil: a shipped name (fmnist, moving-fmnist) or a model "
+                                         "directory")
+    distill.add_argument("--config", required=True, help="YAML distill config (a path or a name in configs/, e.g. "
+                                                         "distill-fmnist)")
+    distill.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                         help="override a config value, e.g. --set train.steps=500 (repeatable)")
+    distill.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    distill.add_argument("--out-dir", type=output_dir, help="the run directory (train.out_dir)")
+    distill.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
+    _add_run_flags(distill)
+    distill.set_defaults(func=cmd_distill)
+
+
+def _add_run_flags(parser) -> None:
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

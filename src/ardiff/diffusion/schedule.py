@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 
 
 def scheduler_config(model_config) -> dict:
@@ -19,7 +19,7 @@ def scheduler_config(model_config) -> dict:
         beta_start=model_config.beta_start,
         beta_end=model_config.beta_end,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type=model_config.prediction_type,
     )
 
 
@@ -44,6 +44,11 @@ SAMPLERS = {
                                dict(algorithm_type="sde-dpmsolver++", solver_order=2, use_karras_sigmas=True)),
     "ddim": (DDIMScheduler, dict(clip_sample=False)),
     "ddpm": (DDPMScheduler, dict(clip_sample=False)),
+    # The few-step students' sampler (multistep consistency sampling, diffusers' LCM
+    # scheduler): each step predicts the clean block and re-noises it with fresh noise to the
+    # next timestep. ``original_inference_steps=num_train_timesteps`` lets any timestep be
+    # one of a student's (SamplingSettings.timesteps).
+    "consistency": (LCMScheduler, dict(clip_sample=False, original_inference_steps=1000)),
 }
 DEFAULT_SAMPLER = "dpmsolver++"
 PIXEL_RANGE = 1.0  # pixel-space data lives in [-1, 1]
@@ -67,6 +72,8 @@ def sampling_scheduler(model_config, sampler: str = DEFAULT_SAMPLER, clip_denois
     by 1.
     """
     cls, kwargs = SAMPLERS[check_sampler(sampler)]
+    if cls is LCMScheduler:
+        kwargs = dict(kwargs, original_inference_steps=model_config.num_train_timesteps)
     if clip_denoised:
         # DPM-Solver's thresholding with a maximum of 1 is a plain clip to [-1, 1].
         kwargs = (dict(kwargs, thresholding=True, sample_max_value=PIXEL_RANGE) if cls is DPMSolverMultistepScheduler
@@ -193,7 +200,7 @@ def timestep_loss_weights(alphas_cumprod: torch.Tensor, weighting: str = "unifor
 class DiffusionLoss(torch.nn.Module):
     """The training objective as a module, so DDP/FSDP wrappers see one ``forward``.
 
-    Epsilon-prediction MSE over the noisy half; timesteps per sample and per block, each
+    Epsilon- (or v-) prediction MSE over the noisy half; timesteps per sample and per block, each
     (sample, block) MSE optionally weighted by its timestep (:func:`timestep_loss_weights`)
     and by its block.
     """
@@ -215,20 +222,26 @@ class DiffusionLoss(torch.nn.Module):
             if not (w == w[0]).all():  # equal weights: the plain mean, bit for bit
                 self.block_weights = (w / w.mean()).to(model.device)  # on the model's device: no copy per step
 
-    def _prediction(self, x, cond, t, noise, drop=None) -> torch.Tensor:
-        """The model's epsilon prediction for every block, (B, T, S, P)."""
+    def _prediction(self, x, cond, t, noise, drop=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's prediction for every block and its target, each (B, T, S, P): the noise
+        (epsilon models) or ``sqrt(a) noise - sqrt(1 - a) x0`` (v-prediction models)."""
         model = self.model
         x0 = model.to_blocks(x)
         x_t = model.from_blocks(self.schedule.add_noise(x0, noise.to(x0.dtype), t))
-        return model.to_blocks(model(x_t, t, cond, x, drop_cond=drop))
+        prediction = model.to_blocks(model(x_t, t, cond, x, drop_cond=drop)).float()
+        if model.config.prediction_type == "epsilon":
+            return prediction, noise.float()
+        ab = self.schedule.alphas_cumprod.to(x0.device)[t].float()[..., None, None]
+        return prediction, ab.sqrt() * noise.float() - (1 - ab).sqrt() * x0.float()
 
     def per_item(self, x, cond, t, noise, drop=None) -> torch.Tensor:
-        """The unweighted epsilon MSE of every (sample, block), (B, T): what ``forward`` weighs."""
-        return (self._prediction(x, cond, t, noise, drop).float() - noise.float()).square().mean(dim=(2, 3))
+        """The unweighted MSE of every (sample, block), (B, T): what ``forward`` weighs."""
+        prediction, target = self._prediction(x, cond, t, noise, drop)
+        return (prediction - target).square().mean(dim=(2, 3))
 
     def forward(self, x, cond, t, noise, drop=None):
         if self.block_weights is None and self.timestep_weights is None:
-            return F.mse_loss(self._prediction(x, cond, t, noise, drop).float(), noise.float())
+            return F.mse_loss(*self._prediction(x, cond, t, noise, drop))
         per_item = self.per_item(x, cond, t, noise, drop)  # (B, T)
         if self.timestep_weights is not None:
             per_item = per_item * self.timestep_weights.to(per_item.device)[t]

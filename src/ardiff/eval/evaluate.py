@@ -99,7 +99,10 @@ def sampling_record(pipe: Pipeline, seed: int) -> dict:
     """What a score was sampled with, for its JSON: every setting, the guide, the seed."""
     s = pipe.settings
     record = {"cfg_scale": s.cfg_scale, "num_steps": s.num_steps, "sampler": s.sampler,
-              "clip_denoised": s.clip_denoised, "guidance_interval": list(s.guidance_interval or (0.0, 1.0))}
+              "clip_denoised": s.clip_denoised, "guidance_interval": list(s.guidance_interval or (0.0, 1.0)),
+              "evaluations_per_block": s.evaluations_per_block(pipe.config)}
+    if s.timesteps is not None:
+        record["timesteps"] = s.step_timesteps
     if s.history_scale != 1.0:
         record["history_scale"] = s.history_scale
     if pipe.guide is not None:

@@ -209,6 +209,71 @@ def plot_block_size(result: dict, path: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------
+#         Quality against steps: what few-step distillation buys
+# ---------------------------------------------------------------------------
+HEADLINE = {False: ("fid_fmnist", "class_accuracy"), True: ("fid_fmnist_frames", "class_accuracy_frames")}
+
+
+def quality_vs_steps(teacher: str, student: str, student_steps=(1, 2, 4), teacher_steps=(4, 8, 25),
+                     num: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """The student at ``student_steps`` and the teacher's own recorded solver (its sampler,
+    guidance and interval) at ``teacher_steps``, on the same seeds, each scored like ``ardiff
+    eval`` (the real-data floor once, at the same N)."""
+    from ardiff.eval.evaluate import evaluate
+
+    rows, floor = [], None
+    for role, name, steps_list in (("student", student, student_steps), ("teacher", teacher, teacher_steps)):
+        for steps in steps_list:
+            pipe = Pipeline.from_pretrained(name, device="cpu", num_steps=steps)
+            metrics = evaluate(pipe, num, seed, progress=progress, real_floor=floor is None)
+            floor = floor or {k: v for k, v in metrics.items() if k.endswith("_floor")}
+            rows.append({"role": role, "model": name, "steps": steps, "settings": pipe.settings.describe(),
+                         "evaluations_per_block": pipe.settings.evaluations_per_block(pipe.config),
+                         **{k: v for k, v in metrics.items() if not k.endswith("_floor")}})
+            if progress:
+                fid, acc = HEADLINE[pipe.config.is_video]
+                print(f"{name} at {steps} steps ({rows[-1]['evaluations_per_block']} evaluations per block): "
+                      f"{fid} {metrics[fid]:.2f}, {acc} {100 * metrics[acc]:.1f}%, "
+                      f"{metrics['seconds_per_sample']:.3f} s per sample")
+    return {"teacher": teacher, "student": student, "num": num, "seed": seed, "floor": floor, "rows": rows}
+
+
+def plot_quality_vs_steps(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    video = "fid_fmnist_frames" in rows[0]
+    fid, acc = HEADLINE[video]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for role, style in (("teacher", "o-"), ("student", "s-")):
+        part = [r for r in rows if r["role"] == role]
+        label = f"{part[0]['model']} ({'its own solver' if role == 'teacher' else 'few-step student'})"
+        x = [r["evaluations_per_block"] for r in part]
+        axes[0].plot(x, [r[fid] for r in part], style, label=label)
+        axes[1].plot(x, [100 * r[acc] for r in part], style, label=label)
+        for r in part:
+            axes[0].annotate(f"{r['steps']}", (r["evaluations_per_block"], r[fid]), textcoords="offset points",
+                             xytext=(4, 4), fontsize=8)
+    floor = (result.get("floor") or {}).get(f"{fid}_floor")
+    if floor is not None:
+        axes[0].axhline(floor, color="grey", ls=":", label=f"real-data floor {floor:.1f}")
+    for ax, name in ((axes[0], f"{fid} (lower is better)"), (axes[1], f"{acc} (%)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("model evaluations per block (labels: steps)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Quality against steps: N = {result['num']}, seeds {result['seed']}..", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(which: str, out: Path, quick: bool = False, **kwargs) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,8 +289,11 @@ def main(which: str, out: Path, quick: bool = False, **kwargs) -> dict:
                       "overrides": ["model.depth=1", "model.hidden_size=32", "model.num_heads=1"], **kwargs}
         result = block_size_tradeoff(out, **kwargs)
         plot = plot_block_size(result, out / "block_size.png")
+    elif which == "steps":
+        result = quality_vs_steps(**kwargs)
+        plot = plot_quality_vs_steps(result, out / "steps.png")
     else:
-        raise ValueError(f"unknown analysis {which!r}; use inference-time or block-size")
+        raise ValueError(f"unknown analysis {which!r}; use inference-time, block-size or steps")
     (out / f"{which.replace('-', '_')}.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / (which.replace('-', '_') + '.json')} and {plot}")
     return result

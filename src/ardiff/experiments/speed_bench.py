@@ -125,6 +125,54 @@ def bench_context_pass(batch_size: int = 8, num_steps: int = 25, cfg_scale: floa
     return out
 
 
+# ---------------------------------------------------------------------------
+#            Shipped models: teachers beside their few-step students
+# ---------------------------------------------------------------------------
+TEACHER_STUDENT_PAIRS = (("fmnist", "fmnist-fast"), ("moving-fmnist", "moving-fmnist-fast"))
+
+
+def step_groups(settings: SamplingSettings, config) -> list[int]:
+    """Noisy groups of every step of a block: 2 where guidance runs, else 1."""
+    scheduler = settings.scheduler(config)
+    settings.set_timesteps(scheduler)
+    return [2 if settings.guided and settings.guided_at(t, config.num_train_timesteps) else 1
+            for t in scheduler.timesteps]
+
+
+def bench_model(name: str, peak_gflops: float, batch_size: int | None = None, repeats: int = 1) -> dict:
+    """A model sampled as recorded: evaluations per block, images (or frames) per second, and the
+    achieved FLOP/s as a fraction of ``peak_gflops``."""
+    from ardiff.generate.pipeline import class_balanced_labels
+
+    pipe = Pipeline.from_pretrained(name, device="cpu")
+    cfg, settings = pipe.model.config, pipe.settings
+    batch_size = batch_size or (8 if cfg.is_video else 64)
+    y = class_balanced_labels(batch_size, cfg.num_classes)
+    dt = _timeit(lambda: pipe(y, seeds=range(batch_size)), repeats)
+    flops = sampling_flops(cfg, batch_size, settings.num_steps, settings.guided, groups=step_groups(settings, cfg))
+    frames = cfg.input_size[0] if cfg.is_video else 1
+    return {"model": name, "settings": settings.describe(), "evaluations_per_block":
+            settings.evaluations_per_block(cfg), "batch_size": batch_size, "seconds": dt,
+            "samples_per_s": batch_size / dt, "frames_per_s": batch_size * frames / dt, "video": cfg.is_video,
+            "achieved_gflops": flops / dt / 1e9, "fraction_of_peak": flops / dt / 1e9 / peak_gflops}
+
+
+def bench_teacher_student(peak_gflops: float, pairs=TEACHER_STUDENT_PAIRS, repeats: int = 1) -> list[dict]:
+    """Each installed teacher and its student, measured one after the other in this run."""
+    from ardiff.models.resolve import resolve_model_dir
+
+    rows = []
+    for teacher, student in pairs:
+        try:
+            resolve_model_dir(teacher), resolve_model_dir(student)
+        except FileNotFoundError:
+            continue
+        a = bench_model(teacher, peak_gflops, repeats=repeats)
+        b = bench_model(student, peak_gflops, repeats=repeats)
+        rows.append({"teacher": a, "student": b, "speedup": b["samples_per_s"] / a["samples_per_s"]})
+    return rows
+
+
 def run_all(quick: bool = False) -> dict:
     peak = matmul_peak()
     result = {
@@ -145,6 +193,7 @@ def run_all(quick: bool = False) -> dict:
     result["block_latency_b8_5steps_cfg1.5"] = bench_block_latency(blocks=(1, 4, 16) if quick else (1, 2, 4, 8, 16))
     if not quick:
         result["context_pass_8x4blocks_25steps"] = bench_context_pass()
+    result["teacher_student"] = bench_teacher_student(peak["gflops"])
     return result
 
 
@@ -178,3 +227,19 @@ def _print_table(r: dict) -> None:
     if "context_pass_8x4blocks_25steps" in r:
         c = r["context_pass_8x4blocks_25steps"]
         print(f"context pass: ride {c['ride_seconds']:.2f} s, separate {c['separate_seconds']:.2f} s")
+    print_teacher_student(r.get("teacher_student", []))
+
+
+def print_teacher_student(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("shipped teachers and their few-step students (as recorded, CPU, one run):")
+    print("  model                 evals/block  batch  seconds   images/s  frames/s  % of peak  speed-up")
+    for row in rows:
+        for role in ("teacher", "student"):
+            m = row[role]
+            speedup = f"{row['speedup']:7.1f}x" if role == "student" else ""
+            print(f"  {m['model']:<20}  {m['evaluations_per_block']:11d}  {m['batch_size']:5d}  {m['seconds']:7.2f}  "
+                  f"{'' if m['video'] else format(m['samples_per_s'], '9.1f'):>9}  "
+                  f"{format(m['frames_per_s'], '8.1f') if m['video'] else '':>8}  "
+                  f"{100 * m['fraction_of_peak']:9.1f}  {speedup}")

@@ -79,3 +79,21 @@ def blocks_to_input(model, blocks: torch.Tensor) -> torch.Tensor:
     chunks = [model.from_blocks(c) for c in blocks.split(T, dim=1)]
     frames = (N * cfg.block_size) // cfg.tokens_per_frame
     return torch.cat(chunks, dim=2)[:, :, :frames]
+
+
+def block_to_frames(model, blocks: torch.Tensor) -> torch.Tensor:
+    """(B, S, P) whole-frame blocks of a video ACDiT -> (B, k, C, H, W). Raster frame blocks
+    are alike up to their offset, so any block decodes as if it were block 0."""
+    c = model.config
+    padded = blocks.new_zeros(blocks.shape[0], c.num_blocks, c.block_size, c.patch_dim)
+    padded[:, 0] = blocks
+    k = c.block_size // c.tokens_per_frame
+    return model.from_blocks(padded)[:, :, :k].transpose(1, 2)
+
+
+def frames_to_block(model, frames: torch.Tensor) -> torch.Tensor:
+    """(B, k, C, H, W) -> (B, S, P): the inverse of :func:`block_to_frames`."""
+    c = model.config
+    video = frames.new_zeros(frames.shape[0], c.in_channels, *c.input_size)
+    video[:, :, : frames.shape[1]] = frames.transpose(1, 2)
+    return model.to_blocks(video)[:, 0]

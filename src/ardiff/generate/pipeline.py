@@ -48,6 +48,22 @@ def class_balanced_labels(num: int, num_classes: int) -> torch.Tensor | None:
     return torch.arange(num) % num_classes if num_classes else None
 
 
+def check_student_guidance(distillation: dict | None, settings: SamplingSettings, guide, source: str = "") -> None:
+    """A few-step student has its teacher's guidance distilled into its weights and samples with one
+    branch; guiding it again (CFG or autoguidance) would run an unconditional branch it was never
+    trained for. Raise, saying what it does instead."""
+    if not distillation or not (settings.guided or guide is not None or settings.history_scale != 1.0):
+        return
+    name = Path(source).name if source else "this model"
+    asked = (f"cfg_scale={settings.cfg_scale:g}" if settings.guided else
+             "history guidance" if settings.history_scale != 1.0 else "autoguidance")
+    teacher = distillation.get("teacher", "its teacher")
+    raise ValueError(f"{name} is a few-step student with its teacher's classifier-free guidance (CFG "
+                     f"{distillation.get('teacher_cfg_scale', '?')}) distilled into its weights: it samples guided "
+                     f"with one branch, and {asked} would add a branch it was never trained for. Sample it without "
+                     f"guidance flags (cfg 1), or sample the teacher {teacher} at any scale")
+
+
 class Pipeline:
     """A model, its sampling settings, its VAE and its guide.
 
@@ -70,6 +86,7 @@ class Pipeline:
             if not guide.scale > 1.0:
                 raise ValueError(f"guide_scale={guide.scale:g} must be > 1 with a guide model (e.g. 2)")
             check_guide_model(model, guide.model)
+        check_student_guidance((extras or {}).get("distillation"), settings, guide, source)
         self.model = model.eval()
         self.settings = settings
         self.vae, self.vae_record = vae, vae_record

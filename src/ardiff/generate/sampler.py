@@ -32,7 +32,8 @@ from ardiff.generate.cache import KVCache
 from ardiff.generate.context import blocks_to_input, check_frame_blocks, context_schedule, update_context
 from ardiff.generate.settings import SamplingSettings
 
-__all__ = ["Autoguide", "BlockEvent", "BlockHook", "HistoryGuide", "check_guide_model", "draw_noise", "sample"]
+__all__ = ["Autoguide", "BlockEvent", "BlockHook", "HistoryGuide", "StepEvent", "StepHook", "check_guide_model",
+           "draw_noise", "sample"]
 
 
 @dataclass
@@ -47,6 +48,19 @@ class BlockEvent:
 
 
 BlockHook = Callable[[BlockEvent], "torch.Tensor | None"]
+
+
+@dataclass
+class StepEvent:
+    """Passed to ``on_step`` before each denoising step of block ``index``."""
+
+    index: int
+    step: int  # 0 .. num_steps - 1
+    timestep: int
+    x: torch.Tensor  # (B, S, P) the noisy block at ``timestep``, as the model is about to see it
+
+
+StepHook = Callable[[StepEvent], None]
 
 
 # ---------------------------------------------------------------------------
@@ -114,6 +128,13 @@ def _prepare_scheduler(cfg, settings: SamplingSettings, scheduler):
     if settings.clip_denoised:
         raise ValueError("clip_denoised=True needs a sampler given by name; set clipping on the scheduler "
                          "object instead (thresholding / clip_sample in its config)")
+    return scheduler
+
+
+def _fresh_scheduler(base, settings: SamplingSettings, device):
+    """A copy of ``base`` set to the settings' steps: every block starts the schedule afresh."""
+    scheduler = copy.deepcopy(base)
+    settings.set_timesteps(scheduler, device)
     return scheduler
 
 
@@ -265,7 +286,7 @@ def sample(model, cond: torch.Tensor | None = None, settings: SamplingSettings |
            context_pass: str = "ride", on_block_end: BlockHook | None = None, batch_size: int | None = None,
            progress: bool = False, output: str = "input", num_blocks: int | None = None, window: int | None = None,
            sink_blocks: int = 0, prefix: torch.Tensor | None = None, guide_model=None,
-           guide_scale: float = 1.0) -> torch.Tensor:
+           guide_scale: float = 1.0, on_step: StepHook | None = None) -> torch.Tensor:
     """Generate samples block by block.
 
     cond: class labels (B,) or (B, N), condition vectors (B, E) or (B, N, E), or None.
@@ -291,6 +312,7 @@ def sample(model, cond: torch.Tensor | None = None, settings: SamplingSettings |
         earlier call for blocks 0..K-1 continues its random stream exactly.
     guide_model, guide_scale: autoguidance: guided steps also add ``(guide_scale - 1) (m(c) -
         g(c))`` for a weaker model g of the same layout (see :class:`Autoguide`).
+    on_step: called with a :class:`StepEvent` before every step (a trajectory's states); read only.
 
     Guidance interval (``settings.guidance_interval``): guidance applies only at steps with
     ``low <= t / num_train_timesteps <= high``; the other steps run the conditional branch
@@ -327,12 +349,13 @@ def sample(model, cond: torch.Tensor | None = None, settings: SamplingSettings |
             for guide in guides:
                 guide.update_context(blocks, i, context, cached)
             cached = context
-        sched = copy.deepcopy(base_scheduler)
-        sched.set_timesteps(settings.num_steps, device=device)
+        sched = _fresh_scheduler(base_scheduler, settings, device)
         x = draw_noise((B, S, P), generator, device, dtype) * sched.init_noise_sigma
         group_emb = _group_conditions(cond_emb, null_emb, i)
         timesteps = sched.timesteps
         for k, t in enumerate(timesteps):
+            if on_step is not None:
+                on_step(StepEvent(i, k, int(t), x))
             x_in = sched.scale_model_input(x, t)
             in_interval = settings.guided_at(t, cfg.num_train_timesteps)
             step_guided = guided and in_interval

@@ -28,6 +28,10 @@ class SamplingSettings:
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1] (pixel-space models only)
     history_scale: float = 1.0  # history guidance, video models with whole-frame blocks (1 = off)
     guidance_interval: tuple[float, float] | None = None  # guide only LOW <= t/T <= HIGH (None: every step)
+    # The timesteps a few-step student was distilled at (sampler "consistency"), highest first;
+    # num_steps < len(timesteps) samples at an evenly spaced subset (4 -> 2: the 1st and 3rd).
+    # DPM-Solver takes them too (a teacher's ODE through a student's timesteps).
+    timesteps: tuple[int, ...] | None = None
 
     def __post_init__(self):
         check_sampler(self.sampler)
@@ -39,6 +43,7 @@ class SamplingSettings:
             raise ValueError(f"history_scale={self.history_scale!r} must be >= 1 (1 = off; e.g. 1.5)")
         if not isinstance(self.clip_denoised, bool):
             raise ValueError(f"clip_denoised={self.clip_denoised!r} must be true or false")
+        object.__setattr__(self, "timesteps", check_timesteps(self.timesteps, self.sampler, self.num_steps))
         interval = check_guidance_interval(self.guidance_interval)
         # (0, 1) guides every step: stored as None, so it reads (and records) as "no interval"
         object.__setattr__(self, "guidance_interval", None if interval == (0.0, 1.0) else interval)
@@ -75,6 +80,10 @@ class SamplingSettings:
         """The settings as recorded in ``_sampling`` (JSON types)."""
         d = dataclasses.asdict(self)
         d["guidance_interval"] = None if self.guidance_interval is None else list(self.guidance_interval)
+        if self.timesteps is None:
+            del d["timesteps"]  # records of samplers that take none stay as they were
+        else:
+            d["timesteps"] = list(self.timesteps)
         return d
 
     # -- what they mean ----------------------------------------------------------
@@ -93,6 +102,31 @@ class SamplingSettings:
     def scheduler(self, model_config):
         return sampling_scheduler(model_config, self.sampler, self.clip_denoised)
 
+    @property
+    def step_timesteps(self) -> list[int] | None:
+        """The timesteps this many steps visit (an evenly spaced subset of ``timesteps``), or
+        None to let the sampler space ``num_steps`` itself."""
+        if self.timesteps is None:
+            return None
+        K, n = len(self.timesteps), self.num_steps
+        return [self.timesteps[i * K // n] for i in range(n)]
+
+    def set_timesteps(self, scheduler, device=None) -> None:
+        """Set a (fresh) diffusers scheduler to the steps of these settings."""
+        if self.timesteps is None:
+            scheduler.set_timesteps(self.num_steps, device=device)
+        else:
+            scheduler.set_timesteps(timesteps=self.step_timesteps, device=device)
+
+    def evaluations_per_block(self, model_config) -> int:
+        """Model evaluations per block: one per step, two on the guided steps (the steps inside
+        the guidance interval)."""
+        if not self.guided:
+            return self.num_steps
+        scheduler = self.scheduler(model_config)
+        self.set_timesteps(scheduler)
+        return self.num_steps + sum(self.guided_at(t, model_config.num_train_timesteps) for t in scheduler.timesteps)
+
     def check_for(self, model_config, latent: bool = False, source: str = "") -> None:
         """Raise unless a model of ``model_config`` can be sampled with these settings: guidance
         needs a conditional model, history guidance whole-frame video blocks, clipping pixels."""
@@ -107,6 +141,10 @@ class SamplingSettings:
                 check_frame_blocks(model_config, "history guidance (history_scale)")
             except ValueError as e:
                 raise ValueError(f"{where}{e}; use history_scale=1 for this model") from None
+        if self.timesteps is not None and max(self.timesteps) >= model_config.num_train_timesteps:
+            T = model_config.num_train_timesteps
+            raise ValueError(f"{where}timesteps {list(self.timesteps)} reach past the model's {T} training timesteps "
+                             f"(0..{T - 1})")
         if latent and self.clip_denoised:
             raise ValueError(f"{where}clip_denoised clips to the pixel range [-1, 1]; this model generates VAE "
                              f"latents: use clip_denoised=False")
@@ -119,12 +157,13 @@ class SamplingSettings:
         levels = " on Karras noise levels" if self.sampler.endswith(KARRAS_SUFFIX) else ""
         history = f", history guidance {self.history_scale:g}" if self.history_scale != 1.0 else ""
         clip = ", predicted clean samples clipped to [-1, 1]" if self.clip_denoised else ""
-        return (f"{self.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{levels}, "
+        at = "" if self.timesteps is None else f" (t = {', '.join(map(str, self.step_timesteps))})"
+        return (f"{self.num_steps} {SAMPLER_NAMES.get(solver, solver)} steps per block{at}{levels}, "
                 f"CFG {self.cfg_scale:g}{describe_interval(self.guidance_interval)}{history}{clip}")
 
 
 SAMPLER_NAMES = {"dpmsolver++": "DPM-Solver++ (ODE)", "sde-dpmsolver++": "SDE-DPM-Solver++", "ddim": "DDIM",
-                 "ddpm": "DDPM"}
+                 "ddpm": "DDPM", "consistency": "consistency (predict clean, re-noise)"}
 
 
 def _finite(value) -> bool:
@@ -134,6 +173,33 @@ def _finite(value) -> bool:
 def describe_interval(interval: tuple[float, float] | None) -> str:
     """" at t/T in [low, high]" for reports; "" when every step is guided."""
     return "" if interval is None else f" at t/T in [{interval[0]:g}, {interval[1]:g}]"
+
+
+# Samplers that step through given timesteps (diffusers' LCM and DPM-Solver on the plain grid).
+TIMESTEP_SAMPLERS = ("consistency", "dpmsolver++", "sde-dpmsolver++")
+
+
+def check_timesteps(timesteps, sampler: str, num_steps: int) -> tuple[int, ...] | None:
+    """``timesteps`` as a strictly decreasing tuple of whole timesteps >= 0, or None; raises on
+    anything else, on a sampler that takes none, and on more steps than timesteps."""
+    if timesteps is None:
+        return None
+    if sampler not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"timesteps={list(timesteps) if isinstance(timesteps, (list, tuple)) else timesteps!r} need "
+                         f"a sampler that takes given timesteps ({', '.join(TIMESTEP_SAMPLERS)}); sampler {sampler!r} "
+                         f"spaces its own steps")
+    try:
+        values = tuple(int(v) for v in timesteps if not isinstance(v, bool) and float(v) == int(v))
+    except (TypeError, ValueError):
+        values = ()
+    if (not values or len(values) != len(timesteps) or min(values) < 0
+            or any(a <= b for a, b in zip(values, values[1:]))):
+        raise ValueError(f"timesteps={timesteps!r} must be whole timesteps >= 0, highest first (e.g. [999, 749, "
+                         f"499, 249])")
+    if num_steps > len(values):
+        raise ValueError(f"num_steps={num_steps}: the student was distilled at {len(values)} timesteps "
+                         f"{list(values)}; use 1 to {len(values)} steps")
+    return values
 
 
 def check_guidance_interval(interval) -> tuple[float, float] | None:

@@ -23,6 +23,7 @@ BLOCK_LAYOUTS = ("tiles", "raster")
 # absolute adds fixed sine-cosine embeddings to the tokens). Kept equal to ardiff.nn.rope.ROPE_MODES.
 ROPE_MODES = ("paper", "official", "none", "absolute")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -71,6 +72,10 @@ class ACDiTConfig:
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    # What the network's output means: "epsilon" (the noise; every trained model) or
+    # "v_prediction" (sqrt(a) eps - sqrt(1 - a) x0): few-step students, whose clean-sample
+    # prediction at high noise an epsilon output would give only divided by sqrt(a) ~ 0.006.
+    prediction_type: str = "epsilon"
 
     def __post_init__(self):
         self.input_size = tuple(int(v) for v in self.input_size)
@@ -174,6 +179,8 @@ class ACDiTConfig:
             bad(f"rope={self.rope!r}; choose one of {ROPE_MODES}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             bad(f"attention_backend={self.attention_backend!r}; choose one of {ATTENTION_BACKENDS}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            bad(f"prediction_type={self.prediction_type!r}; choose one of {PREDICTION_TYPES}")
         if self.num_classes < 0 or self.cond_dim < 0:
             bad(f"num_classes={self.num_classes} and cond_dim={self.cond_dim} must be >= 0")
         # RoPE split errors are raised by RopeND with the exact head dim and weights.

@@ -37,12 +37,15 @@ def training_step_flops(config, batch_size: int) -> int:
     return 3 * batch_size * run_flops(config, T - 1, T)
 
 
-def sampling_flops(config, batch_size: int, num_steps: int, cfg: bool, use_cache: bool = True) -> int:
-    """Forward FLOPs of :func:`ardiff.sample` (riding context pass when cached)."""
-    T, G = config.num_blocks, 2 if cfg else 1
+def sampling_flops(config, batch_size: int, num_steps: int, cfg: bool, use_cache: bool = True,
+                   groups: list[int] | None = None) -> int:
+    """Forward FLOPs of :func:`ardiff.sample` (riding context pass when cached). ``groups``: the
+    noisy groups of every step (2 on guided steps, 1 elsewhere), instead of ``cfg`` on all."""
+    T = config.num_blocks
+    groups = groups if groups is not None else [2 if cfg else 1] * num_steps
     total = 0
     for i in range(T):
-        for step in range(num_steps):
+        for step, G in enumerate(groups):
             if use_cache:
                 ride = 1 if (i > 0 and step == 0) else 0
                 total += run_flops(config, ride, G, cached_blocks=i - ride)

@@ -1,4 +1,6 @@
-from ardiff.train.config import DataConfig, RunConfig, SampleConfig, TrainConfig, load_run_config
-from ardiff.train.trainer import Trainer, train
+from ardiff.train.config import DataConfig, DistillConfig, RunConfig, SampleConfig, TrainConfig, load_run_config
+from ardiff.train.distill import Distiller, make_trainer, train
+from ardiff.train.trainer import Trainer
 
-__all__ = ["DataConfig", "RunConfig", "SampleConfig", "TrainConfig", "Trainer", "load_run_config", "train"]
+__all__ = ["DataConfig", "DistillConfig", "Distiller", "RunConfig", "SampleConfig", "TrainConfig", "Trainer",
+           "load_run_config", "make_trainer", "train"]

@@ -93,6 +93,7 @@ class SampleConfig:
     clip_denoised: bool = False  # clip predicted clean samples to [-1, 1]: pixel-space runs only
     history_scale: float = 1.0  # history guidance: video models with whole-frame blocks (1 = off)
     guidance_interval: tuple[float, float] | None = None  # guide only LOW <= t/T <= HIGH (None: every step)
+    timesteps: list[int] | None = None  # a few-step student's timesteps (sampler "consistency")
 
     def __post_init__(self):
         self.settings()  # every setting is checked once, by SamplingSettings; errors name the section
@@ -102,10 +103,29 @@ class SampleConfig:
         from ardiff.generate.settings import SamplingSettings
 
         fields = {k: getattr(self, k) for k in ("cfg_scale", "num_steps", "sampler", "clip_denoised",
-                                                "history_scale", "guidance_interval")}
+                                                "history_scale", "guidance_interval", "timesteps")}
         settings = SamplingSettings.from_record(fields, "sample")
         self.guidance_interval = settings.guidance_interval
         return settings
+
+
+@dataclass
+class DistillConfig:
+    """A few-step student distilled from a teacher (``ardiff distill``; see ardiff.train.distill).
+
+    The teacher's deterministic ODE solver (DPM-Solver++ with its recorded guidance) draws
+    ``num_trajectories`` trajectories through the student's ``timesteps``; the student, which
+    starts from the teacher's weights, learns to jump from each trajectory's state at those
+    timesteps to its end. Guidance is distilled in: the student samples with one branch.
+    """
+
+    teacher: str = ""  # a shipped model name or a model directory
+    timesteps: tuple[int, ...] = (999, 749, 499, 249)  # the student's, highest first
+    teacher_steps: int | None = None  # the teacher's ODE steps (default: its recorded num_steps)
+    teacher_cfg: float | None = None  # the guidance distilled in (default: the teacher's recorded cfg_scale)
+    teacher_guidance_interval: tuple[float, float] | None = None  # default: recorded; [0, 1] guides every step
+    num_trajectories: int = 4096
+    trajectory_batch: int = 256  # trajectories per teacher run (and per file written)
 
 
 @dataclass
@@ -115,6 +135,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     model_preset: str | None = None
+    distill: DistillConfig | None = None  # set: a few-step student of distill.teacher
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +143,7 @@ class RunConfig:
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "sample": dataclasses.asdict(self.sample),
+            **({"distill": dataclasses.asdict(self.distill)} if self.distill is not None else {}),
         }
 
 
@@ -184,24 +206,37 @@ def _section(cls, values: dict[str, Any], name: str):
 def build_run_config(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(raw, dict):
         raise ValueError("a run config must be a mapping with sections model, data, train, sample")
-    unknown = sorted(set(raw) - {"model", *SECTIONS})
+    unknown = sorted(set(raw) - {"model", "distill", *SECTIONS})
     if unknown:
-        raise ValueError(f"unknown section(s) {unknown}; valid sections: model, data, train, sample")
+        raise ValueError(f"unknown section(s) {unknown}; valid sections: model, data, train, sample, distill")
     for name, section in raw.items():
         if section is not None and not isinstance(section, dict):
             raise ValueError(f"section {name!r} holds a {type(section).__name__}; each section is a mapping of "
                              f"keys to values (e.g. {name}:\n  key: value)")
-    model_raw = dict(raw.get("model") or {})
+    if raw.get("distill") is not None:
+        return student_run_config(raw, _section(DistillConfig, dict(raw["distill"]), "distill"))
+    preset, model_values = model_section(raw.get("model"))
+    model = ACDiTConfig.preset(preset, **model_values) if preset else ACDiTConfig(**model_values)
+    sections = {name: _section(cls, dict(raw.get(name) or {}), name) for name, cls in SECTIONS.items()}
+    run = RunConfig(model=model, model_preset=preset, **sections)
+    _validate(run)
+    return run
+
+
+def model_section(section: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    """The ``model`` section's preset and its typed values (unknown keys raise)."""
+    model_raw = dict(section or {})
     preset = model_raw.pop("preset", None)
     hints = typing.get_type_hints(ACDiTConfig)
     unknown = sorted(set(model_raw) - set(hints))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join('model.' + k for k in unknown)}; "
                          f"valid keys in 'model': preset, {', '.join(sorted(hints))}")
-    model_values = {k: _coerce(v, hints[k], f"model.{k}") for k, v in model_raw.items()}
-    model = ACDiTConfig.preset(preset, **model_values) if preset else ACDiTConfig(**model_values)
-    sections = {name: _section(cls, dict(raw.get(name) or {}), name) for name, cls in SECTIONS.items()}
-    run = RunConfig(model=model, model_preset=preset, **sections)
+    return preset, {k: _coerce(v, hints[k], f"model.{k}") for k, v in model_raw.items()}
+
+
+def finish_run_config(run: RunConfig) -> RunConfig:
+    """``run`` once every cross-section check passes."""
     _validate(run)
     return run
 
@@ -275,10 +310,98 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
                              f"sections model, data, train, sample (see configs/fmnist.yaml)")
     for text in overrides:
         (section, key), value = parse_override(text)
-        if section not in ("model", *SECTIONS):
-            raise ValueError(f"override {text!r}: unknown section {section!r}; valid: model, data, train, sample")
+        if section not in ("model", "distill", *SECTIONS):
+            raise ValueError(f"override {text!r}: unknown section {section!r}; valid: model, data, train, sample, "
+                             f"distill")
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}
         raw[section][key] = value
     return build_run_config(raw)
+
+
+# ---------------------------------------------------------------------------
+#                     The student's run config, from its teacher
+# ---------------------------------------------------------------------------
+def distill_teacher(teacher: str):
+    """The teacher's directory, config and records."""
+    from ardiff.models.checkpoint import load_config, load_extras
+    from ardiff.models.resolve import resolve_model_dir
+
+    if not teacher:
+        raise ValueError("distill.teacher is not set: name the model to distil (ardiff distill TEACHER ...)")
+    try:
+        directory = resolve_model_dir(teacher)
+        return directory, load_config(directory), load_extras(directory)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"distill.teacher={teacher!r}: {e}") from None
+
+
+def student_run_config(raw: dict, distill: DistillConfig) -> RunConfig:
+    """The run config of a student of ``distill.teacher``: the teacher's architecture (the
+    config's ``model`` section, if any, must describe the same layout), predicting v; its
+    data record; started from its weights; its sample section the few-step sampler."""
+    from ardiff.generate.settings import SamplingSettings
+
+    directory, teacher, extras = distill_teacher(distill.teacher)
+    preset, given = model_section(raw.get("model"))
+    if preset:
+        raise ValueError("a distill config takes its architecture from the teacher: drop model.preset")
+    own = {"prediction_type": given.pop("prediction_type", "v_prediction"),
+           "attention_backend": given.pop("attention_backend", teacher.attention_backend)}
+    differ = [f"model.{k}={_comparable(v)!r} (teacher: {_comparable(getattr(teacher, k))!r})" for k, v in given.items()
+              if _comparable(v) != _comparable(getattr(teacher, k))]
+    if differ:
+        raise ValueError(f"distill.teacher {distill.teacher} has another layout than this config: "
+                         f"{'; '.join(differ)}. Use a config written for this teacher (or a teacher of this layout)")
+    model = dataclasses.replace(teacher, **own)
+    check_student_timesteps(distill, teacher)
+    if distill.num_trajectories < 1 or distill.trajectory_batch < 1:
+        raise ValueError(f"distill.num_trajectories={distill.num_trajectories} and distill.trajectory_batch="
+                         f"{distill.trajectory_batch} must be >= 1")
+    teacher_ode_settings(distill, teacher, SamplingSettings.recorded(directory))  # raises on bad teacher_* values
+
+    data_raw = dict(raw.get("data") or extras.get("data") or {})
+    train_raw = dict(raw.get("train") or {})
+    if train_raw.setdefault("init_from", str(directory)) not in (str(directory), distill.teacher):
+        raise ValueError(f"train.init_from={train_raw['init_from']!r}: a student starts from its teacher "
+                         f"({distill.teacher}); drop train.init_from")
+    train_raw["init_from"] = str(directory)
+    train_raw.setdefault("class_dropout", 0.0)  # guidance is distilled in: the null branch is never used
+    sample_raw = dict(raw.get("sample") or {})
+    student = {"sampler": "consistency", "num_steps": len(distill.timesteps), "timesteps": list(distill.timesteps),
+               "cfg_scale": 1.0, "clip_denoised": SamplingSettings.recorded(directory).clip_denoised,
+               "guidance_interval": None, "history_scale": 1.0}
+    for key, value in student.items():
+        sample_raw.setdefault(key, value)
+    sections = {"data": _section(DataConfig, data_raw, "data"), "train": _section(TrainConfig, train_raw, "train"),
+                "sample": _section(SampleConfig, sample_raw, "sample")}
+    return finish_run_config(RunConfig(model=model, distill=distill, **sections))
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_student_timesteps(distill: DistillConfig, teacher) -> None:
+    ts = list(distill.timesteps)
+    if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 1 or ts[0] >= teacher.num_train_timesteps:
+        raise ValueError(f"distill.timesteps={ts} must be decreasing timesteps in 1..{teacher.num_train_timesteps - 1} "
+                         f"(e.g. [999, 749, 499, 249])")
+
+
+def teacher_ode_settings(distill: DistillConfig, teacher_config, recorded):
+    """The teacher's deterministic solver: DPM-Solver++ (ODE) on the timesteps of its recorded
+    schedule with the student's added, with its recorded (or the given) guidance and clipping."""
+    from ardiff.diffusion.schedule import sampling_scheduler
+    from ardiff.generate.settings import SamplingSettings
+
+    steps = distill.teacher_steps or recorded.num_steps
+    schedule = sampling_scheduler(teacher_config, recorded.sampler)
+    recorded.but(num_steps=steps).set_timesteps(schedule)
+    timesteps = sorted({int(t) for t in schedule.timesteps} | set(distill.timesteps), reverse=True)
+    interval = distill.teacher_guidance_interval or recorded.guidance_interval
+    return SamplingSettings(cfg_scale=recorded.cfg_scale if distill.teacher_cfg is None else distill.teacher_cfg,
+                            num_steps=len(timesteps), sampler="dpmsolver++", clip_denoised=recorded.clip_denoised,
+                            history_scale=recorded.history_scale, guidance_interval=interval,
+                            timesteps=tuple(timesteps))

@@ -87,6 +87,10 @@ def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, weights
         raise ValueError(f"{path / (weights + '.safetensors')} does not match the run's architecture "
                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
     extras = model_record(run)
+    if run.distill is not None:
+        from ardiff.train.distill import distillation_record
+
+        extras["_distillation"] = distillation_record(run)
     vae = _vae_record(run)
     if vae is not None:
         extras["_vae"] = vae

@@ -90,7 +90,7 @@ def model_record(run: RunConfig) -> dict:
     """What an exported model carries beside its weights: the run's sampling settings
     (`ardiff sample` / eval / demo defaults) and its data (eval draws its reference clips
     from the same data)."""
-    return {"_sampling": dataclasses.asdict(run.sample.settings()), "_data": dataclasses.asdict(run.data)}
+    return {"_sampling": run.sample.settings().to_dict(), "_data": dataclasses.asdict(run.data)}
 
 
 def model_condition(model_config, y):
@@ -101,6 +101,8 @@ def model_condition(model_config, y):
 class Trainer:
     def __init__(self, run: RunConfig, dataset=None, resume: bool = False, device: str | None = None,
                  progress: bool = True):
+        if run.distill is not None and type(self) is Trainer:
+            raise ValueError("this run has a distill section: build it with ardiff.train.make_trainer (a Distiller)")
         self.run = run
         self.cfg = run.train
         self._setup_distributed(device)
@@ -108,18 +110,14 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.progress = progress and self.is_main
 
-        if dataset is None:
-            from ardiff.train.datasets import build_dataset
-
-            dataset = build_dataset(run.data, run.model)
-        self.dataset = dataset
+        self.dataset = self.build_dataset() if dataset is None else dataset
         self._check_dataset()
         if run.model.attention_backend == "flex" and self.device.type != "cuda":
             raise ValueError(f"model.attention_backend=flex trains only on CUDA (FlexAttention has no backward on "
                              f"{self.device.type}); set model.attention_backend=auto or sdpa")
         self.example_weights = self._example_weights()
         # Latent datasets record their VAE: exported models and sample grids decode with it.
-        meta = getattr(dataset, "meta", None)
+        meta = getattr(self.dataset, "meta", None)
         self.vae = VAERecord.from_cache_meta(meta)
         self._vae = None
 
@@ -130,8 +128,7 @@ class Trainer:
         if self.cfg.activation_checkpointing:
             self.model.gradient_checkpointing = True
         # FSDP2 swaps parameters for DTensors here
-        self.objective = self._wrap(DiffusionLoss(self.model, self.cfg.block_loss_weights, self.cfg.timestep_weighting,
-                                                   self.cfg.p2_k, self.cfg.p2_gamma))
+        self.objective = self._wrap(self.build_objective())
         self.names = {p: n for n, p in self.model.named_parameters()}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
@@ -147,6 +144,17 @@ class Trainer:
                 block.compile()
 
     # -- set-up -------------------------------------------------------------------------
+    def build_dataset(self):
+        """The training data (the run's ``data`` section)."""
+        from ardiff.train.datasets import build_dataset
+
+        return build_dataset(self.run.data, self.run.model)
+
+    def build_objective(self) -> torch.nn.Module:
+        """The loss as one module (wrapped for DDP/FSDP): epsilon- (or v-) prediction MSE."""
+        return DiffusionLoss(self.model, self.cfg.block_loss_weights, self.cfg.timestep_weighting, self.cfg.p2_k,
+                             self.cfg.p2_gamma)
+
     def _setup_distributed(self, device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -286,9 +294,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         indices = self.global_indices(self.step)
-        gen = seeded(hashed_seed(cfg.seed, TRAINING_NOISE_STREAM, self.step))
-        t, noise, drop = draw_training_randomness(self.run.model, cfg.batch_size, gen, self.device,
-                                                  cond_drop_prob=cfg.class_dropout)
+        randomness = self.draw_step_randomness(seeded(hashed_seed(cfg.seed, TRAINING_NOISE_STREAM, self.step)))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
@@ -296,11 +302,10 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             lo = (self.rank * cfg.grad_accum + micro) * self.micro_batch
             sl = slice(lo, lo + self.micro_batch)
-            x, y = self.batch(indices[sl], self.step, lo)
             sync = (nullcontext() if micro == cfg.grad_accum - 1 or not hasattr(self.objective, "no_sync")
                     else self.objective.no_sync())
             with sync, autocast:
-                loss = self.objective(x, self._condition(y), t[sl], noise[sl], drop[sl]) / cfg.grad_accum
+                loss = self.micro_loss(indices[sl], self.step, lo, [r[sl] for r in randomness]) / cfg.grad_accum
             loss.backward()
             total += loss.detach()
         if self.world > 1:
@@ -319,6 +324,18 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         return value
+
+    def draw_step_randomness(self, generator) -> tuple[torch.Tensor, ...]:
+        """All of a step's randomness for the global batch (each sliced per sample): timesteps,
+        noise and condition dropout."""
+        return draw_training_randomness(self.run.model, self.cfg.batch_size, generator, self.device,
+                                        cond_drop_prob=self.cfg.class_dropout)
+
+    def micro_loss(self, indices, step: int, first: int, randomness) -> torch.Tensor:
+        """The loss of the items ``indices`` (global batch positions ``first``...) with their randomness."""
+        x, y = self.batch(indices, step, first)
+        t, noise, drop = randomness
+        return self.objective(x, self._condition(y), t, noise, drop)
 
     def ema_decay(self, step: int) -> float:
         """Constant decay, or with warm-up the average starts short and grows, so early
@@ -440,13 +457,17 @@ class Trainer:
 
         for leftover in [*self.out.glob(".model.tmp-*"), *self.out.glob(".model.old-*")]:  # from killed writes
             shutil.rmtree(leftover, ignore_errors=True)
-        extra = model_record(self.run)
+        extra = self.model_record()
         if self.vae:
             extra["_vae"] = self.vae.to_dict()
         tmp = self.out / f".model.tmp-{os.getpid()}"
         save_pretrained(model, tmp, extra_config=extra)
         replace_directory(tmp, self.model_dir)
         return self.model_dir
+
+    def model_record(self) -> dict:
+        """What the exported model records beside its weights (see :func:`model_record`)."""
+        return model_record(self.run)
 
     def sample_grid(self) -> Path | None:
         if not self.is_main or self.run.sample.num_images <= 0:
@@ -486,9 +507,3 @@ class Trainer:
         for k, v in scalars.items():
             if k != "step":
                 self.tb.add_scalar(f"train/{k}", v, scalars["step"])
-
-
-def train(run: RunConfig, resume: bool = False, **kwargs) -> Trainer:
-    trainer = Trainer(run, resume=resume, **kwargs)
-    trainer.fit()
-    return trainer

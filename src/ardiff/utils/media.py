@@ -108,16 +108,66 @@ def save_video_grid(videos: torch.Tensor, path: str | Path, fps: int = 8, nrow: 
 
 
 def _write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    import av
-
-    h, w = frames[0].shape[:2]
-    frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0))) for f in frames]  # yuv420p needs even sizes
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+    with Mp4Writer(path, fps) as writer:
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
+            writer.write(frame)
+
+
+class Mp4Writer:
+    """An H.264 MP4 (PyAV) written frame by frame: each frame is encoded when it is given, so a
+    stream's frames reach the file as they are made, and closing (also on an error or Ctrl-C,
+    as a context manager) leaves a playable file of the frames so far.
+
+    Frames are (H, W, 3) or (H, W, 1) uint8 arrays of one size; odd sizes are padded by a row or
+    column (yuv420p needs even sizes). The stream opens with the first frame, which sets the size.
+    """
+
+    def __init__(self, path: str | Path, fps: int = 8):
+        import av
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self.frames_written = 0
+        self._container = av.open(str(self.path), "w")
+        self._stream = None
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if frame.ndim != 3 or frame.shape[-1] not in (1, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"Mp4Writer.write takes (H, W, 1 or 3) uint8 frames, got {frame.shape} {frame.dtype}")
+        if frame.shape[-1] == 1:
+            frame = np.repeat(frame, 3, axis=-1)
+        h, w = frame.shape[:2]
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)))
+        if frame.shape[:2] != (self._stream.height, self._stream.width):
+            raise ValueError(f"frame of {h}x{w} pixels in an MP4 of {self._stream.height}x{self._stream.width}")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        self._container.mux(self._stream.encode(video_frame))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file (idempotent); without a frame, remove it."""
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode())
+        finally:
+            self._container.close()
+            self._container = None
+            if self._stream is None:  # nothing was written: leave no unplayable file behind
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def save_media(samples: torch.Tensor, path: str | Path, scale: int = 1, captions: list[str] | None = None,
