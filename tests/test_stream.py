@@ -87,7 +87,7 @@ def test_stream_past_the_trained_length_block_by_block(pipe, monkeypatch):
 
     monkeypatch.setattr(Pipeline, "__call__", spy)
     handed = []
-    settings = StreamSettings(num_frames=FRAMES, seed=3, num_clips=2)
+    settings = StreamSettings(num_frames=FRAMES, seed=3, num_clips=2, switch="continue")
     result = stream(pipe, schedule_for(pipe), settings, on_frames=lambda f, first: handed.append((first, f)))
     monkeypatch.undo()
 
@@ -112,8 +112,8 @@ def test_recache_at_switches_is_bit_identical_to_keeping_the_cache(pipe):
     """ACDiT's clean context carries no condition, so rebuilding its K/V under the new prompt
     changes nothing: the frames are bit-identical."""
     schedule = schedule_for(pipe)
-    keep = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, num_clips=2))
-    recache = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, num_clips=2, recache=True))
+    keep = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, num_clips=2, switch="continue"))
+    recache = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, num_clips=2, recache=True, switch="continue"))
     assert recache.recaches == 1  # before block 3; at block 7 the window slides (the sampler rebuilds anyway)
     assert keep.recaches == 0 and recache.recache_seconds > 0
     assert torch.equal(keep.frames, recache.frames)
@@ -126,17 +126,17 @@ def test_the_recache_check_is_not_vacuous(pipe, monkeypatch):
     monkeypatch.setattr(stream_module._Recache, "__call__",
                         lambda self, event: rebuild(self, dataclasses.replace(event, blocks=event.blocks.flip(1))))
     schedule = schedule_for(pipe)
-    keep = stream(pipe, schedule, StreamSettings(num_frames=FRAMES))
-    wrong = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, recache=True))
+    keep = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, switch="continue"))
+    wrong = stream(pipe, schedule, StreamSettings(num_frames=FRAMES, recache=True, switch="continue"))
     assert wrong.recaches == 1 and not torch.equal(keep.frames, wrong.frames)
 
 
 def test_correction_replaces_chunks_in_the_context_and_the_output(pipe, models):
     schedule = schedule_for(pipe, "0:sneaker, 8:bag", 16)
-    plain = stream(pipe, schedule, StreamSettings(num_frames=16))
+    plain = stream(pipe, schedule, StreamSettings(num_frames=16, switch="continue"))
     correction = ChunkCorrection.from_pretrained(models["clip"], t_prime=0.5, device="cpu")
     handed = []
-    fixed = stream(pipe, schedule, StreamSettings(num_frames=16), correction=correction,
+    fixed = stream(pipe, schedule, StreamSettings(num_frames=16, switch="continue"), correction=correction,
                    on_frames=lambda f, first: handed.append((first, f.shape[1])))
     assert handed == [(0, 4), (4, 4), (8, 4), (12, 4)]  # a corrected chunk of 4 frames at a time
     # The first chunk is the plain stream's, corrected; what follows continues from the corrected frames.
@@ -147,8 +147,8 @@ def test_correction_replaces_chunks_in_the_context_and_the_output(pipe, models):
     # An image corrector corrects every block's frames.
     per_frame = ChunkCorrection.from_pretrained(models["image"], t_prime=0.5, device="cpu")
     handed.clear()
-    stream(pipe, schedule_for(pipe, "0:sneaker, 4:bag", 8), StreamSettings(num_frames=8), correction=per_frame,
-           on_frames=lambda f, first: handed.append((first, f.shape[1])))
+    stream(pipe, schedule_for(pipe, "0:sneaker, 4:bag", 8), StreamSettings(num_frames=8, switch="continue"),
+           correction=per_frame, on_frames=lambda f, first: handed.append((first, f.shape[1])))
     assert handed == [(0, 2), (2, 2), (4, 2), (6, 2)]
 
 
@@ -218,9 +218,9 @@ def test_a_cut_starts_every_prompt_afresh(pipe):
     from ardiff.utils.seeding import make_generators
 
     schedule = schedule_for(pipe)
-    settings = StreamSettings(num_frames=FRAMES, seed=3)
-    cut = stream(pipe, schedule, dataclasses.replace(settings, switch="cut"))
-    kept = stream(pipe, schedule, settings)
+    settings = StreamSettings(num_frames=FRAMES, seed=3)  # switch="cut" is the default
+    cut = stream(pipe, schedule, settings)
+    kept = stream(pipe, schedule, dataclasses.replace(settings, switch="continue"))
     gens = make_generators([3])
     pieces = []
     for start, end, label in ((0, 3, 7), (3, 7, 8), (7, 10, 1)):

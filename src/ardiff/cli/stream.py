@@ -76,7 +76,8 @@ def cmd_stream(args) -> int:
     schedule = _check("--prompts", PromptSchedule.parse, args.prompts, vocabulary, args.frames, per_block)
     settings = StreamSettings(num_frames=args.frames, window=args.window, sink_blocks=args.sink_blocks,
                               recache=args.recache, seed=args.seed, num_clips=args.num_clips,
-                              switch=args.switch).for_model(config)
+                              switch=args.switch or ("continue" if args.recache or args.correct else "cut"),
+                              ).for_model(config)
     if args.correct is not None:
         corrector_dir, _ = read_model_summary(args.correct)
         _check("--correct", check_corrector, load_config(corrector_dir), config, args.frames, schedule, args.correct)
@@ -190,9 +191,10 @@ def add_parser(sub) -> None:
                    help="rebuild the KV cache of the context at every prompt switch (LongLive's re-cache). ACDiT's "
                         "clean context carries no condition, so the frames are bit-identical to keeping it; off by "
                         "default as it only costs time")
-    p.add_argument("--switch", choices=("continue", "cut"), default="continue",
-                   help="at a prompt switch: continue from the context (the new class grows out of the old "
-                        "frames) or cut (the new prompt starts afresh, like a new clip)")
+    p.add_argument("--switch", choices=("cut", "continue"),
+                   help="at a prompt switch: cut (the new prompt starts afresh, like a new clip; the default) or "
+                        "continue from the context (the old class's frames then outweigh the new prompt: measured "
+                        "in docs/streaming.md); --recache and --correct continue")
     add_sampling_flags(p)
     add_guidance_interval_flag(p)
     add_guide_model_flags(p)
