@@ -131,14 +131,6 @@ def bench_context_pass(batch_size: int = 8, num_steps: int = 25, cfg_scale: floa
 TEACHER_STUDENT_PAIRS = (("fmnist", "fmnist-fast"), ("moving-fmnist", "moving-fmnist-fast"))
 
 
-def step_groups(settings: SamplingSettings, config) -> list[int]:
-    """Noisy groups of every step of a block: 2 where guidance runs, else 1."""
-    scheduler = settings.scheduler(config)
-    settings.set_timesteps(scheduler)
-    return [2 if settings.guided and settings.guided_at(t, config.num_train_timesteps) else 1
-            for t in scheduler.timesteps]
-
-
 def bench_model(name: str, peak_gflops: float, batch_size: int | None = None, repeats: int = 1) -> dict:
     """A model sampled as recorded: evaluations per block, images (or frames) per second, and the
     achieved FLOP/s as a fraction of ``peak_gflops``."""
@@ -149,7 +141,7 @@ def bench_model(name: str, peak_gflops: float, batch_size: int | None = None, re
     batch_size = batch_size or (8 if cfg.is_video else 64)
     y = class_balanced_labels(batch_size, cfg.num_classes)
     dt = _timeit(lambda: pipe(y, seeds=range(batch_size)), repeats)
-    flops = sampling_flops(cfg, batch_size, settings.num_steps, settings.guided, groups=step_groups(settings, cfg))
+    flops = sampling_flops(cfg, batch_size, settings.num_steps, settings.guided, groups=settings.branches_per_step(cfg))
     frames = cfg.input_size[0] if cfg.is_video else 1
     return {"model": name, "settings": settings.describe(), "evaluations_per_block":
             settings.evaluations_per_block(cfg), "batch_size": batch_size, "seconds": dt,

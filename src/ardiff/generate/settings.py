@@ -118,14 +118,16 @@ class SamplingSettings:
         else:
             scheduler.set_timesteps(timesteps=self.step_timesteps, device=device)
 
-    def evaluations_per_block(self, model_config) -> int:
-        """Model evaluations per block: one per step, two on the guided steps (the steps inside
-        the guidance interval)."""
-        if not self.guided:
-            return self.num_steps
+    def branches_per_step(self, model_config) -> list[int]:
+        """Model evaluations of every step of a block: 2 where guidance runs, else 1."""
         scheduler = self.scheduler(model_config)
         self.set_timesteps(scheduler)
-        return self.num_steps + sum(self.guided_at(t, model_config.num_train_timesteps) for t in scheduler.timesteps)
+        return [2 if self.guided and self.guided_at(t, model_config.num_train_timesteps) else 1
+                for t in scheduler.timesteps]
+
+    def evaluations_per_block(self, model_config) -> int:
+        """Model evaluations per block: one per step, two on the guided steps (inside the interval)."""
+        return sum(self.branches_per_step(model_config)) if self.guided else self.num_steps
 
     def check_for(self, model_config, latent: bool = False, source: str = "") -> None:
         """Raise unless a model of ``model_config`` can be sampled with these settings: guidance

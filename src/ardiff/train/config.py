@@ -235,12 +235,6 @@ def model_section(section: dict[str, Any] | None) -> tuple[str | None, dict[str,
     return preset, {k: _coerce(v, hints[k], f"model.{k}") for k, v in model_raw.items()}
 
 
-def finish_run_config(run: RunConfig) -> RunConfig:
-    """``run`` once every cross-section check passes."""
-    _validate(run)
-    return run
-
-
 def _validate(run: RunConfig) -> None:
     from ardiff.diffusion.schedule import TIMESTEP_WEIGHTINGS
 
@@ -376,7 +370,9 @@ def student_run_config(raw: dict, distill: DistillConfig) -> RunConfig:
         sample_raw.setdefault(key, value)
     sections = {"data": _section(DataConfig, data_raw, "data"), "train": _section(TrainConfig, train_raw, "train"),
                 "sample": _section(SampleConfig, sample_raw, "sample")}
-    return finish_run_config(RunConfig(model=model, distill=distill, **sections))
+    run = RunConfig(model=model, distill=distill, **sections)
+    _validate(run)
+    return run
 
 
 def _comparable(value):
