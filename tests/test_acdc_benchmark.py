@@ -148,8 +148,8 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     assert "| class acc. 1-4 | class acc. 5-8 |" in table and "real test clips (N=3)" in table
     assert table.startswith("| setting | class acc.")  # only the video table: no empty story table above it
     assert "| ARM + ACDC (first half corrected, t'=0.5, CFG 2) (N=3) |" in table  # the correction as run
-    assert "ACDC minus ARM alone, class accuracy (the same 3 clips, paired bootstrap 95% interval): frames 1-4 " \
-        in table
+    assert "Minus the ARM alone, on the same 3 clips (paired bootstrap 95% intervals):" in table
+    assert "- ARM + ACDC (first half corrected): class accuracy 1-4 " in table and "consistency 5-8 " in table
     assert len(summary["video"]["video_acdc"]["second"]["class_accuracy_by_clip"]) == 3
     # every Frechet distance of a generated row stands beside the real row's, its floor at the same N
     real, arm = summary["video"]["real"], summary["video"]["video_arm"]
@@ -167,6 +167,19 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
 
     assert VideoBench(replace(cfg, arm_cfg=3.0, corrector_cfg=None)).corrector_cfg == 3.0
     assert VideoBench(replace(cfg, arm_cfg=3.0, corrector_cfg=1.5)).corrector_cfg == 1.5
+    # a few-step student in the ARM's place: its own rows, on the same clips, against the ARM
+    student = ACDiTConfig(input_size=(4, 32, 32), block_size=32, prediction_type="v_prediction", **video)
+    randomize(ACDiT(student), 2, 0.02).save_pretrained(tmp_path / "student", extra_config={"_sampling": {
+        "cfg_scale": 1.0, "num_steps": 2, "sampler": "consistency", "timesteps": [999, 499], "clip_denoised": True}})
+    with pytest.raises(ValueError, match="need the model: pass --video-student DIR"):
+        run_benchmark(replace(config, settings=("video_student",)), log=lambda *_: None)
+    with_student = replace(config, settings=("video_arm", "video_student", "video_student_acdc"),
+                           video=replace(cfg, student=str(tmp_path / "student")))
+    summary = run_benchmark(with_student, log=lambda *_: None)
+    assert summary["video"]["video_student"]["made_with"]["arm_sampler"] == "consistency"
+    table = (out / "story_table.md").read_text()
+    assert "| few-step student (N=3) |" in table and "- few-step student + ACDC: class accuracy 1-4" in table
+    assert "Within-class spread of clips, frames 1-4 / 5-8" in table and "few-step student " in table
     # real clips scored against themselves: a perfect classifier-free check of the FVD proxy's floor
     real = torch.rand(6, 1, 8, 32, 32) * 2 - 1
     from ardiff.eval.features import FMNISTFeatures

@@ -97,3 +97,13 @@ def test_paired_bootstrap():
     assert lo < 0 < hi
     with pytest.raises(ValueError, match="same length"):
         paired_bootstrap(a, a[:10])
+
+
+def test_within_class_spread_is_zero_for_collapsed_clips_and_grows_with_spread():
+    from ardiff.eval.metrics import within_class_spread
+
+    labels = torch.tensor([0, 0, 1, 1])
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    assert within_class_spread(same, labels) == 0.0
+    spread = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, 1.0]])
+    assert abs(within_class_spread(spread, labels) - 3.0) < 1e-12  # (5 + 1) / 2

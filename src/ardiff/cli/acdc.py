@@ -285,7 +285,8 @@ def cmd_benchmark(args) -> int:
     settings = args.settings or DEFAULT_SETTINGS
     video = VideoBenchConfig(arm=args.video_arm, corrector=args.video_corrector, clips=args.video_clips,
                              t_prime=args.video_t_prime, corrector_cfg=args.video_corrector_cfg,
-                             window=args.video_window, seed=args.seed)
+                             window=args.video_window, seed=args.seed, student=args.video_student,
+                             sf_student=args.video_sf_student)
     config = BenchmarkConfig(out=args.out, arm=args.arm, corrector=args.corrector, num_stories=args.num_stories,
                              long_stories=args.long_stories, t_prime=args.t_prime, corrector_cfg=args.corrector_cfg,
                              seed=args.seed, settings=settings,
@@ -357,8 +358,13 @@ def add_parser(sub) -> None:
                         "corrector's recorded one on the shipped models)")
     b.add_argument("--video-window", type=positive_int, default=6,
                    help="rolling KV window of the video ARM (blocks), plus one sink block")
+    b.add_argument("--video-student", metavar="DIR",
+                   help="a few-step student of the video ARM (video_student, video_student_acdc)")
+    b.add_argument("--video-sf-student", metavar="DIR",
+                   help="a self-forcing student of the video ARM (video_sf, video_sf_acdc)")
     b.add_argument("--settings", type=_settings_list,
-                   help="comma-separated settings or groups (default, story, long, video, ablations, all; "
+                   help="comma-separated settings or groups (default, story, long, video, video_students, ablations, "
+                        "all; "
                         "default: default); finished settings are skipped")
     b.add_argument("--rescore", action="store_true", help="recompute the metrics from the saved frames only")
     b.add_argument("--seed", type=nonnegative_int, default=0)

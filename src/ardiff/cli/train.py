@@ -65,12 +65,15 @@ def add_parser(sub) -> None:
                              description="Distil TEACHER into a student that samples a block in 1-4 steps with its "
                                          "guidance built in: the teacher's ODE trajectories (drawn once into "
                                          "RUN/trajectories), then a training run from the teacher's weights with "
-                                         "all of `ardiff train`'s machinery (--resume, checkpoints, torchrun). The "
-                                         "student records its sampler: `ardiff sample RUN/model` needs no flags.")
+                                         "all of `ardiff train`'s machinery (--resume, checkpoints, torchrun). With "
+                                         "distill.method dmd (configs dmd-fmnist, sf-moving-fmnist-16): Self-Forcing, "
+                                         "the student's own rollouts pulled towards a real score by distribution "
+                                         "matching against a fake score trained beside it. The student records its "
+                                         "sampler: `ardiff sample RUN/model` needs no flags.")
     distill.add_argument("teacher", help="the model to distil: a shipped name (fmnist, moving-fmnist) or a model "
                                          "directory")
     distill.add_argument("--config", required=True, help="YAML distill config (a path or a name in configs/, e.g. "
-                                                         "distill-fmnist)")
+                                                         "distill-fmnist, dmd-fmnist)")
     distill.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                          help="override a config value, e.g. --set train.steps=500 (repeatable)")
     distill.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")

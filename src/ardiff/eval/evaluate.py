@@ -24,11 +24,13 @@ from ardiff.eval.features import FeatureNetwork, FMNISTFeatures, FrameFeatures, 
 from ardiff.eval.metrics import (
     class_accuracy,
     frame_consistency,
+    frame_consistency_by_clip,
     frame_consistency_by_pair,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
     precision_recall,
+    within_class_spread,
 )
 from ardiff.eval.reference import fmnist_canvas, moving_fmnist_motion, moving_fmnist_test_clips
 from ardiff.generate.pipeline import Pipeline, class_balanced_labels
@@ -80,6 +82,9 @@ def video_metrics(fake: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
         if per_clip:
             right = fl.argmax(-1) == torch.as_tensor(labels).to(fl.device)[:, None]
             result["class_accuracy_by_clip"] = right.double().mean(1).tolist()
+    if per_clip:
+        result["frame_consistency_by_clip"] = frame_consistency_by_clip(ff)
+        result["within_class_spread"] = within_class_spread(ff.mean(1), labels)
     if clip_network is not None:
         result[f"fvd_{clip_network.name}"] = frechet_distance(clip_network(real)[0], clip_network(fake)[0])
     return result

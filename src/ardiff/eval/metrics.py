@@ -163,6 +163,25 @@ def frame_consistency(frame_features: torch.Tensor) -> float:
     return float(_consecutive_cosines(frame_features).mean())
 
 
+def within_class_spread(clip_features: torch.Tensor, labels) -> float:
+    """Mean distance between two clips of one class (features averaged over each clip's frames,
+    (N, D)), averaged over the classes: a mode-collapse check (a collapsed generator's clips of
+    a class look alike, and the value falls below real clips')."""
+    labels = torch.as_tensor(labels)
+    spreads = []
+    for k in labels.unique():
+        f = clip_features[labels == k].double()
+        if len(f) >= 2:
+            d = torch.cdist(f, f)
+            spreads.append(d.sum() / (len(f) * (len(f) - 1)))
+    return float(torch.stack(spreads).mean()) if spreads else float("nan")
+
+
+def frame_consistency_by_clip(frame_features: torch.Tensor) -> list[float]:
+    """Frame consistency of every clip (for paired comparisons of two settings on the same clips)."""
+    return _consecutive_cosines(frame_features).mean(1).tolist()
+
+
 def frame_consistency_by_pair(frame_features: torch.Tensor) -> list[float]:
     """Frame consistency per pair of consecutive frames (1-2, 2-3, ...): where it is lost,
     e.g. at the boundaries between autoregressive blocks."""

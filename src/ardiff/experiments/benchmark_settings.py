@@ -60,13 +60,20 @@ LABELS = {s.name: s.label for s in SETTINGS_TABLE + ABLATION_TABLE}
 
 INPAINT_SETTING = "inpaint"  # the ARM's defective frames repaired under masks (needs the arm setting)
 VIDEO_SETTINGS = ("video_arm", "video_acdc")
+# Training time against inference time (the few-step issue's students): each needs its model
+# (--video-student, --video-sf-student), so none runs by default.
+VIDEO_STUDENT_SETTINGS = ("video_student", "video_student_acdc", "video_sf", "video_sf_acdc")
 VIDEO_LABELS = {"video_arm": "ARM alone", "video_acdc": "ARM + ACDC (first half corrected)",
+                "video_student": "few-step student", "video_student_acdc": "few-step student + ACDC",
+                "video_sf": "self-forcing student", "video_sf_acdc": "self-forcing student + ACDC",
                 "real": "real test clips"}
+ALL_VIDEO_SETTINGS = VIDEO_SETTINGS + VIDEO_STUDENT_SETTINGS
 DEFAULT_SETTINGS = STORY_SETTINGS + LONG_SETTINGS + (INPAINT_SETTING,) + VIDEO_SETTINGS
-ALL_SETTINGS = DEFAULT_SETTINGS + ABLATION_SETTINGS
+ALL_SETTINGS = DEFAULT_SETTINGS + ABLATION_SETTINGS + VIDEO_STUDENT_SETTINGS
 # Names that stand for several settings in --settings.
 SETTING_GROUPS = {"default": DEFAULT_SETTINGS, "story": STORY_SETTINGS, "long": LONG_SETTINGS,
-                  "video": VIDEO_SETTINGS, "ablations": ABLATION_SETTINGS, "all": ALL_SETTINGS}
+                  "video": VIDEO_SETTINGS, "video_students": VIDEO_STUDENT_SETTINGS, "ablations": ABLATION_SETTINGS,
+                  "all": ALL_SETTINGS}
 
 
 def expand_settings(names) -> tuple[str, ...]:
@@ -89,14 +96,16 @@ constraints by inpainting, and the video table. Settings (--settings, comma-sepa
 
 {chr(10).join(f"  {s.name:<16}{s.label}" for s in SETTINGS_TABLE)}
   {INPAINT_SETTING:<16}the ARM's frames with a missing or duplicated item, repaired under a mask
-{chr(10).join(f"  {name:<16}video table: {VIDEO_LABELS[name]}" for name in VIDEO_SETTINGS)}
+{chr(10).join(f"  {name:<18}video table: {VIDEO_LABELS[name]}" for name in ALL_VIDEO_SETTINGS)}
 
 Ablations (not run by default; --settings ablations): ACDC #k, the first k frames corrected,
 with the rule memory (acdc1_rule .. acdc5_rule; #2 is acdc2_rule, #6 acdc_rule) and without
 memory (acdc1_raw .. acdc5_raw; #6 is acdc_raw), a t' sweep (acdc_rule_t03, _t04, _t06,
 _t07; t'=0.5 is acdc_rule), and the state memory at t'=0.3 and 0.7 (acdc_state_t03, _t07),
 on 12-frame stories (long_acdc_state) and with the corrector alone (dm_alone_state).
-Groups: default, story, long, video, ablations, all.
+Groups: default, story, long, video, video_students, ablations, all. The student rows
+(video_students) set few-step and self-forcing students in the ARM's place, with and without
+ACDC, on the same clips: --video-student DIR, --video-sf-student DIR.
 
 Cost: the defaults (200 stories, 100 long stories, 100 clips) take about 2 hours on a 2-core
 CPU, the SmolLM2 row about 40 minutes of it. Finished settings are skipped on a rerun, so the

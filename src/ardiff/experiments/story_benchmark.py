@@ -49,6 +49,7 @@ from ardiff.experiments.benchmark_settings import (
     ABLATION_SETTINGS,
     ACDC_K,
     ALL_SETTINGS,
+    ALL_VIDEO_SETTINGS,
     DEFAULT_SETTINGS,
     INPAINT_SETTING,
     LABELS,
@@ -56,7 +57,6 @@ from ardiff.experiments.benchmark_settings import (
     STORY_SETTINGS,
     STORY_TABLE,
     T_PRIME_SWEEP,
-    VIDEO_SETTINGS,
 )
 from ardiff.experiments.common import (
     CorrectionSettings,
@@ -312,7 +312,8 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
             and not (Path(config.out) / "settings" / "arm.json").is_file():
         raise ValueError("the inpaint setting repairs the ARM's frames: run the arm setting too (or first)")
     out = Path(config.out)
-    story_names = [n for n in ALL_SETTINGS if n in config.settings and n not in VIDEO_SETTINGS]  # arm before inpaint
+    # the arm setting before inpaint
+    story_names = [n for n in ALL_SETTINGS if n in config.settings and n not in ALL_VIDEO_SETTINGS]
     bench = StoryBench(config, device) if story_names else None
     if bench is not None:  # after the models load: a bad path writes nothing (video: run_video_settings)
         (out / "settings").mkdir(parents=True, exist_ok=True)
@@ -365,7 +366,7 @@ def run_benchmark(config: BenchmarkConfig, device: str = "cpu", log=print, resco
                     and not STORY_TABLE[name].long:
                 frames = load_file(str(out / "settings" / f"{name}.safetensors"))["frames"]
                 results[name]["layout_kept"] = layout_kept(frames, arm_frames, bench.reader)
-    video_names = [n for n in VIDEO_SETTINGS if n in config.settings]
+    video_names = [n for n in ALL_VIDEO_SETTINGS if n in config.settings]
     video = run_video_settings(config.video, video_names, out / "settings", device, log, rescore) if video_names else {}
     summary = {"config": {**asdict(config), **({"arm_cfg": bench.arm_cfg, "corrector_cfg": bench.corrector_cfg}
                                                if bench else {})},

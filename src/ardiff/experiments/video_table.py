@@ -10,6 +10,11 @@ draw, so they differ only by the correction:
                 prompted with the clip's class), re-encoded, and the ARM continues from the
                 corrected frames (``sample(prefix=...)``)
 
+and the same two with a few-step student (``video_student``, ``video_student_acdc``) or a
+self-forcing student (``video_sf``, ``video_sf_acdc``) in the ARM's place: drift corrected at
+inference time against drift trained away (``ardiff.train.dmd``). Every row draws clip k from
+the same seed, so differences against the ARM get paired bootstrap intervals.
+
 A third row, ``real``, scores real test clips the same way: the floor of every metric.
 
 Metrics per half (frames 1..trained and trained+1..2x trained), with the offline
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ardiff.experiments.benchmark_settings import VIDEO_LABELS, VIDEO_SETTINGS
+from ardiff.experiments.benchmark_settings import ALL_VIDEO_SETTINGS, VIDEO_LABELS
 from ardiff.experiments.common import (
     CorrectionSettings,
     check_reusable,
@@ -46,6 +51,15 @@ class VideoBenchConfig(CorrectionSettings):
     clips: int = 100  # class-balanced: clip k has class k % 10
     real_clips: int = 1000  # the reference set of the FVD proxy and frame FID
     window: int = 6  # 1 sink + 6 blocks of context: the new block at position 7, the last trained one
+    student: str | None = None  # video_student*: a few-step student of the ARM's layout
+    sf_student: str | None = None  # video_sf*: a self-forcing student of the ARM's layout
+
+
+# setting -> (whose clips: the config field naming the model, corrected by ACDC)
+VIDEO_ROLES = {"video_arm": ("arm", False), "video_acdc": ("arm", True), "video_student": ("student", False),
+               "video_student_acdc": ("student", True), "video_sf": ("sf_student", False),
+               "video_sf_acdc": ("sf_student", True)}
+ROLE_FLAGS = {"student": "--video-student", "sf_student": "--video-sf-student"}
 
 
 def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, network) -> dict:
@@ -58,7 +72,9 @@ def score_halves(clips: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, 
         m = video_metrics(clips[:, :, part], labels, real[:, :, part], network, per_clip=True)
         out[name] = {"class_accuracy": m["class_accuracy_frames"], "consistency": m["frame_consistency"],
                      "fvd_proxy": m[f"fvd_proxy_{network.name}"], "fid_frames": m[f"fid_{network.name}_frames"],
-                     "class_accuracy_by_clip": m["class_accuracy_by_clip"]}
+                     "class_accuracy_by_clip": m["class_accuracy_by_clip"],
+                     "consistency_by_clip": m["frame_consistency_by_clip"],
+                     "within_class_spread": m["within_class_spread"]}
     out["per_frame_accuracy"] = m["class_accuracy_by_frame"]  # m: the last part scored, all frames
     return out
 
@@ -83,6 +99,7 @@ class VideoBench:
                              f"of the ARM's clip size {tuple(a.input_size)}; got input_size={tuple(c.input_size)} "
                              f"with {c.num_blocks} blocks")
         self.arm_settings = self.arm_pipe.settings
+        self.pipes = {"arm": self.arm_pipe}
         self.arm_cfg = self.arm_settings.cfg_scale
         # The corrector is guided as strongly as the ARM unless told otherwise: on the shipped
         # models CFG 6 (the ARM's) beat the corrector's own recorded 4 in class accuracy, FVD proxy
@@ -93,40 +110,64 @@ class VideoBench:
         self.labels = torch.arange(config.clips) % a.num_classes
         self.prompts = [f"a {FMNIST_PROMPT_NAMES[int(k)]} moving" for k in self.labels]
 
+    def pipe(self, role: str):
+        """The pipeline whose model makes a role's clips: the ARM, or a student of its layout."""
+        from ardiff.generate.pipeline import Pipeline
+
+        if role not in self.pipes:
+            source = getattr(self.config, role)
+            if source is None:
+                raise ValueError(f"the video table's {role.replace('_', '-')} rows need the model: pass "
+                                 f"{ROLE_FLAGS[role]} DIR (a student of {self.config.arm}'s layout)")
+            pipe = Pipeline.from_pretrained(source, device=self.device)
+            a, b = self.arm.config, pipe.model.config
+            differ = [f for f in ("input_size", "in_channels", "patch_size", "block_size", "num_classes")
+                      if getattr(a, f) != getattr(b, f)]
+            if differ:
+                raise ValueError(f"{ROLE_FLAGS[role]} {source}: its layout differs from the ARM's "
+                                 f"({', '.join(f'{f} {getattr(b, f)} vs {getattr(a, f)}' for f in differ)}); "
+                                 f"name a student of {self.config.arm}")
+            self.pipes[role] = pipe
+        return self.pipes[role]
+
     def made_with(self, name: str) -> dict:
         """The run parameters a setting's clips depend on (see ``check_reusable``)."""
-        c, s = self.config, self.arm_settings
-        out = dict(seed=c.seed, num_clips=c.clips, arm=c.arm, arm_cfg=s.cfg_scale, arm_steps=s.num_steps,
+        c = self.config
+        role, corrected = VIDEO_ROLES[name]
+        s = self.pipe(role).settings
+        out = dict(seed=c.seed, num_clips=c.clips, arm=getattr(c, role), arm_cfg=s.cfg_scale, arm_steps=s.num_steps,
                    arm_sampler=s.sampler, window=c.window, sink_blocks=c.sink_blocks)
-        if name == "video_acdc":
+        if corrected:
             out.update(corrector=c.corrector, corrector_cfg=self.corrector_cfg, corrector_steps=c.corrector_steps,
                        t_prime=c.t_prime)
         return out
 
     @torch.no_grad()
-    def run(self, corrected: bool) -> tuple[torch.Tensor, float]:
-        """(N, C, 2F, H, W) clips and seconds per clip."""
+    def run(self, name: str) -> tuple[torch.Tensor, float]:
+        """Setting ``name``'s (N, C, 2F, H, W) clips and seconds per clip."""
         from tqdm.auto import tqdm
 
         from ardiff.generate.context import blocks_to_input
 
-        c, model = self.config, self.arm
+        role, corrected = VIDEO_ROLES[name]
+        c, pipe = self.config, self.pipe(role)
+        model = pipe.model
         T = model.config.num_blocks
         seeds = [item_seed(c.seed, k) for k in range(c.clips)]
         labels = self.labels.to(self.device)
         t0 = time.perf_counter()
         out = []
-        for start in tqdm(range(0, c.clips, 50), desc="video_acdc" if corrected else "video_arm", unit="batch"):
+        for start in tqdm(range(0, c.clips, 50), desc=name, unit="batch"):
             batch = slice(start, start + 50)
             generators = make_generators(seeds[batch])  # one stream per clip through both calls
-            head = self.arm_pipe(labels[batch], generator=generators, num_blocks=T, output="blocks")
+            head = pipe(labels[batch], generator=generators, num_blocks=T, output="blocks")
             if corrected:
                 clips = model.from_blocks(head).transpose(1, 2).clamp(-1, 1)  # (B, F, C, H, W)
                 fixed = self.corrector.correct(clips, self.prompts[batch], c.t_prime,
                                                [generator(s) for s in seeds[batch]]).frames
                 head = model.to_blocks(fixed.transpose(1, 2).to(model.device, model.dtype))
-            blocks = self.arm_pipe(labels[batch], generator=generators, num_blocks=2 * T, window=c.window,
-                                   sink_blocks=c.sink_blocks, prefix=head, output="blocks")
+            blocks = pipe(labels[batch], generator=generators, num_blocks=2 * T, window=c.window,
+                          sink_blocks=c.sink_blocks, prefix=head, output="blocks")
             out.append(blocks_to_input(model, blocks).clamp(-1, 1).cpu())
         return torch.cat(out), (time.perf_counter() - t0) / c.clips
 
@@ -144,9 +185,10 @@ def write_video_table(results: dict, trained: int) -> list[str]:
 
     lines = [f"| setting | class acc. 1-{F} | class acc. {F + 1}-{2 * F} | consistency 1-{F} "
              f"| consistency {F + 1}-{2 * F} | FVD proxy 1-{F} [floor] | FVD proxy {F + 1}-{2 * F} [floor] "
-             f"| frame FID 1-{F} [floor] | frame FID {F + 1}-{2 * F} [floor] | s / clip |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in ("video_arm", "video_acdc", "real"):
+             f"| frame FID 1-{F} [floor] | frame FID {F + 1}-{2 * F} [floor] | drift: frame FID {F + 1}-{2 * F} "
+             f"minus 1-{F} | s / clip |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in (*ALL_VIDEO_SETTINGS, "real"):
         if name not in results:
             continue
         r = results[name]
@@ -156,30 +198,60 @@ def write_video_table(results: dict, trained: int) -> list[str]:
         label = VIDEO_LABELS[name]
         if name == "video_acdc" and r.get("t_prime") is not None:  # the correction's settings, as run
             label = f"{label[:-1]}, t'={r['t_prime']:g}, CFG {r['corrector_cfg']:g})"
+        elif name.endswith("_acdc") and r.get("t_prime") is not None:
+            label = f"{label} (t'={r['t_prime']:g}, CFG {r['corrector_cfg']:g})"
+        drift = second["fid_frames"] - first["fid_frames"]
         lines.append(f"| {label} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
                      f"| {second['class_accuracy']:.3f} | {first['consistency']:.3f} | {second['consistency']:.3f} "
-                     f"| {' | '.join(cells)} | {seconds} |")
+                     f"| {' | '.join(cells)} | {drift:+.1f} | {seconds} |")
     lines += paired_difference_lines(results, F)
+    lines += spread_lines(results, F)
     return lines
 
 
-def paired_difference_lines(results: dict, trained: int) -> list[str]:
-    """ACDC minus the ARM alone in class accuracy, per half, with a paired bootstrap interval
-    over clips (both settings draw clip k from the same seed), when both ran on the same clips."""
-    arm, acdc = results.get("video_arm"), results.get("video_acdc")
-    if arm is None or acdc is None or arm["num_clips"] != acdc["num_clips"] \
-            or "class_accuracy_by_clip" not in arm["first"] or "class_accuracy_by_clip" not in acdc["first"]:
+def spread_lines(results: dict, trained: int) -> list[str]:
+    """The mode-collapse check: how far apart two clips of one class are (frame features averaged
+    per clip), per half; real clips give the level to expect."""
+    cells = [f"{VIDEO_LABELS[name]} {results[name]['first']['within_class_spread']:.2f} / "
+             f"{results[name]['second']['within_class_spread']:.2f}"
+             for name in (*ALL_VIDEO_SETTINGS, "real")
+             if name in results and "within_class_spread" in results[name]["first"]]
+    if not cells:
         return []
-    cells = [f"frames {frames} {paired_cell(arm[half]['class_accuracy_by_clip'], acdc[half]['class_accuracy_by_clip'])}"
-             for half, frames in (("first", f"1-{trained}"), ("second", f"{trained + 1}-{2 * trained}"))]
-    return ["", f"ACDC minus ARM alone, class accuracy (the same {arm['num_clips']} clips, paired bootstrap 95% "
-                f"interval): {'; '.join(cells)}"]
+    return ["", f"Within-class spread of clips, frames 1-{trained} / {trained + 1}-{2 * trained} (mode-collapse "
+                f"check: lower than real clips' means clips of a class look alike): {'; '.join(cells)}"]
+
+
+def paired_difference_lines(results: dict, trained: int) -> list[str]:
+    """Every row minus the ARM alone in class accuracy and frame consistency, per half, with a
+    paired bootstrap interval over clips (every setting draws clip k from the same seed), for
+    rows that ran on the same clips."""
+    arm = results.get("video_arm")
+    if arm is None or "class_accuracy_by_clip" not in arm["first"]:
+        return []
+    lines = []
+    for name in ALL_VIDEO_SETTINGS[1:]:
+        other = results.get(name)
+        if other is None or other["num_clips"] != arm["num_clips"] or "class_accuracy_by_clip" not in other["first"]:
+            continue
+        cells = []
+        for key, what in (("class_accuracy_by_clip", "class accuracy"), ("consistency_by_clip", "consistency")):
+            if key not in arm["first"] or key not in other["first"]:
+                continue
+            cells += [f"{what} {frames} {paired_cell(arm[half][key], other[half][key])}"
+                      for half, frames in (("first", f"1-{trained}"), ("second", f"{trained + 1}-{2 * trained}"))]
+        lines.append(f"- {VIDEO_LABELS[name]}: {'; '.join(cells)}")
+    if not lines:
+        return []
+    return ["", f"Minus the ARM alone, on the same {arm['num_clips']} clips (paired bootstrap 95% intervals):", *lines]
 
 
 def plot_video_accuracy(results: dict, trained: int, path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for name, style in (("video_arm", "o-"), ("video_acdc", "s-"), ("real", "k:")):
+    styles = {"video_arm": "o-", "video_acdc": "s-", "video_student": "^--", "video_student_acdc": "v--",
+              "video_sf": "D-", "video_sf_acdc": "x-", "real": "k:"}
+    for name, style in styles.items():
         if name in results:
             acc = results[name]["per_frame_accuracy"]
             ax.plot(range(1, len(acc) + 1), acc, style, label=VIDEO_LABELS[name], markersize=3)
@@ -222,7 +294,7 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
         if finished is not None:
             clips, seconds = load_file(str(clips_path))["clips"], finished["s_per_clip"]
         else:
-            clips, seconds = bench.run(corrected=name == "video_acdc")
+            clips, seconds = bench.run(name)
             save_file({"clips": clips.float().contiguous()}, str(clips_path))
         metrics = score_halves(clips, bench.labels, reference, network)
         metrics.update(setting=name, label=VIDEO_LABELS[name], s_per_clip=seconds, num_clips=len(clips),
@@ -250,7 +322,7 @@ def write_video_strips(directory, out, trained: int, count: int = 3) -> None:
     from ardiff.utils.media import save_image_grid
 
     directory = Path(directory)
-    rows = {n: load_file(str(directory / f"{n}.safetensors"))["clips"] for n in VIDEO_SETTINGS
+    rows = {n: load_file(str(directory / f"{n}.safetensors"))["clips"] for n in ALL_VIDEO_SETTINGS
             if (directory / f"{n}.safetensors").is_file()}
     if not rows:
         return

@@ -69,7 +69,9 @@ def load_optimizer_tensors(optimizer, names: dict, tensors: dict, steps: dict) -
 
 
 def write_checkpoint(root: Path, step: int, model_state: dict, ema_state: dict, opt_tensors: dict,
-                     trainer_state: dict, model_config: dict, keep: int) -> Path:
+                     trainer_state: dict, model_config: dict, keep: int, extra_files: dict | None = None) -> Path:
+    """``extra_files``: further named tensor files (``{stem: tensors}``) a trainer keeps, e.g. a
+    distillation's fake-score network and its optimizer."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
@@ -79,6 +81,8 @@ def write_checkpoint(root: Path, step: int, model_state: dict, ema_state: dict, 
     atomic_save_safetensors(model_state, tmp / "model.safetensors")
     atomic_save_safetensors(ema_state, tmp / "ema.safetensors")
     atomic_save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+    for stem, tensors in (extra_files or {}).items():
+        atomic_save_safetensors(tensors, tmp / f"{stem}.safetensors")
     atomic_write_bytes(tmp / CONFIG_NAME, json.dumps(model_config, indent=2).encode())
     atomic_write_bytes(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2).encode())
     if final.exists():
@@ -108,12 +112,19 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def read_checkpoint(path: Path) -> dict:
     out = {}
-    for key in ("model", "ema", "optimizer"):
-        file = path / f"{key}.safetensors"
+    out["extra"] = {}
+    for file in sorted(path.glob("*.safetensors")):
         try:
-            out[key] = load_file(str(file))
+            tensors = load_file(str(file))
         except Exception as e:
             raise ValueError(f"checkpoint file {file} is unreadable: {e}") from None
+        if file.stem in ("model", "ema", "optimizer"):
+            out[file.stem] = tensors
+        else:
+            out["extra"][file.stem] = tensors
+    for key in ("model", "ema", "optimizer"):
+        if key not in out:
+            raise ValueError(f"checkpoint file {path / (key + '.safetensors')} is missing")
     for key, name in (("trainer_state", "trainer_state.json"), ("config", CONFIG_NAME)):
         try:
             out[key] = json.loads((path / name).read_text())

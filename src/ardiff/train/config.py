@@ -126,6 +126,22 @@ class DistillConfig:
     teacher_guidance_interval: tuple[float, float] | None = None  # default: recorded; [0, 1] guides every step
     num_trajectories: int = 4096
     trajectory_batch: int = 256  # trajectories per teacher run (and per file written)
+    # method "dmd" (Self-Forcing): the student rolls out whole samples on its own blocks and a
+    # distribution-matching loss pulls them towards ``real_score``'s distribution, against a
+    # fake score trained on the rollouts beside it (see ardiff.train.dmd).
+    method: str = "ode-regression"  # or "dmd"
+    init_student: str | None = None  # dmd: the few-step student to start from (default: the teacher)
+    real_score: str | None = None  # dmd: the model whose score is the target (default: the teacher)
+    real_cfg: float | None = None  # dmd: the real score's guidance (default: teacher_cfg, else recorded)
+    critic_updates: int = 5  # dmd: fake-score updates per student update (Self-Forcing, DMD2: 5)
+    critic_lr: float | None = None  # dmd: the fake score's learning rate (default: train.lr)
+    regression_weight: float = 0.0  # dmd: + this x the ODE-regression loss on the teacher's trajectories
+    dmd_t_range: tuple[float, float] = (0.02, 0.98)  # dmd: the fraction of T the score matching noises to
+    # dmd past the trained length (LongLive's streaming long tuning): rollouts of this many blocks
+    # with the rolling KV window, scored on a window of the trained length around the chosen block
+    rollout_blocks: int | None = None  # default: the trained length
+    rollout_window: int | None = None
+    rollout_sink_blocks: int = 1
 
 
 @dataclass
@@ -336,6 +352,7 @@ def student_run_config(raw: dict, distill: DistillConfig) -> RunConfig:
     config's ``model`` section, if any, must describe the same layout), predicting v; its
     data record; started from its weights; its sample section the few-step sampler."""
     from ardiff.generate.settings import SamplingSettings
+    from ardiff.models.checkpoint import load_config
 
     directory, teacher, extras = distill_teacher(distill.teacher)
     preset, given = model_section(raw.get("model"))
@@ -348,6 +365,9 @@ def student_run_config(raw: dict, distill: DistillConfig) -> RunConfig:
     if differ:
         raise ValueError(f"distill.teacher {distill.teacher} has another layout than this config: "
                          f"{'; '.join(differ)}. Use a config written for this teacher (or a teacher of this layout)")
+    start_dir, start_name = check_dmd_settings(distill, teacher, directory)
+    if start_dir != directory:  # a DMD run from a few-step student predicts what the student predicts
+        own["prediction_type"] = load_config(start_dir).prediction_type
     model = dataclasses.replace(teacher, **own)
     check_student_timesteps(distill, teacher)
     if distill.num_trajectories < 1 or distill.trajectory_batch < 1:
@@ -357,10 +377,10 @@ def student_run_config(raw: dict, distill: DistillConfig) -> RunConfig:
 
     data_raw = dict(raw.get("data") or extras.get("data") or {})
     train_raw = dict(raw.get("train") or {})
-    if train_raw.setdefault("init_from", str(directory)) not in (str(directory), distill.teacher):
+    if train_raw.setdefault("init_from", str(start_dir)) not in (str(start_dir), start_name):
         raise ValueError(f"train.init_from={train_raw['init_from']!r}: a student starts from its teacher "
-                         f"({distill.teacher}); drop train.init_from")
-    train_raw["init_from"] = str(directory)
+                         f"({distill.teacher}) or, with method dmd, from distill.init_student; drop train.init_from")
+    train_raw["init_from"] = str(start_dir)
     train_raw.setdefault("class_dropout", 0.0)  # guidance is distilled in: the null branch is never used
     sample_raw = dict(raw.get("sample") or {})
     student = {"sampler": "consistency", "num_steps": len(distill.timesteps), "timesteps": list(distill.timesteps),
@@ -373,6 +393,74 @@ def student_run_config(raw: dict, distill: DistillConfig) -> RunConfig:
     run = RunConfig(model=model, distill=distill, **sections)
     _validate(run)
     return run
+
+
+DISTILL_METHODS = ("ode-regression", "dmd")
+
+
+def check_dmd_settings(distill: DistillConfig, teacher, teacher_dir):
+    """Raise on DMD settings that cannot work (or that a regression run would ignore); returns
+    the directory and name the student starts from."""
+    from ardiff.models.checkpoint import load_config
+    from ardiff.models.resolve import resolve_model_dir
+
+    if distill.method not in DISTILL_METHODS:
+        raise ValueError(f"distill.method={distill.method!r}; choose one of {', '.join(DISTILL_METHODS)}")
+    dmd_only = {"init_student": distill.init_student, "real_score": distill.real_score, "real_cfg": distill.real_cfg,
+                "critic_lr": distill.critic_lr}
+    if distill.method != "dmd":
+        given = [k for k, v in dmd_only.items() if v is not None]
+        if given:
+            raise ValueError(f"distill.{given[0]} applies to method dmd; set distill.method: dmd or drop it")
+        return teacher_dir, distill.teacher
+    if distill.critic_updates < 1:
+        raise ValueError(f"distill.critic_updates={distill.critic_updates} must be >= 1 (fake-score updates per "
+                         f"student update; 5 in Self-Forcing)")
+    low, high = (float(v) for v in distill.dmd_t_range)
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"distill.dmd_t_range={list(distill.dmd_t_range)} must be 0 <= low < high <= 1 "
+                         f"(fractions of the training timesteps, e.g. [0.02, 0.98])")
+    if distill.regression_weight < 0:
+        raise ValueError(f"distill.regression_weight={distill.regression_weight} must be >= 0")
+    if distill.rollout_blocks is not None:
+        from ardiff.generate.context import context_schedule
+
+        if distill.rollout_blocks < teacher.num_blocks:
+            raise ValueError(f"distill.rollout_blocks={distill.rollout_blocks} is below the trained length "
+                             f"({teacher.num_blocks} blocks); leave it unset or set it longer")
+        if distill.rollout_blocks > teacher.num_blocks and distill.rollout_window is None:
+            raise ValueError(f"distill.rollout_blocks={distill.rollout_blocks} is past the trained length "
+                             f"({teacher.num_blocks} blocks): set distill.rollout_window (e.g. "
+                             f"{teacher.num_blocks - 1 - distill.rollout_sink_blocks}) to roll the KV window")
+        try:
+            context_schedule(distill.rollout_blocks, teacher.num_blocks, distill.rollout_window,
+                             distill.rollout_sink_blocks)
+        except ValueError as e:
+            raise ValueError(f"distill.rollout_window / rollout_sink_blocks: {e}") from None
+    for key in ("real_score", "init_student"):
+        name = getattr(distill, key)
+        if name is None:
+            continue
+        try:
+            other = load_config(resolve_model_dir(name))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"distill.{key}={name!r}: {e}") from None
+        # a student may come from a model of another length (an 8-frame student for 16-frame clips)
+        check_same_data_space(teacher, other, f"distill.{key}={name!r}", length=key == "real_score")
+    if distill.init_student is None:
+        return teacher_dir, distill.teacher
+    return resolve_model_dir(distill.init_student), distill.init_student
+
+
+def check_same_data_space(teacher, other, what: str, length: bool = True) -> None:
+    """Scores and students of one run read and write the same samples under the same noise."""
+    fields = (("input_size",) if length else ()) + ("in_channels", "num_classes", "cond_dim", "num_train_timesteps",
+                                                    "beta_start", "beta_end")
+    differ = [f"{f}: {_comparable(getattr(other, f))!r} vs the teacher's {_comparable(getattr(teacher, f))!r}"
+              for f in fields if _comparable(getattr(other, f)) != _comparable(getattr(teacher, f))]
+    if differ:
+        raise ValueError(f"{what} does not model the teacher's samples ({'; '.join(differ)}); name a model of the "
+                         f"same data")
 
 
 def _comparable(value):

@@ -37,7 +37,6 @@ __all__ = ["DistillationLoss", "Distiller", "TrajectoryBank", "distillation_reco
            "predicted_clean", "train"]
 
 TRAJECTORY_STREAM = 3_000_017  # seeds of the teacher's trajectories: hashed_seed(seed, stream, i)
-METHOD = "ode-regression"
 
 
 def distillation_record(run: RunConfig) -> dict:
@@ -45,9 +44,14 @@ def distillation_record(run: RunConfig) -> dict:
     d = run.distill
     directory, teacher, _ = distill_teacher(d.teacher)
     ode = teacher_ode_settings(d, teacher, SamplingSettings.recorded(directory))
-    return {"method": METHOD, "teacher": d.teacher, "teacher_cfg_scale": ode.cfg_scale,
-            "teacher_sampling": ode.to_dict(), "timesteps": list(d.timesteps),
-            "num_trajectories": d.num_trajectories, "seed": run.train.seed}
+    record = {"method": d.method, "teacher": d.teacher, "teacher_cfg_scale": ode.cfg_scale,
+              "teacher_sampling": ode.to_dict(), "timesteps": list(d.timesteps),
+              "num_trajectories": d.num_trajectories, "seed": run.train.seed}
+    if d.method == "dmd":
+        record.update({"init_student": d.init_student, "real_score": d.real_score or d.teacher,
+                       "real_cfg": d.real_cfg, "critic_updates": d.critic_updates,
+                       "regression_weight": d.regression_weight, "steps": run.train.steps})
+    return record
 
 
 # ---------------------------------------------------------------------------
@@ -219,8 +223,15 @@ class Distiller(Trainer):
 #                     Any run: a trainer or a distiller
 # ---------------------------------------------------------------------------
 def make_trainer(run: RunConfig, **kwargs) -> Trainer:
-    """The trainer for ``run``: a :class:`Distiller` for a run with a ``distill`` section."""
-    return (Distiller if run.distill is not None else Trainer)(run, **kwargs)
+    """The trainer for ``run``: a :class:`Distiller` for a run with a ``distill`` section (a
+    :class:`~ardiff.train.dmd.DMDDistiller` for ``distill.method: dmd``)."""
+    if run.distill is None:
+        return Trainer(run, **kwargs)
+    if run.distill.method == "dmd":
+        from ardiff.train.dmd import DMDDistiller
+
+        return DMDDistiller(run, **kwargs)
+    return Distiller(run, **kwargs)
 
 
 def train(run: RunConfig, resume: bool = False, **kwargs) -> Trainer:

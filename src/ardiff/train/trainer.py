@@ -267,7 +267,8 @@ class Trainer:
                 now = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 last = {"step": self.step, "loss": loss, "lr": lr,
-                        "samples_per_s": cfg.batch_size * steps_since_log / max(now - t_last, 1e-9)}
+                        "samples_per_s": cfg.batch_size * steps_since_log / max(now - t_last, 1e-9),
+                        **self.extra_metrics()}
                 t_last, steps_since_log = now, 0
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
@@ -337,6 +338,10 @@ class Trainer:
         t, noise, drop = randomness
         return self.objective(x, self._condition(y), t, noise, drop)
 
+    def extra_metrics(self) -> dict:
+        """Further scalars of the last step a subclass logs beside the loss (metrics.jsonl, TensorBoard)."""
+        return {}
+
     def ema_decay(self, step: int) -> float:
         """Constant decay, or with warm-up the average starts short and grows, so early
         EMA weights are not dominated by the (zero-initialised) starting point."""
@@ -363,8 +368,11 @@ class Trainer:
         if self.is_main:
             state = {"step": self.step, "optimizer_steps": opt_steps, "world_size": self.world,
                      "run_config": self.run.to_dict(), "torch": torch.__version__}
+            extra_files, extra_state = self.extra_checkpoint()
+            if extra_state:
+                state["extra"] = extra_state
             path = ckpt.write_checkpoint(self.ckpt_root, self.step, model_state, ema_state, opt_tensors, state,
-                                         self.run.model.to_dict(), self.cfg.keep_checkpoints)
+                                         self.run.model.to_dict(), self.cfg.keep_checkpoints, extra_files)
         if self.world > 1:
             dist.barrier()
         return path
@@ -390,9 +398,17 @@ class Trainer:
                 self.ema[n] = ckpt.like(self.ema[n], data["ema"][n])
         ckpt.load_optimizer_tensors(self.optimizer, self.names, data["optimizer"],
                                     data["trainer_state"]["optimizer_steps"])
+        self.load_extra_checkpoint(data["extra"], data["trainer_state"].get("extra", {}))
         self.step = data["trainer_state"]["step"]
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
+
+    def extra_checkpoint(self) -> tuple[dict, dict]:
+        """What a subclass keeps beside the model: tensor files ``{stem: tensors}`` and JSON state."""
+        return {}, {}
+
+    def load_extra_checkpoint(self, files: dict, state: dict) -> None:
+        """Restore what :meth:`extra_checkpoint` saved."""
 
     def ema_model(self) -> ACDiT:
         model = ACDiT(self.run.model)
