@@ -33,8 +33,7 @@ from ardiff.train.config import RunConfig, distill_teacher, teacher_ode_settings
 from ardiff.train.trainer import Trainer
 from ardiff.utils.seeding import hashed_seed, make_generators
 
-__all__ = ["DistillationLoss", "Distiller", "TrajectoryBank", "distillation_record", "make_trainer",
-           "predicted_clean", "train"]
+__all__ = ["DistillationLoss", "Distiller", "TrajectoryBank", "distillation_record", "predicted_clean"]
 
 TRAJECTORY_STREAM = 3_000_017  # seeds of the teacher's trajectories: hashed_seed(seed, stream, i)
 
@@ -217,24 +216,3 @@ class Distiller(Trainer):
         states = self.dataset.states[indices].to(self.device)  # (b, N, K, S, P)
         x_t = states.gather(2, k[:, :, None, None, None].expand(-1, -1, 1, *states.shape[3:]))[:, :, 0]
         return self.objective(x_t, self.timesteps[k], self._condition(y), x0)
-
-
-# ---------------------------------------------------------------------------
-#                     Any run: a trainer or a distiller
-# ---------------------------------------------------------------------------
-def make_trainer(run: RunConfig, **kwargs) -> Trainer:
-    """The trainer for ``run``: a :class:`Distiller` for a run with a ``distill`` section (a
-    :class:`~ardiff.train.dmd.DMDDistiller` for ``distill.method: dmd``)."""
-    if run.distill is None:
-        return Trainer(run, **kwargs)
-    if run.distill.method == "dmd":
-        from ardiff.train.dmd import DMDDistiller
-
-        return DMDDistiller(run, **kwargs)
-    return Distiller(run, **kwargs)
-
-
-def train(run: RunConfig, resume: bool = False, **kwargs) -> Trainer:
-    trainer = make_trainer(run, resume=resume, **kwargs)
-    trainer.fit()
-    return trainer
