@@ -197,6 +197,8 @@ def test_regression_runs_refuse_dmd_settings(models, tmp_path):
     with pytest.raises(ValueError, match="distill.init_student applies to method dmd"):
         load_run_config(None, [f"distill.teacher={teacher}", f"distill.init_student={student}",
                                f"train.out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="distill.rollout_blocks applies to method dmd"):
+        load_run_config(None, [f"distill.teacher={teacher}", "distill.rollout_blocks=8", f"train.out_dir={tmp_path}"])
 
 
 def test_exit_settings_are_the_students_first_steps():

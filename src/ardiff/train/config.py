@@ -407,7 +407,9 @@ def check_dmd_settings(distill: DistillConfig, teacher, teacher_dir):
     if distill.method not in DISTILL_METHODS:
         raise ValueError(f"distill.method={distill.method!r}; choose one of {', '.join(DISTILL_METHODS)}")
     dmd_only = {"init_student": distill.init_student, "real_score": distill.real_score, "real_cfg": distill.real_cfg,
-                "critic_lr": distill.critic_lr}
+                "critic_lr": distill.critic_lr, "rollout_blocks": distill.rollout_blocks,
+                "rollout_window": distill.rollout_window,
+                "regression_weight": distill.regression_weight or None}  # 0: the default, nothing asked for
     if distill.method != "dmd":
         given = [k for k, v in dmd_only.items() if v is not None]
         if given:
