@@ -53,11 +53,6 @@ def add_parser(sub) -> None:
                                        "Multi-GPU: torchrun --nproc_per_node N -m ardiff.cli train CONFIG.")
     train.add_argument("config", help="YAML run config path or built-in name (fmnist, moving-fmnist, "
                                       "imagenet256-B, ...)")
-    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                       help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
-    train.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
-    train.add_argument("--out-dir", type=output_dir, help="shortcut for --set train.out_dir=DIR")
-    train.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -74,15 +69,16 @@ def add_parser(sub) -> None:
                                          "directory")
     distill.add_argument("--config", required=True, help="YAML distill config (a path or a name in configs/, e.g. "
                                                          "distill-fmnist, dmd-fmnist)")
-    distill.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                         help="override a config value, e.g. --set train.steps=500 (repeatable)")
-    distill.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
-    distill.add_argument("--out-dir", type=output_dir, help="the run directory (train.out_dir)")
-    distill.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
     _add_run_flags(distill)
     distill.set_defaults(func=cmd_distill)
 
 
 def _add_run_flags(parser) -> None:
+    """The flags every training run takes (`ardiff train`, `ardiff distill`)."""
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    parser.add_argument("--out-dir", type=output_dir, help="the run directory: shortcut for --set train.out_dir=DIR")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps of this invocation")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

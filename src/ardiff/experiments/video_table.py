@@ -276,6 +276,8 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
 
     directory = Path(directory)
     bench = VideoBench(config, device)
+    for name in names:  # every row's model loads (or a missing one is named) before anything is written
+        bench.pipe(VIDEO_ROLES[name][0])
     directory.mkdir(parents=True, exist_ok=True)  # after the models load: a bad path writes nothing
     F, H = bench.trained_frames, bench.arm.config.input_size[1]
     network = FMNISTFeatures(device=device)
