@@ -156,6 +156,13 @@ def test_video_table_pairs_noise_and_corrects_only_the_first_half(tmp_path):
     assert f"| {arm['first']['fid_frames']:.1f} [{real['first']['fid_frames']:.1f}] |" in table
     assert f"| {arm['second']['fvd_proxy']:.0f} [{real['second']['fvd_proxy']:.0f}] |" in table
     assert (out / "video_accuracy.png").is_file() and (out / "strip_video_0.png").is_file()
+    # the drift with its bootstrap interval over clips, and ACDC's minus the ARM's, paired
+    value, low, high = arm["drift_interval"]
+    assert value == pytest.approx(arm["second"]["fid_frames"] - arm["first"]["fid_frames"]) and low <= high
+    assert f"| {value:+.1f} [{low:+.1f}, {high:+.1f}] |" in table
+    d = summary["video"]["video_acdc"]["drift_minus_arm"]
+    assert d[0] == pytest.approx(summary["video"]["video_acdc"]["drift_interval"][0] - value)
+    assert f"drift {d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]" in table and "drift_minus_arm" not in arm
     # a rerun with another t' reuses the ARM's clips and refuses the stale correction
     from dataclasses import replace
 

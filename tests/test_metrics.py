@@ -107,3 +107,34 @@ def test_within_class_spread_is_zero_for_collapsed_clips_and_grows_with_spread()
     assert within_class_spread(same, labels) == 0.0
     spread = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, 1.0]])
     assert abs(within_class_spread(spread, labels) - 3.0) < 1e-12  # (5 + 1) / 2
+
+
+def test_drift_bootstrap_finds_drift_and_pairs_rows():
+    from ardiff.eval.metrics import FeatureStats, _ClipSums, drift_bootstrap, frechet_distance, frechet_drift
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(60, 8, 4, generator=g, dtype=torch.float64)
+    steady = torch.randn(40, 8, 4, generator=g, dtype=torch.float64)
+    drifting = steady.clone()
+    drifting[:, 4:] += 1.5  # the same clips, pushed away from real frames past frame 4
+    # The clip-sum statistics of a resample are those of the repeated frames themselves.
+    counts = torch.bincount(torch.randint(0, 40, (40,), generator=g), minlength=40)
+    repeated = steady[:, :4].repeat_interleave(counts, dim=0).flatten(0, 1)
+    stats, direct = _ClipSums(steady[:, :4]).stats(counts.double()), FeatureStats.from_features(repeated)
+    assert torch.allclose(stats.mean, direct.mean) and torch.allclose(stats.cov, direct.cov)
+    assert frechet_distance(stats, FeatureStats.from_features(real[:, :4].flatten(0, 1))) == pytest.approx(
+        frechet_distance(repeated, real[:, :4].flatten(0, 1)))
+
+    out = drift_bootstrap({"steady": steady, "drifting": drifting}, real, 4, baseline="steady", num=200)
+    value, low, high = out["drifting"]["drift"]
+    assert value == pytest.approx(frechet_drift(drifting, real, 4)) and low < value < high
+    assert value > 5 and low > 0  # 4 dimensions shifted by 1.5: FID + 9 past the split
+    steady_value, steady_low, steady_high = out["steady"]["drift"]
+    assert abs(steady_value) < 1.5 and steady_low < 0 < steady_high
+    difference, d_low, d_high = out["drifting"]["minus_baseline"]
+    assert difference == pytest.approx(value - steady_value) and 0 < d_low < difference < d_high
+    assert out["steady"]["minus_baseline"] is None
+    with pytest.raises(ValueError, match="F > split"):
+        drift_bootstrap({"a": steady}, real, 8)
+    with pytest.raises(ValueError, match="baseline 'arm'"):
+        drift_bootstrap({"a": steady}, real, 4, baseline="arm")

@@ -150,6 +150,82 @@ def paired_bootstrap(a, b, num: int = 10000, seed: int = 0, level: float = 0.95)
     return float(d.mean()), lo, hi
 
 
+def frechet_drift(clips: torch.Tensor, real: torch.Tensor, split: int) -> float:
+    """Frame FID of frames ``split``.. minus frames ..``split``, each half against the same half of
+    the real clips: how much further from real frames a generator is past a point (its drift).
+    clips (N, F, D) and real (M, F, D): per-frame features of every clip."""
+    first = frechet_distance(real[:, :split].flatten(0, 1), clips[:, :split].flatten(0, 1))
+    return frechet_distance(real[:, split:].flatten(0, 1), clips[:, split:].flatten(0, 1)) - first
+
+
+class _ClipSums:
+    """Per-clip sums of frame features and of their outer products, for one part of the clips:
+    the statistics of any multiset of clips (a bootstrap resample) without copying frames."""
+
+    def __init__(self, features: torch.Tensor):
+        f = torch.as_tensor(features).detach().to("cpu", torch.float64)  # (N, frames, D)
+        self.frames = f.shape[1]
+        self.sums = f.sum(1)  # (N, D)
+        self.outer = torch.einsum("nfd,nfe->nde", f, f).flatten(1)  # (N, D * D)
+
+    def stats(self, counts: torch.Tensor) -> FeatureStats:
+        """Mean and covariance of the frames of clip k taken ``counts[k]`` times."""
+        n = counts.sum() * self.frames
+        mean = counts @ self.sums / n
+        second = (counts @ self.outer).view(len(mean), len(mean))
+        return FeatureStats(mean, (second - n * torch.outer(mean, mean)) / (n - 1), int(n))
+
+
+def drift_bootstrap(rows: dict[str, torch.Tensor], real: torch.Tensor, split: int, baseline: str | None = None,
+                    num: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+    """:func:`frechet_drift` of every row with a bootstrap interval over clips, and every row's
+    drift minus ``baseline``'s with a paired interval.
+
+    rows[name]: (N, F, D) per-frame features; rows of the same N are taken to hold the same clips
+    (clip k from the same seed), so one resample of clip indices serves them all and the
+    differences are paired. The real clips are resampled too (independently): their own noise is
+    part of every drift. Returns {name: {"drift": (value, low, high), "minus_baseline": (value,
+    low, high) or None}}; the values are those of the full sample. Resampling with replacement
+    repeats clips, which raises every FID a little (fewer distinct frames); a drift is a
+    difference of two FIDs at the same N, where most of that cancels.
+    """
+    if split < 1 or any(x.dim() != 3 or x.shape[1] <= split for x in (*rows.values(), real)):
+        raise ValueError(f"drift_bootstrap needs (N, F, D) features with F > split={split} >= 1")
+    if baseline is not None and baseline not in rows:
+        raise ValueError(f"baseline {baseline!r} is not one of the rows {sorted(rows)}")
+    values = {name: frechet_drift(x, real, split) for name, x in rows.items()}
+    halves = {name: (_ClipSums(x[:, :split]), _ClipSums(x[:, split:])) for name, x in {**rows, "": real}.items()}
+
+    def drift(name: str, counts: torch.Tensor, real_counts: torch.Tensor) -> float:
+        (first, second), (real_first, real_second) = halves[name], halves[""]
+        return (frechet_distance(real_second.stats(real_counts), second.stats(counts))
+                - frechet_distance(real_first.stats(real_counts), first.stats(counts)))
+
+    g = torch.Generator().manual_seed(seed)
+    draws: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(num):
+        counts = {n: torch.bincount(torch.randint(0, n, (n,), generator=g), minlength=n).double()
+                  for n in sorted({len(x) for x in rows.values()})}
+        real_counts = torch.bincount(torch.randint(0, len(real), (len(real),), generator=g),
+                                     minlength=len(real)).double()
+        for name, x in rows.items():
+            draws[name].append(drift(name, counts[len(x)], real_counts))
+    tail = (1 - level) / 2
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+
+    def interval(value: float, samples: list[float]) -> tuple[float, float, float]:
+        low, high = torch.quantile(torch.tensor(samples, dtype=torch.float64), q).tolist()
+        return value, low, high
+
+    out = {}
+    for name in rows:
+        paired = baseline is not None and name != baseline and len(rows[name]) == len(rows[baseline])
+        diffs = [a - b for a, b in zip(draws[name], draws[baseline])] if paired else None
+        out[name] = {"drift": interval(values[name], draws[name]),
+                     "minus_baseline": interval(values[name] - values[baseline], diffs) if paired else None}
+    return out
+
+
 def _consecutive_cosines(frame_features: torch.Tensor) -> torch.Tensor:
     """(N, F - 1) cosine similarities of consecutive frames' features; input (N, F, D)."""
     f = torch.as_tensor(frame_features).to(torch.float64)

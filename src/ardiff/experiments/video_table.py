@@ -186,7 +186,7 @@ def write_video_table(results: dict, trained: int) -> list[str]:
     lines = [f"| setting | class acc. 1-{F} | class acc. {F + 1}-{2 * F} | consistency 1-{F} "
              f"| consistency {F + 1}-{2 * F} | FVD proxy 1-{F} [floor] | FVD proxy {F + 1}-{2 * F} [floor] "
              f"| frame FID 1-{F} [floor] | frame FID {F + 1}-{2 * F} [floor] | drift: frame FID {F + 1}-{2 * F} "
-             f"minus 1-{F} | s / clip |",
+             f"minus 1-{F} [95% interval] | s / clip |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in (*ALL_VIDEO_SETTINGS, "real"):
         if name not in results:
@@ -200,10 +200,12 @@ def write_video_table(results: dict, trained: int) -> list[str]:
             label = f"{label[:-1]}, t'={r['t_prime']:g}, CFG {r['corrector_cfg']:g})"
         elif name.endswith("_acdc") and r.get("t_prime") is not None:
             label = f"{label} (t'={r['t_prime']:g}, CFG {r['corrector_cfg']:g})"
-        drift = second["fid_frames"] - first["fid_frames"]
+        drift = f"{second['fid_frames'] - first['fid_frames']:+.1f}"
+        if r.get("drift_interval"):
+            drift += " [{1:+.1f}, {2:+.1f}]".format(*r["drift_interval"])
         lines.append(f"| {label} (N={r['num_clips']}) | {first['class_accuracy']:.3f} "
                      f"| {second['class_accuracy']:.3f} | {first['consistency']:.3f} | {second['consistency']:.3f} "
-                     f"| {' | '.join(cells)} | {drift:+.1f} | {seconds} |")
+                     f"| {' | '.join(cells)} | {drift} | {seconds} |")
     lines += paired_difference_lines(results, F)
     lines += spread_lines(results, F)
     return lines
@@ -240,6 +242,8 @@ def paired_difference_lines(results: dict, trained: int) -> list[str]:
                 continue
             cells += [f"{what} {frames} {paired_cell(arm[half][key], other[half][key])}"
                       for half, frames in (("first", f"1-{trained}"), ("second", f"{trained + 1}-{2 * trained}"))]
+        if other.get("drift_minus_arm"):
+            cells.append("drift {:+.1f} [{:+.1f}, {:+.1f}]".format(*other["drift_minus_arm"]))
         lines.append(f"- {VIDEO_LABELS[name]}: {'; '.join(cells)}")
     if not lines:
         return []
@@ -314,7 +318,30 @@ def run_video_settings(config: VideoBenchConfig, names, directory, device: str =
     real = score_halves(held_out, held_labels, reference, network)
     real.update(setting="real", label=VIDEO_LABELS["real"], s_per_clip=None, num_clips=len(held_out), trained_frames=F)
     results["real"] = real
+    add_drift_intervals(results, {name: load_file(str(directory / f"{name}.safetensors"))["clips"] for name in names},
+                        held_out, reference, network, F)
     return results
+
+
+def add_drift_intervals(results: dict, clips: dict, held_out: torch.Tensor, reference: torch.Tensor, network,
+                        trained: int, num: int = 1000) -> None:
+    """Every row's drift (frame FID of the second half minus the first) with a bootstrap 95%
+    interval over clips, and every row's drift minus the ARM's with a paired one (the rows draw
+    clip k from the same seed); the held-out real clips' drift is the floor."""
+    from ardiff.eval.features import FrameFeatures
+    from ardiff.eval.metrics import drift_bootstrap
+
+    frames = FrameFeatures(network)
+    reference_features = frames.per_frame(reference)[0].cpu()
+    features = {name: frames.per_frame(c.float())[0].cpu() for name, c in clips.items()}
+    baseline = "video_arm" if "video_arm" in features else None
+    drift = drift_bootstrap(features, reference_features, trained, baseline=baseline, num=num)
+    drift["real"] = drift_bootstrap({"real": frames.per_frame(held_out)[0].cpu()}, reference_features, trained,
+                                    num=num)["real"]
+    for name, d in drift.items():
+        results[name]["drift_interval"] = list(d["drift"])
+        if d["minus_baseline"] is not None:
+            results[name]["drift_minus_arm"] = list(d["minus_baseline"])
 
 
 def write_video_strips(directory, out, trained: int, count: int = 3) -> None:
