@@ -25,14 +25,16 @@ from PIL import Image
 from ardiff.models.resolve import shipped_model_names
 
 pytestmark = pytest.mark.slow
-playwright = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    pytest.skip("needs Debian's chromium (apt-get install chromium; make test-slow installs it)",
-                allow_module_level=True)
-
 FIRST_FRAME_BUDGET_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The system browser (checked here, not at import, so the default run deselects quietly)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium; make test-slow installs it)")
+    return path
 
 
 def free_port() -> int:
@@ -51,6 +53,7 @@ def student() -> str | None:
 
 @pytest.fixture(scope="module")
 def server(student):
+    uvicorn = pytest.importorskip("uvicorn")
     from ardiff.serve.app import create_app
     from ardiff.serve.studio import ModelAccess, Studio
 
@@ -71,9 +74,10 @@ def server(student):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page(chromium, server):
+    playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         offsite = []
         page.on("request", lambda r: offsite.append(r.url) if not r.url.startswith((server, "data:")) else None)
