@@ -277,6 +277,10 @@ def test_a_stopped_live_stream_returns_the_frames_made(pipe):
     full = stream(pipe, schedule_for(pipe), StreamSettings(num_frames=FRAMES, switch="continue"))
     assert result.num_frames == 6 and result.frame_classes == (7,) * 6
     assert torch.equal(result.frames, full.frames[:, :6])
+    with pytest.raises(ValueError, match="give each stream its own LiveSchedule"):
+        stream(pipe, live, StreamSettings(num_frames=FRAMES, switch="continue"))
+    with pytest.raises(ValueError, match="the live schedule is for 20 frames"):
+        stream(pipe, LiveSchedule(schedule_for(pipe), FRAMES, 2), StreamSettings(num_frames=40, switch="continue"))
 
 
 def test_a_live_update_is_checked_before_it_replaces_the_schedule(pipe, models):

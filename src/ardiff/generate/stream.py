@@ -441,6 +441,8 @@ def stream(pipe: Pipeline, schedule: PromptSchedule | LiveSchedule, settings: St
     per_block = frames_per_block(cfg)
     num_frames, B = settings.num_frames, settings.num_clips
     live = schedule if isinstance(schedule, LiveSchedule) else LiveSchedule(schedule, num_frames, per_block)
+    if live.made_prompts:
+        raise ValueError("this live schedule has already run a stream; give each stream its own LiveSchedule")
     if (live.num_frames, live.frames_per_block) != (num_frames, per_block):
         raise ValueError(f"the live schedule is for {live.num_frames} frames of {live.frames_per_block} a block; "
                          f"the stream makes {num_frames} frames of {per_block}")
@@ -464,8 +466,6 @@ def stream(pipe: Pipeline, schedule: PromptSchedule | LiveSchedule, settings: St
     pieces: list[torch.Tensor] = []
     first_frame_seconds = None
     made_prompts = live.made_prompts  # the schedule entry every block begun was made under
-    if made_prompts:
-        raise ValueError("this live schedule has already run a stream; give each stream its own LiveSchedule")
 
     def hand_out(frames: torch.Tensor, first_frame: int) -> None:
         nonlocal first_frame_seconds
