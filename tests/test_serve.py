@@ -264,8 +264,9 @@ def test_a_story_by_the_arm_and_by_acdc_with_the_readers_scores(client):
 
 @pytest.mark.parametrize("correct", ["first", "every"])
 def test_acdc_correction_of_the_first_or_every_chunk_is_the_librarys(client, root, correct):
+    import dataclasses
+
     from ardiff.acdc.stream_correction import ChunkCorrection
-    from ardiff.serve.studio import _FirstChunks
 
     body = {"model": str(root / "video"), "prompts": "0:sneaker, 8:bag", "frames": 16, "seed": 2,
             "correct": correct, "corrector": str(root / "sub" / "clip"), "t_prime": 0.6}
@@ -277,7 +278,7 @@ def test_acdc_correction_of_the_first_or_every_chunk_is_the_librarys(client, roo
     schedule = PromptSchedule.parse("0:sneaker, 8:bag", ClassVocabulary.for_pipeline(pipe), 16, 2)
     correction = ChunkCorrection.from_pretrained(str(root / "sub" / "clip"), 0.6, device="cpu")
     if correct == "first":
-        correction = _FirstChunks(correction, 1)
+        correction = dataclasses.replace(correction, max_chunks=1)
     settings = StreamSettings(num_frames=16, seed=2, switch="continue")
     expected = stream(pipe, schedule, settings, correction=correction).frames[0]
     got = np.stack([png(u) for e in frames for u in e["frames"]])

@@ -35,6 +35,7 @@ class ChunkCorrection:
     video: bool  # whether the corrector takes whole clips (B, L, C, H, W) rather than frames
     chunk_frames: int  # frames corrected together (an image corrector: 0, meaning one block)
     source: str = ""
+    max_chunks: int | None = None  # correct only chunks 0 .. max_chunks - 1 (None: every chunk)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, t_prime: float, device=None) -> "ChunkCorrection":
@@ -67,8 +68,10 @@ class ChunkCorrection:
     def correct(self, frames: torch.Tensor, prompt: int, seeds: Sequence[int], chunk: int,
                 first_frame: int) -> torch.Tensor:
         """``frames`` (B, L, C, H, W) of chunk ``chunk`` (starting at ``first_frame``), all asked
-        for class ``prompt``, corrected: (B, L, C, H, W)."""
+        for class ``prompt``, corrected: (B, L, C, H, W); past ``max_chunks``, as they are."""
         B, L = frames.shape[:2]
+        if self.max_chunks is not None and chunk >= self.max_chunks:
+            return frames
         if self.video:
             generators = make_generators([chunk_seed(s, chunk) for s in seeds])
             fixed = self.corrector.correct(frames, str(prompt), self.t_prime, generators).frames

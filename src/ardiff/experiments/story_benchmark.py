@@ -94,6 +94,21 @@ class StoryStateMemory(Memory):
         return [state.caption(with_layout=True) for state in read_story_states([str(p) for p in prompts])]
 
 
+def story_memory(name: str, cache_dir: Path | None = None):
+    """The benchmark's memories by name: ``state`` (:class:`StoryStateMemory`), ``rule`` (the
+    rule memory carrying the subject and setting), ``none`` (raw sentences), or an LLM memory
+    (``smollm2``, ...; its rewrites cached under ``cache_dir``)."""
+    from ardiff.acdc.memory import RuleBasedMemory, build_memory
+
+    if name == "state":
+        return StoryStateMemory()
+    if name == "rule":
+        return RuleBasedMemory(expand_bare_names=True, carry_setting=True)
+    if name == "none":
+        return build_memory("none")
+    return build_memory(name, cache_dir=cache_dir)
+
+
 @dataclass
 class BenchmarkConfig(CorrectionSettings):
     out: str = "out/acdc-benchmark"
@@ -113,16 +128,24 @@ class BenchmarkConfig(CorrectionSettings):
 # ---------------------------------------------------------------------------
 #                                   Scoring
 # ---------------------------------------------------------------------------
+def attribute_hits(preds: dict, states: list, first_states: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reader's predictions for n frames against the states the text describes: (attributes,
+    n) 1.0 where an attribute is read as stated, and (n,) whether the subject is still its first
+    frame's kind and colour (identity)."""
+    truth, first = state_labels(states), state_labels(first_states)
+    correct = torch.stack([(preds[a] == truth[a]).float() for a in READ_ATTRIBUTES])
+    return correct, (preds["kind"] == first["kind"]) & (preds["colour"] == first["colour"])
+
+
 def score_frames(frames: torch.Tensor, stories: list[Story], world: StoryWorld, reader: AttributeReader) -> dict:
     """frames: (N, F, 3, 32, 32) in [-1, 1]. Summary metrics and per-frame-index curves."""
     from ardiff.eval.metrics import frechet_distance
 
     N, F = frames.shape[:2]
     preds, feats = reader.read(frames.flatten(0, 1).float())
-    truth = state_labels([s for story in stories for s in story.states])
-    first = state_labels([story.states[0] for story in stories for _ in range(F)])
-    correct = torch.stack([(preds[a] == truth[a]).float() for a in READ_ATTRIBUTES]).view(len(READ_ATTRIBUTES), N, F)
-    identity = ((preds["kind"] == first["kind"]) & (preds["colour"] == first["colour"])).float().view(N, F)
+    correct, identity = attribute_hits(preds, [s for story in stories for s in story.states],
+                                       [story.states[0] for story in stories for _ in range(F)])
+    correct, identity = correct.view(len(READ_ATTRIBUTES), N, F), identity.float().view(N, F)
     feats = feats.view(N, F, -1).double()
     cosine = torch.nn.functional.cosine_similarity(feats[:, 1:], feats[:, :-1], dim=-1)  # (N, F-1)
     _, real_feats = reader.read(torch.stack([world.render(s).transpose(0, 1) for s in stories]).flatten(0, 1))
@@ -213,12 +236,7 @@ class StoryBench:
 
     def memory(self, name: str):
         if name not in self._memories:
-            from ardiff.acdc.memory import RuleBasedMemory, build_memory
-
-            self._memories[name] = (RuleBasedMemory(expand_bare_names=True, carry_setting=True) if name == "rule" else
-                                    StoryStateMemory() if name == "state" else
-                                    build_memory("none") if name == "none" else
-                                    build_memory(name, cache_dir=Path(self.config.out) / "memory_cache"))
+            self._memories[name] = story_memory(name, cache_dir=Path(self.config.out) / "memory_cache")
         return self._memories[name]
 
     def run_setting(self, name: str) -> tuple[torch.Tensor, list[list[str]], float]:

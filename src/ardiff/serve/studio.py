@@ -11,6 +11,7 @@ server shows it on the page and keeps running. Generation runs on one worker thr
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import itertools
 import json
@@ -112,6 +113,14 @@ class ModelAccess:
                         found.append((str(config.parent), f"{root.name}/{relative}", config.parent))
         return found
 
+    @staticmethod
+    def vocabulary(directory: Path):
+        """How prompts name the classes of the model in ``directory`` (a ClassVocabulary)."""
+        from ardiff.generate.stream import ClassVocabulary
+
+        config = json.loads((directory / "config.json").read_text())
+        return ClassVocabulary.for_model(config.get("num_classes", 0), config.get("_data"))
+
     def info(self, name: str, directory: Path, label: str | None = None) -> ModelInfo:
         config = json.loads((directory / "config.json").read_text())
         sampling = config.get("_sampling") or {}
@@ -127,9 +136,7 @@ class ModelAccess:
             if block and block % tokens_per_frame == 0 and config.get("block_layout") == "raster":
                 per_block = block // tokens_per_frame
                 view = "stream" if size[0] // per_block >= 2 else "video"
-        from ardiff.generate.stream import ClassVocabulary
-
-        vocabulary = ClassVocabulary.for_model(num_classes, config.get("_data"))
+        vocabulary = self.vocabulary(directory)
         return ModelInfo(name=name, label=label or name, view=view,
                          classes=[vocabulary.name(k) for k in range(num_classes)],
                          steps=int(sampling.get("num_steps", 25)), cfg=float(sampling.get("cfg_scale", 1.5)),
@@ -206,24 +213,6 @@ class StreamJob:
 
     def emit(self, kind: str, **data) -> None:
         self.events.put({"event": kind, **data})
-
-
-class _FirstChunks:
-    """ACDC on the first ``count`` chunks of a stream only (the rest are handed out as made)."""
-
-    def __init__(self, correction, count: int):
-        self.correction, self.count = correction, count
-
-    def chunk_blocks(self, per_block: int) -> int:
-        return self.correction.chunk_blocks(per_block)
-
-    def check_for(self, arm_config, num_frames: int, schedule) -> None:
-        self.correction.check_for(arm_config, num_frames, schedule)
-
-    def correct(self, frames, prompt: int, seeds, chunk: int, first_frame: int):
-        if chunk >= self.count:
-            return frames
-        return self.correction.correct(frames, prompt, seeds, chunk, first_frame)
 
 
 # ---------------------------------------------------------------------------
@@ -314,10 +303,7 @@ class Studio:
             raise RequestError("classes: pick at least one class")
         if not isinstance(classes, list) or len(classes) > self.limits.max_images:
             raise RequestError(f"classes: at most {self.limits.max_images} images a request")
-        from ardiff.generate.stream import ClassVocabulary
-
-        config = json.loads((directory / "config.json").read_text())
-        vocabulary = ClassVocabulary.for_model(config["num_classes"], config.get("_data"))
+        vocabulary = self.access.vocabulary(directory)
         ids = []
         for c in classes:
             try:
@@ -353,7 +339,7 @@ class Studio:
     # -- Stream --------------------------------------------------------------------
     def start_stream(self, request: dict) -> StreamJob:
         """Check a stream request and queue it; events arrive on the job's queue."""
-        from ardiff.generate.stream import ClassVocabulary, LiveSchedule, StreamSettings
+        from ardiff.generate.stream import LiveSchedule, StreamSettings
         from ardiff.models.checkpoint import load_config
 
         name = request.get("model", "")
@@ -368,8 +354,7 @@ class Studio:
             raise RequestError(f"frames: {frames} is not whole blocks of {per_block} frames; give a multiple of "
                                f"{per_block}")
         config = load_config(directory)
-        vocabulary = ClassVocabulary.for_model(config.num_classes, json.loads(
-            (directory / "config.json").read_text()).get("_data"))
+        vocabulary = self.access.vocabulary(directory)
         schedule = self._schedule(request.get("prompts"), vocabulary, frames, per_block)
         steps = _int(request, "steps", info.steps, 1, self.limits.max_steps)
         cfg = _float(request, "cfg", info.cfg, 0.0, 20.0)
@@ -475,7 +460,7 @@ class Studio:
                                                                              device=self.device)
                 chunk_correction = self._corrections[key]
                 if which == "first":
-                    chunk_correction = _FirstChunks(chunk_correction, 1)
+                    chunk_correction = dataclasses.replace(chunk_correction, max_chunks=1)
             job.emit("start", settings=pipe.describe(), context=settings.describe(pipe.config))
             t0 = time.perf_counter()
 
@@ -549,7 +534,7 @@ class Studio:
         job = self.check_story(request)
 
         def work():
-            from ardiff.experiments.story_benchmark import joined_story_frames
+            from ardiff.experiments.story_benchmark import joined_story_frames, story_memory
             from ardiff.utils.seeding import item_seed
             from ardiff.worlds.story import read_story_states
 
@@ -566,7 +551,7 @@ class Studio:
                 story = world.story(job["index"])
                 sentences, truth = story.sentences, world.render(story).transpose(0, 1)
             states = read_story_states(sentences)
-            memory = _story_memory(job["memory"])
+            memory = story_memory(job["memory"])
             prompts = memory.rewrite(sentences)
             trained = m["arm"].config.num_blocks
             long = len(sentences) > trained
@@ -588,28 +573,14 @@ class Studio:
         return self._run(work, f"story ({len(job['sentences']) or 'random'})")
 
 
-def _story_memory(name: str):
-    from ardiff.acdc.memory import RuleBasedMemory, build_memory
-    from ardiff.experiments.story_benchmark import StoryStateMemory
-
-    if name == "state":
-        return StoryStateMemory()
-    if name == "rule":
-        return RuleBasedMemory(expand_bare_names=True, carry_setting=True)
-    return build_memory("none")
-
-
 def story_frame_scores(reader, frames, states) -> dict:
     """The story reader on every frame: the share of attributes drawn as the text says
     (faithfulness), and whether the subject is still the first frame's kind and colour (identity)."""
-    import torch
-
-    from ardiff.worlds.reader import READ_ATTRIBUTES, state_labels
+    from ardiff.experiments.story_benchmark import attribute_hits
+    from ardiff.worlds.reader import READ_ATTRIBUTES
 
     preds, _ = reader.read(frames)
-    truth, first = state_labels(states), state_labels([states[0]] * len(states))
-    correct = torch.stack([(preds[a] == truth[a]).float() for a in READ_ATTRIBUTES])  # (attributes, F)
-    identity = (preds["kind"] == first["kind"]) & (preds["colour"] == first["colour"])
+    correct, identity = attribute_hits(preds, states, [states[0]] * len(states))  # (attributes, F), (F,)
     read = [{a: READ_ATTRIBUTES[a][int(preds[a][f])] for a in READ_ATTRIBUTES} for f in range(len(states))]
     return {"faithfulness": [round(v, 3) for v in correct.mean(0).tolist()],
             "identity": [bool(v) for v in identity.tolist()], "read": read,
